@@ -1,0 +1,39 @@
+# seqjax: the two commands a new user needs are `make run` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP_RUN  := $(VENV)/.installed-run
+STAMP_TEST := $(VENV)/.installed-test
+
+.PHONY: run test test-slow bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+$(STAMP_RUN): pyproject.toml | $(PY)
+	$(PIP) install -q -e .
+	touch $@
+
+$(STAMP_TEST): pyproject.toml | $(PY)
+	$(PIP) install -q -e ".[test]"
+	touch $@ $(STAMP_RUN)
+
+## make run: install, then run the main job (TCN vs RNNs on its built-in default task).
+run: $(STAMP_RUN)
+	$(PY) experiments/tcn_vs_rnn.py
+
+## make test: install with the test extra, then run the whole suite (CPU, < 15 minutes).
+test: $(STAMP_TEST)
+	$(PY) -m pytest -q -m "not slow" tests
+
+## make test-slow: the long tests kept out of `make test`.
+test-slow: $(STAMP_TEST)
+	$(PY) -m pytest -q -m slow tests
+
+bench: $(STAMP_TEST)
+	$(PY) benchmarks/rnn_cpu.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info
