@@ -1,0 +1,34 @@
+"""seqjax: sequence modelling in JAX.
+
+The functional core: cells (:mod:`seqjax.cells`), :func:`rnn` and the layers built on it
+(:mod:`seqjax.layers`), weight conversion from PyTorch (:mod:`seqjax.interop`). Flax NNX
+modules live in :mod:`seqjax.nn`, data in :mod:`seqjax.data`, training in :mod:`seqjax.train`,
+fused kernels in :mod:`seqjax.kernels`.
+"""
+
+from seqjax.backend import BackendChoice, resolve_backend
+from seqjax.cells import GRU, LSTM, Cell, PeepholeLSTM, SimpleRNN, make_cell
+from seqjax.layers import bidirectional, init_stack, pyramid, reduce_time, stack_cells, stacked
+from seqjax.recurrent import length_mask, reverse_padded, rnn
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackendChoice",
+    "Cell",
+    "GRU",
+    "LSTM",
+    "PeepholeLSTM",
+    "SimpleRNN",
+    "bidirectional",
+    "init_stack",
+    "length_mask",
+    "make_cell",
+    "pyramid",
+    "reduce_time",
+    "resolve_backend",
+    "reverse_padded",
+    "rnn",
+    "stack_cells",
+    "stacked",
+]

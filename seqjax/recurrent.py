@@ -1,0 +1,275 @@
+"""Running a cell over sequences: :func:`rnn`, the one entry point every layer builds on.
+
+The scan backend is the reference. It hoists the input projection out of the time loop (one
+``[B*T, D] @ [D, G]`` matmul) and has a hand-written VJP that hoists the weight gradients too:
+the reverse-time scan computes only the gate gradients and ``dh @ W_h^T`` per step, and
+``dW_h = sum_t h_{t-1}^T dgates_t`` is one ``[H, B*T] @ [B*T, G]`` matmul afterwards. The input
+side (``dW_x``, ``db``, ``dxs``) follows from autodiff through the projection, again as one
+matmul each.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from seqjax.backend import resolve_backend
+from seqjax.cells import Cell
+
+Array = jax.Array
+_F32 = jnp.float32
+
+__all__ = ["rnn", "reverse_padded", "length_mask"]
+
+
+def length_mask(lengths: Array | None, steps: int, batch: int) -> Array:
+    """``[T, B]`` bool mask, ``True`` where ``t < lengths[b]`` (all ``True`` if ``None``)."""
+    t = jnp.arange(steps)[:, None]
+    if lengths is None:
+        return jnp.ones((steps, batch), bool)
+    return t < lengths[None, :]
+
+
+def reverse_padded(x: Array, lengths: Array | None) -> Array:
+    """Reverse time-major ``x [T, B, ...]`` within each sequence's own length.
+
+    Step ``t < lengths[b]`` goes to ``lengths[b] - 1 - t``; padding steps stay where they are.
+    Its own inverse. With ``lengths=None`` it is ``x[::-1]``.
+    """
+    if lengths is None:
+        return x[::-1]
+    steps = x.shape[0]
+    t = jnp.arange(steps)[:, None]
+    idx = jnp.where(t < lengths[None, :], lengths[None, :] - 1 - t, t)  # [T, B]
+    idx = idx.reshape(idx.shape + (1,) * (x.ndim - 2))
+    return jnp.take_along_axis(x, idx, axis=0)
+
+
+# ------------------------------------------------------------------------------------------
+# The scan backend with a hand-written VJP
+# ------------------------------------------------------------------------------------------
+
+
+def _where_tree(m: Array, a: Any, b: Any) -> Any:
+    return jax.tree.map(lambda x, y: jnp.where(m, x, y), a, b)
+
+
+def _scan_forward(cell: Cell, unroll: int, rp, gx, carry0, lengths, save: bool):
+    """Time-major forward loop. Returns ``(hs [T,B,H] masked, final carry, residuals)``."""
+    steps = gx.shape[0]
+
+    def body(carry, inp):
+        t, gx_t = inp
+        new, res = cell._fwd(rp, carry, gx_t)
+        if lengths is not None:
+            new = _where_tree((t < lengths)[:, None], new, carry)
+        return new, ((new, res) if save else cell.carry_hidden(new))
+
+    carry, outs = jax.lax.scan(body, carry0, (jnp.arange(steps), gx), unroll=unroll)
+    carries, res = outs if save else (None, None)
+    hs = cell.carry_hidden(carries) if save else outs
+    if lengths is not None:
+        hs = jnp.where(length_mask(lengths, steps, gx.shape[1])[..., None], hs, 0.0)
+    return hs, carry, (carries, res)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _scan(cell: Cell, unroll: int, rp, gx, carry0, lengths):
+    hs, carry, _ = _scan_forward(cell, unroll, rp, gx, carry0, lengths, save=False)
+    return hs, carry
+
+
+def _scan_fwd(cell, unroll, rp, gx, carry0, lengths):
+    hs, carry, (carries, res) = _scan_forward(cell, unroll, rp, gx, carry0, lengths, save=True)
+    return (hs, carry), (rp, carry0, lengths, carries, res)
+
+
+def _scan_bwd(cell, unroll, saved, cts):
+    rp, carry0, lengths, carries, res = saved
+    dhs, dcarry_last = cts
+    steps = dhs.shape[0]
+    # carry_prev[t] = carry after step t-1 (carry0 for t = 0); padding steps hold the frozen carry.
+    carry_prev = jax.tree.map(lambda c0, cs: jnp.concatenate([c0[None], cs[:-1]]), carry0, carries)
+
+    def body(dcarry, inp):
+        t, res_t, prev_t, dh_t = inp
+        d_in = cell.with_hidden(dcarry, cell.carry_hidden(dcarry) + dh_t)
+        dprev, dgx_t = cell._bwd(rp, res_t, prev_t, d_in)
+        if lengths is not None:  # a padding step is the identity on the carry and outputs 0
+            m = (t < lengths)[:, None]
+            dprev = _where_tree(m, dprev, dcarry)
+            dgx_t = jnp.where(m, dgx_t, 0.0)
+        return dprev, dgx_t
+
+    dcarry0, dgx = jax.lax.scan(
+        body, dcarry_last, (jnp.arange(steps), res, carry_prev, dhs), reverse=True, unroll=unroll
+    )
+    drp = cell._rgrads(rp, res, carry_prev, dgx)
+    drp = jax.tree.map(lambda g, p: g.astype(p.dtype), drp, rp)
+    return drp, dgx, dcarry0, None
+
+
+_scan.defvjp(_scan_fwd, _scan_bwd)
+
+
+def _scan_autodiff(cell: Cell, unroll: int, rp, gx, carry0, lengths, remat: bool):
+    """The same loop differentiated by JAX (``remat=True``: only carries are kept)."""
+    fwd = functools.partial(cell._fwd, rp)
+
+    def step(carry, gx_t):
+        return fwd(carry, gx_t)[0]
+
+    if remat:
+        step = jax.checkpoint(step)
+
+    def body(carry, inp):
+        t, gx_t = inp
+        new = step(carry, gx_t)
+        if lengths is not None:
+            new = _where_tree((t < lengths)[:, None], new, carry)
+        return new, cell.carry_hidden(new)
+
+    steps = gx.shape[0]
+    carry, hs = jax.lax.scan(body, carry0, (jnp.arange(steps), gx), unroll=unroll)
+    if lengths is not None:
+        hs = jnp.where(length_mask(lengths, steps, gx.shape[1])[..., None], hs, 0.0)
+    return hs, carry
+
+
+# ------------------------------------------------------------------------------------------
+# Validation
+# ------------------------------------------------------------------------------------------
+
+
+def _concrete(x: Any) -> np.ndarray | None:
+    """``x`` as a numpy array if its value is known now (not a tracer), else ``None``."""
+    try:
+        return np.asarray(x)
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+        return None
+
+
+def _validate(cell, params, xs, seq_lengths, initial_carry, time_major):
+    if not isinstance(cell, Cell):
+        raise TypeError(f"cell must be a seqjax cell (SimpleRNN, LSTM, ...), got {type(cell)}")
+    if not hasattr(xs, "shape") or not hasattr(xs, "dtype"):
+        raise TypeError(f"xs must be an array, got {type(xs).__name__}")
+    if not jnp.issubdtype(xs.dtype, jnp.floating):
+        raise TypeError(f"xs.dtype={xs.dtype} must be floating (float32 or bfloat16)")
+    layout = "[T, B, D]" if time_major else "[B, T, D]"
+    if xs.ndim != 3:
+        raise ValueError(f"xs.shape={tuple(xs.shape)} must be {layout} (rank 3)")
+    if xs.shape[-1] != cell.input_size:
+        raise ValueError(
+            f"xs.shape={tuple(xs.shape)}: feature size {xs.shape[-1]} != "
+            f"cell.input_size={cell.input_size}"
+        )
+    cell.check_params(params)
+    steps, batch = (xs.shape[0], xs.shape[1]) if time_major else (xs.shape[1], xs.shape[0])
+    if seq_lengths is not None:
+        shape = tuple(jnp.shape(seq_lengths))
+        if shape != (batch,):
+            raise ValueError(f"seq_lengths.shape={shape} must be ({batch},) for xs {layout}")
+        dtype = jnp.result_type(seq_lengths)
+        if not jnp.issubdtype(dtype, jnp.integer):
+            raise TypeError(f"seq_lengths.dtype={dtype} must be an integer dtype")
+        values = _concrete(seq_lengths)
+        if values is not None and values.size and (values.min() < 0 or values.max() > steps):
+            raise ValueError(
+                f"seq_lengths must lie in [0, T={steps}], got min {values.min()} max {values.max()}"
+            )
+    if initial_carry is not None:
+        expected = jax.eval_shape(lambda: cell.initial_carry(batch))
+        ok = jax.tree.structure(initial_carry) == jax.tree.structure(expected) and all(
+            tuple(jnp.shape(a)) == b.shape
+            for a, b in zip(jax.tree.leaves(initial_carry), jax.tree.leaves(expected))
+        )
+        if not ok:
+            got = jax.tree.map(lambda a: tuple(jnp.shape(a)), initial_carry)
+            want = jax.tree.map(lambda a: a.shape, expected)
+            raise ValueError(f"initial_carry shapes {got} must be {want} for {cell!r}")
+    return steps, batch
+
+
+# ------------------------------------------------------------------------------------------
+# Public entry point
+# ------------------------------------------------------------------------------------------
+
+
+def rnn(
+    cell: Cell,
+    params: dict,
+    xs: Array,
+    *,
+    seq_lengths: Array | None = None,
+    initial_carry: Any = None,
+    reverse: bool = False,
+    backend: str = "auto",
+    unroll: int = 1,
+    remat: bool = False,
+    time_major: bool = False,
+) -> tuple[Array, Any]:
+    """Run ``cell`` over a batch of sequences.
+
+    Args:
+      cell: a cell from :mod:`seqjax.cells`.
+      params: its parameter dict (``cell.init(key)``).
+      xs: inputs ``[B, T, D]`` (``[T, B, D]`` if ``time_major``), float32 or bfloat16.
+      seq_lengths: optional ``[B]`` ints in ``[0, T]``. Outputs at ``t >= seq_lengths[b]`` are
+        zero and the final carry is the carry after step ``seq_lengths[b] - 1`` (the initial
+        carry for length 0).
+      initial_carry: optional carry (``h [B, H]``; LSTMs ``(h, c)``); zeros by default.
+      reverse: run each sequence backwards within its own length; outputs stay aligned with the
+        inputs (PyTorch's reverse direction over packed sequences).
+      backend: ``"scan"`` (reference), ``"pallas"`` (fused kernels) or ``"auto"``; see
+        :func:`seqjax.backend.resolve_backend`.
+      unroll: time steps per scan iteration.
+      remat: recompute each step in the backward pass instead of storing its activations
+        (memory ``O(T B H)`` carries only, at the cost of a second forward).
+      time_major: ``xs`` and the outputs are ``[T, B, ...]``.
+
+    Returns:
+      ``(ys, final_carry)``: ``ys [B, T, H]`` in the dtype of ``xs``; the final carry in
+      float32 (state is always float32).
+
+    Raises:
+      TypeError / ValueError: naming the argument and the expected and received shape or dtype.
+    """
+    steps, batch = _validate(cell, params, xs, seq_lengths, initial_carry, time_major)
+    if backend not in ("auto", "scan", "pallas"):
+        raise ValueError(f"backend={backend!r} must be 'auto', 'scan' or 'pallas'")
+    if not isinstance(unroll, int) or unroll < 1:
+        raise ValueError(f"unroll={unroll!r} must be a positive int")
+    out_dtype = xs.dtype
+    carry0 = cell.initial_carry(batch, _F32) if initial_carry is None else initial_carry
+    carry0 = jax.tree.map(lambda c: jnp.asarray(c, _F32), carry0)
+    lengths = None if seq_lengths is None else jnp.asarray(seq_lengths, jnp.int32)
+    if steps == 0 or batch == 0:
+        ys = jnp.zeros((steps, batch, cell.hidden_size) if time_major
+                       else (batch, steps, cell.hidden_size), out_dtype)
+        return ys, carry0
+
+    xs_tm = xs if time_major else jnp.swapaxes(xs, 0, 1)
+    gx = cell.project(params, xs_tm)  # [T, B, G] float32: the hoisted input projection
+    if reverse:
+        gx = reverse_padded(gx, lengths)
+    rp = cell.recurrent_params(params)
+
+    choice = resolve_backend(cell, backend, dtype=xs.dtype, batch=batch, steps=steps)
+    if choice.name == "pallas":
+        from seqjax.kernels import run_kernel  # imported lazily: kernels are optional on CPU
+
+        hs, carry = run_kernel(cell, rp, gx, carry0, lengths, choice)
+    elif remat:
+        hs, carry = _scan_autodiff(cell, unroll, rp, gx, carry0, lengths, remat=True)
+    else:
+        hs, carry = _scan(cell, unroll, rp, gx, carry0, lengths)
+
+    if reverse:
+        hs = reverse_padded(hs, lengths)
+    ys = hs.astype(out_dtype)
+    return (ys if time_major else jnp.swapaxes(ys, 0, 1)), carry
