@@ -27,8 +27,9 @@ For the scan backend's hand-written VJP (:mod:`seqjax.recurrent`) each cell also
 
 ``step`` is ``_fwd`` with the residuals dropped, so the forward maths is written once.
 
-State and accumulation are float32 whatever the parameter dtype: ``project`` returns float32 and
-``step`` upcasts the recurrent weight.
+State and accumulation are float32 (float64 for float64 inputs, :func:`state_dtype`) whatever
+the parameter dtype: ``project`` returns the state dtype and ``step`` casts the recurrent weight
+to the dtype of the carry.
 """
 
 from __future__ import annotations
@@ -79,26 +80,33 @@ def _recurrent_init(init: Initializer, key: Array, hidden: int, gates: int, dtyp
     return jnp.concatenate([init(k, (hidden, hidden), dtype) for k in keys], axis=1)
 
 
+def state_dtype(dtype: Any) -> Any:
+    """The dtype of state and accumulation for inputs of ``dtype``: at least float32."""
+    return jnp.promote_types(dtype, _F32)
+
+
 def _project(xs: Array, w_x: Array, b: Array) -> Array:
-    """``xs [..., D] @ w_x [D, G] + b [G]`` accumulated and returned in float32."""
-    gx = jnp.einsum("...d,dg->...g", xs, w_x, preferred_element_type=_F32)
-    return gx + b.astype(_F32)
+    """``xs [..., D] @ w_x [D, G] + b [G]``, accumulated and returned in the state dtype."""
+    acc = state_dtype(jnp.promote_types(xs.dtype, w_x.dtype))
+    gx = jnp.einsum("...d,dg->...g", xs, w_x, preferred_element_type=acc)
+    return gx + b.astype(acc)
 
 
 def _matmul(h: Array, w: Array) -> Array:
-    return jnp.dot(h, w.astype(_F32), preferred_element_type=_F32)
+    """``h [B, H] @ w [H, G]`` in the dtype of the state ``h``."""
+    return jnp.dot(h, w.astype(h.dtype), preferred_element_type=h.dtype)
 
 
 def _matmul_t(dz: Array, w: Array) -> Array:
     """``dz [B, G] @ w.T`` for ``w [H, G]``: the input cotangent of ``h @ w``."""
     return jax.lax.dot_general(
-        dz, w.astype(_F32), (((dz.ndim - 1,), (1,)), ((), ())), preferred_element_type=_F32
+        dz, w.astype(dz.dtype), (((dz.ndim - 1,), (1,)), ((), ())), preferred_element_type=dz.dtype
     )
 
 
 def _outer_sum(a: Array, b: Array) -> Array:
     """``sum_{t,b} a[t,b,:]^T b[t,b,:]``: a weight gradient over all steps in one matmul."""
-    return jnp.einsum("tbh,tbg->hg", a, b, preferred_element_type=_F32)
+    return jnp.einsum("tbh,tbg->hg", a, b, preferred_element_type=jnp.promote_types(a.dtype, b.dtype))
 
 
 class Cell:
@@ -351,7 +359,7 @@ class PeepholeLSTM(LSTM):
     def _fwd(self, rp, carry, gx_t):
         h, c = carry
         hid = self.hidden_size
-        p_i, p_f, p_o = (rp[k].astype(_F32) for k in ("p_i", "p_f", "p_o"))
+        p_i, p_f, p_o = (rp[k].astype(c.dtype) for k in ("p_i", "p_f", "p_o"))
         pre = gx_t + _matmul(h, rp["w_h"])
         ifg = pre[:, : 3 * hid] + jnp.concatenate([p_i * c, p_f * c, jnp.zeros_like(c)], axis=-1)
         # i, f, g in one tanh (sigmoid via tanh); o needs c_t first.
@@ -370,7 +378,7 @@ class PeepholeLSTM(LSTM):
         _, c_prev = carry_prev
         dh, dc = dcarry
         hid = self.hidden_size
-        p_i, p_f, p_o = (rp[k].astype(_F32) for k in ("p_i", "p_f", "p_o"))
+        p_i, p_f, p_o = (rp[k].astype(dc.dtype) for k in ("p_i", "p_f", "p_o"))
         i, f, g, o = (acts[:, k * hid : (k + 1) * hid] for k in range(4))
         dpre_o = dh * tc * o * (1.0 - o)
         dc = dc + dh * o * (1.0 - tc * tc) + dpre_o * p_o
@@ -451,7 +459,7 @@ class GRU(Cell):
 
     def _fwd(self, rp, h, gx_t):
         hid = self.hidden_size
-        w_h, b_h = rp["w_h"], rp["b_h"].astype(_F32)
+        w_h, b_h = rp["w_h"], rp["b_h"].astype(h.dtype)
         if self.reset == "after":
             zh = _matmul(h, w_h) + b_h
             rz = _sigmoid_tanh(gx_t[:, : 2 * hid] + zh[:, : 2 * hid])

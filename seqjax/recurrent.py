@@ -18,10 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from seqjax.backend import resolve_backend
-from seqjax.cells import Cell
+from seqjax.cells import Cell, state_dtype
 
 Array = jax.Array
-_F32 = jnp.float32
 
 __all__ = ["rnn", "reverse_padded", "length_mask"]
 
@@ -234,7 +233,7 @@ def rnn(
 
     Returns:
       ``(ys, final_carry)``: ``ys [B, T, H]`` in the dtype of ``xs``; the final carry in
-      float32 (state is always float32).
+      float32 (state is at least float32, float64 for float64 inputs).
 
     Raises:
       TypeError / ValueError: naming the argument and the expected and received shape or dtype.
@@ -245,8 +244,9 @@ def rnn(
     if not isinstance(unroll, int) or unroll < 1:
         raise ValueError(f"unroll={unroll!r} must be a positive int")
     out_dtype = xs.dtype
-    carry0 = cell.initial_carry(batch, _F32) if initial_carry is None else initial_carry
-    carry0 = jax.tree.map(lambda c: jnp.asarray(c, _F32), carry0)
+    acc = state_dtype(xs.dtype)
+    carry0 = cell.initial_carry(batch, acc) if initial_carry is None else initial_carry
+    carry0 = jax.tree.map(lambda c: jnp.asarray(c, acc), carry0)
     lengths = None if seq_lengths is None else jnp.asarray(seq_lengths, jnp.int32)
     if steps == 0 or batch == 0:
         ys = jnp.zeros((steps, batch, cell.hidden_size) if time_major

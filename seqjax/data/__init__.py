@@ -1,0 +1,149 @@
+"""Sequence tasks and datasets for the TCN-vs-RNN comparison (Bai, Kolter & Koltun 2018).
+
+``get_task(name)`` builds a :class:`Task`; a task gives deterministic numpy :class:`Batch` es
+from ``(seed, step)``, fixed evaluation batches, its loss terms, metrics and trivial baseline.
+
+========================  ====================================  ===========  ==============
+name                      class                                 metric       needs files
+========================  ====================================  ===========  ==============
+adding                    :class:`AddingTask`                   mse          no
+copy                      :class:`CopyMemoryTask`               loss         no
+digits, pdigits           :class:`DigitsTask`                   accuracy     no
+mnist, pmnist             :class:`MNISTTask`                    accuracy     idx files
+fashion-mnist             :class:`MNISTTask`                    accuracy     idx files
+jsb, nottingham, muse,    :class:`PolyphonicMusicTask`          nll          .mat file
+piano
+ptb-char, ptb-word        :class:`PTBTask`                      bpc / ppl    ptb.*.txt
+========================  ====================================  ===========  ==============
+
+Files are looked up in ``data_dir`` (else the environment variable ``SEQJAX_DATA``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+from seqjax.data.base import (
+    DATA_DIR_ENV,
+    Batch,
+    Task,
+    epoch_indices,
+    pad_batch,
+    resolve_data_dir,
+)
+from seqjax.data.music import MUSIC_FILES, PolyphonicMusicTask, load_music
+from seqjax.data.pixel import (
+    DigitsTask,
+    ImageSequenceTask,
+    MNISTTask,
+    fixed_permutation,
+    load_mnist,
+    read_idx,
+)
+from seqjax.data.synthetic import AddingTask, CopyMemoryTask, adding_problem, copy_memory
+from seqjax.data.text import LanguageModelTask, PTBTask, Vocabulary, load_ptb
+
+__all__ = [
+    "DATA_DIR_ENV",
+    "TASK_NAMES",
+    "AddingTask",
+    "Batch",
+    "CopyMemoryTask",
+    "DigitsTask",
+    "ImageSequenceTask",
+    "LanguageModelTask",
+    "MNISTTask",
+    "PTBTask",
+    "PolyphonicMusicTask",
+    "Task",
+    "Vocabulary",
+    "adding_problem",
+    "copy_memory",
+    "epoch_indices",
+    "fixed_permutation",
+    "get_task",
+    "load_mnist",
+    "load_music",
+    "load_ptb",
+    "pad_batch",
+    "read_idx",
+    "resolve_data_dir",
+]
+
+
+def _fixed_length(name: str, seq_len: int | None, length: int) -> None:
+    if seq_len is not None and seq_len != length:
+        raise ValueError(f"task {name!r} has a fixed sequence length of {length}, got {seq_len=}")
+
+
+def _music(name: str) -> Callable[..., Task]:
+    def make(data_dir, seq_len, **kwargs):
+        # seq_len, when given, crops the training sequences (max_len); evaluation is uncropped.
+        if seq_len is not None:
+            kwargs.setdefault("max_len", seq_len)
+        return PolyphonicMusicTask(name, data_dir=data_dir, **kwargs)
+
+    return make
+
+
+def _pixel(name: str, cls: type, length: int, **fixed) -> Callable[..., Task]:
+    def make(data_dir, seq_len, **kwargs):
+        _fixed_length(name, seq_len, length)
+        if cls is MNISTTask:
+            kwargs["data_dir"] = data_dir
+        return cls(**fixed, **kwargs)
+
+    return make
+
+
+_REGISTRY: dict[str, Callable[..., Task]] = {
+    "adding": lambda data_dir, seq_len, **kw: AddingTask(
+        seq_len=200 if seq_len is None else seq_len, **kw
+    ),
+    "copy": lambda data_dir, seq_len, **kw: CopyMemoryTask(
+        seq_len=1000 if seq_len is None else seq_len, **kw
+    ),
+    "digits": _pixel("digits", DigitsTask, 64, permuted=False),
+    "pdigits": _pixel("pdigits", DigitsTask, 64, permuted=True),
+    "mnist": _pixel("mnist", MNISTTask, 784, variant="mnist", permuted=False),
+    "pmnist": _pixel("pmnist", MNISTTask, 784, variant="mnist", permuted=True),
+    "fashion-mnist": _pixel("fashion-mnist", MNISTTask, 784, variant="fashion-mnist"),
+    **{name: _music(name) for name in MUSIC_FILES},
+    "ptb-char": lambda data_dir, seq_len, **kw: PTBTask("char", data_dir, seq_len, **kw),
+    "ptb-word": lambda data_dir, seq_len, **kw: PTBTask("word", data_dir, seq_len, **kw),
+}
+
+#: Names accepted by :func:`get_task`.
+TASK_NAMES: tuple[str, ...] = tuple(_REGISTRY)
+
+
+def get_task(
+    name: str,
+    *,
+    data_dir: str | os.PathLike | None = None,
+    seq_len: int | None = None,
+    **kwargs,
+) -> Task:
+    """Builds the task ``name``.
+
+    Args:
+        name: one of :data:`TASK_NAMES`.
+        data_dir: directory of the data files (default: env ``SEQJAX_DATA``); unused by the
+            built-in tasks (adding, copy, digits, pdigits).
+        seq_len: sequence length where the task has one to choose: ``T`` of the adding problem
+            (default 200), the blank length of copy memory (default 1000), the window of the PTB
+            tasks (default 320 char, 80 word), the training crop (``max_len``) of the music
+            tasks. The pixel tasks accept only their fixed length (64 or 784) or ``None``.
+        **kwargs: passed to the task's class (e.g. ``eval_size``, ``max_len``, ``standardize``).
+
+    Raises:
+        ValueError: unknown name (the message lists the valid ones) or bad arguments.
+        FileNotFoundError: a file the task needs is missing (the message names the path
+            expected and where the standard file comes from).
+    """
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown task {name!r}; valid names: {', '.join(TASK_NAMES)}")
+    task = _REGISTRY[name](data_dir, seq_len, **kwargs)
+    task.name = name
+    return task

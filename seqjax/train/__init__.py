@@ -1,0 +1,40 @@
+"""Training harness, generic over functional models.
+
+A model is a params pytree and ``loss_fn(params, batch, key, train) -> (loss, aux)``; batches
+come from ``train_batches(step)``. :func:`fit` trains with logging (``metrics.jsonl``), config
+(``config.json``), orbax checkpoints and exact resume; :func:`make_optimizer` builds the optax
+chain (clip first, then the optimiser, schedules, reduce-on-plateau).
+"""
+
+from seqjax.train.checkpoint import latest_step, restore_checkpoint
+from seqjax.train.loop import (
+    FitResult,
+    LossFn,
+    NonFiniteLossError,
+    fit,
+    load_history,
+    make_eval_fn,
+    make_train_step,
+)
+from seqjax.train.optim import OPTIMIZERS, SCHEDULES, learning_rate_of, make_optimizer, make_schedule
+from seqjax.train.plot import plot_curves
+from seqjax.train.state import TrainState
+
+__all__ = [
+    "TrainState",
+    "make_optimizer",
+    "make_schedule",
+    "learning_rate_of",
+    "OPTIMIZERS",
+    "SCHEDULES",
+    "make_train_step",
+    "make_eval_fn",
+    "fit",
+    "FitResult",
+    "LossFn",
+    "NonFiniteLossError",
+    "load_history",
+    "latest_step",
+    "restore_checkpoint",
+    "plot_curves",
+]

@@ -1,0 +1,547 @@
+"""The training loop: one jitted train step, and :func:`fit` around it.
+
+A model is a params pytree and a loss function
+
+    ``loss_fn(params, batch, key, train: bool) -> (loss, aux)``
+
+with ``loss`` a float scalar and ``aux`` a dict of scalar metrics. Batches come from a function
+of the step, ``train_batches(i) -> batch`` (a pytree of numpy arrays), deterministic in ``i``.
+
+Step numbering, used everywhere (metrics rows, checkpoints, errors): *step* ``s`` (``s >= 1``)
+is the ``s``-th update. It consumes ``train_batches(s - 1)`` and the key
+``fold_in(state.key, s - 1)``, and leaves ``state.step == s``. A row ``{"step": s, ...}`` of
+``metrics.jsonl`` describes that update (split ``"train"``) or the parameters after it (split
+``"valid"``); checkpoint ``s`` holds the state after it. Because batches and keys depend only on
+the step, a run resumed from checkpoint ``k`` repeats exactly the updates ``k + 1, ...`` of an
+uninterrupted run, and ends with bit-for-bit the same parameters.
+
+Files of a run (``run_dir``)::
+
+    config.json            the config dict given to fit
+    metrics.jsonl          one JSON object per line: {"step", "split", <metrics>..., "time"}
+    checkpoints/<step>/    orbax checkpoints of the whole TrainState
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+
+from seqjax.train.checkpoint import checkpoint_dir, open_manager
+from seqjax.train.optim import learning_rate_of
+from seqjax.train.plot import plot_curves  # noqa: F401  (re-exported: loop.plot_curves)
+from seqjax.train.state import TrainState, as_raw_key
+
+__all__ = ["LossFn", "NonFiniteLossError", "FitResult", "make_train_step", "make_eval_fn", "fit",
+           "load_history", "METRICS_FILE", "CONFIG_FILE"]
+
+logger = logging.getLogger(__name__)
+
+LossFn = Callable[[Any, Any, jax.Array, bool], tuple[jax.Array, dict[str, jax.Array]]]
+"""``loss_fn(params, batch, key, train) -> (loss scalar, aux dict of scalars)``."""
+
+METRICS_FILE = "metrics.jsonl"
+CONFIG_FILE = "config.json"
+_RESERVED = ("step", "split", "time", "loss", "grad_norm", "lr", "lr_scale")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss (or the gradient norm) of a training step was NaN or infinite.
+
+    Attributes:
+      step: the failing step (the update on ``train_batches(step - 1)``).
+      metric: ``"loss"`` or ``"grad_norm"``.
+      value: the non-finite value.
+      last_checkpoint: the newest checkpoint step on disk (all ``< step``), or ``None``.
+      metrics: all metrics of the failing step, as floats.
+    """
+
+    def __init__(self, step: int, value: float, *, metric: str = "loss",
+                 last_checkpoint: int | None = None, checkpoint_path: Path | None = None,
+                 metrics: Mapping[str, float] | None = None) -> None:
+        self.step = step
+        self.metric = metric
+        self.value = value
+        self.last_checkpoint = last_checkpoint
+        self.metrics = dict(metrics or {})
+        where = ("no checkpoint was saved" if last_checkpoint is None else
+                 f"last good checkpoint: step {last_checkpoint} in {checkpoint_path}")
+        super().__init__(f"non-finite {metric} {value} at step {step} (the update on "
+                         f"train_batches({step - 1})); stopped without saving it; {where}")
+
+
+@dataclasses.dataclass
+class FitResult:
+    """What :func:`fit` returns.
+
+    Attributes:
+      state: the final :class:`TrainState`.
+      history: all metric rows of the run (restored ones included), as in ``metrics.jsonl``.
+      wall_s: wall-clock seconds of this call (compilation, evaluation and checkpoints included).
+      steps_per_s: training steps per second of this call, not counting the first step
+        (which compiles) when more than one step ran.
+      start_step: the step this call started from (``> 0`` after a resume).
+    """
+
+    state: TrainState
+    history: list[dict[str, Any]]
+    wall_s: float
+    steps_per_s: float
+    start_step: int = 0
+
+
+# --------------------------------------------------------------------------------------------
+# The train step.
+
+
+def make_train_step(
+    loss_fn: LossFn,
+    optimizer: optax.GradientTransformation,
+    *,
+    donate: bool = True,
+) -> Callable[[TrainState, Any], tuple[TrainState, dict[str, jax.Array]]]:
+    """Builds the jitted update ``step_fn(state, batch) -> (state, metrics)``.
+
+    With ``s = state.step`` and ``k = fold_in(state.key, s)``:
+
+    .. math::
+
+        (\\ell, \\mathrm{aux}), g &= \\mathrm{value\\_and\\_grad}(\\mathrm{loss\\_fn})
+            (\\theta, \\mathrm{batch}, k, \\mathrm{train{=}True}) \\\\
+        u, o' &= \\mathrm{optimizer.update}(g, o, \\theta, \\mathrm{value}{=}\\ell) \\\\
+        \\theta' &= \\theta + u, \\quad s' = s + 1
+
+    Args:
+      loss_fn: ``loss_fn(params, batch, key, train) -> (loss, aux)``; ``loss`` a float scalar.
+      optimizer: any optax transformation; plain ones are wrapped with
+        :func:`optax.with_extra_args_support`, so ``value=loss`` is always passed and used by
+        the stages that want it (reduce-on-plateau).
+      donate: donate the input state's buffers to the output (the input state is unusable
+        after the call).
+
+    Returns:
+      ``step_fn``; its metrics are ``loss``, ``grad_norm`` (global L2 norm of the raw gradient,
+      before any clipping), ``lr`` (or ``lr_scale``) when the optimiser state exposes it (see
+      :func:`~seqjax.train.optim.learning_rate_of`), and every entry of ``aux``.
+
+    Raises:
+      ValueError: (at the first call) if the loss is not a float scalar or ``aux`` reuses a
+        reserved metric name.
+    """
+    optimizer = optax.with_extra_args_support(optimizer)
+
+    def train_step(state: TrainState, batch: Any) -> tuple[TrainState, dict[str, jax.Array]]:
+        key = jax.random.fold_in(state.key, state.step)
+
+        def objective(params: Any) -> tuple[jax.Array, dict[str, jax.Array]]:
+            loss, aux = loss_fn(params, batch, key, True)
+            _check_loss_and_aux(loss, aux)
+            return loss, aux
+
+        (loss, aux), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params, value=loss)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {"loss": loss, "grad_norm": _global_norm(grads),
+                   **learning_rate_of(opt_state), **aux}
+        new_state = state.replace(params=params, opt_state=opt_state, step=state.step + 1)
+        return new_state, metrics
+
+    return jax.jit(train_step, donate_argnums=(0,) if donate else ())
+
+
+def _global_norm(tree: Any) -> jax.Array:
+    """``sqrt(sum of squares)`` over all leaves, accumulated in float32."""
+    leaves = jax.tree_util.tree_leaves(tree)
+    return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in leaves))
+
+
+def _check_loss_and_aux(loss: jax.Array, aux: Any) -> None:
+    if getattr(loss, "shape", None) != () or not np.issubdtype(loss.dtype, np.floating):
+        raise ValueError(f"loss_fn must return a float scalar loss; got shape="
+                         f"{getattr(loss, 'shape', None)} dtype={getattr(loss, 'dtype', None)}")
+    if not isinstance(aux, Mapping):
+        raise ValueError(f"loss_fn must return (loss, aux) with aux a dict; got {type(aux)}")
+    clash = sorted(set(aux) & set(_RESERVED))
+    if clash:
+        raise ValueError(f"aux keys {clash} clash with reserved metric names {_RESERVED}")
+
+
+def make_eval_fn(
+    loss_fn: LossFn,
+    batches: Iterable[Any],
+    *,
+    key: int | jax.Array = 0,
+) -> Callable[[Any], dict[str, float]]:
+    """Builds ``eval_fn(params) -> {"loss": ..., **aux}``: means over a fixed set of batches.
+
+    Each batch is evaluated with ``loss_fn(params, batch, key, train=False)`` (jitted) and the
+    scalar metrics are averaged with equal weight per batch.
+
+    Args:
+      loss_fn: the model's loss function.
+      batches: the evaluation batches (materialised once, kept in memory).
+      key: the key passed to ``loss_fn`` (int seed or key); unused by deterministic models.
+
+    Returns:
+      ``eval_fn`` suitable for :func:`fit`'s ``eval_fn``.
+
+    Raises:
+      ValueError: if ``batches`` is empty.
+    """
+    batches = list(batches)
+    if not batches:
+        raise ValueError("make_eval_fn needs at least one batch; got an empty batches")
+    raw_key = as_raw_key(key)
+
+    @jax.jit
+    def evaluate(params: Any, batch: Any) -> dict[str, jax.Array]:
+        loss, aux = loss_fn(params, batch, raw_key, False)
+        return {"loss": loss, **aux}
+
+    def eval_fn(params: Any) -> dict[str, float]:
+        totals: dict[str, float] = {}
+        for batch in batches:
+            for name, value in _scalars(jax.device_get(evaluate(params, batch))).items():
+                totals[name] = totals.get(name, 0.0) + float(value)
+        return {name: total / len(batches) for name, total in totals.items()}
+
+    return eval_fn
+
+
+# --------------------------------------------------------------------------------------------
+# fit and its files.
+
+
+def fit(
+    *,
+    params: Any,
+    loss_fn: LossFn,
+    optimizer: optax.GradientTransformation,
+    train_batches: Callable[[int], Any],
+    num_steps: int,
+    run_dir: str | os.PathLike | None,
+    seed: int = 0,
+    eval_fn: Callable[[Any], Mapping[str, float]] | None = None,
+    eval_every: int = 0,
+    checkpoint_every: int = 0,
+    log_every: int = 10,
+    max_to_keep: int = 3,
+    resume: bool = False,
+    overwrite: bool = False,
+    config: Mapping[str, Any] | None = None,
+    progress: bool = True,
+    desc: str = "",
+) -> FitResult:
+    """Trains ``params`` for ``num_steps`` updates, with logs, checkpoints and resume.
+
+    Each step ``s = 1..num_steps`` runs the jitted update on ``train_batches(s - 1)`` (the next
+    batch is built while the device works). After it, in this order:
+
+    1. a non-finite loss or gradient norm raises :class:`NonFiniteLossError` naming ``s``; that
+       state is not saved, and the pending checkpoints (all ``< s``) are completed;
+    2. every ``log_every`` steps and at the last, a ``"train"`` row goes to the history and to
+       ``metrics.jsonl``;
+    3. every ``eval_every`` steps (if ``> 0``) and at the last, ``eval_fn(params)`` gives a
+       ``"valid"`` row;
+    4. every ``checkpoint_every`` steps (if ``> 0``) and at the last, the whole state is saved.
+
+    An exception out of the loop (``KeyboardInterrupt`` included) first saves the state of the
+    last completed step, then propagates; a later ``fit(..., resume=True)`` continues from it.
+
+    Args:
+      params: the initial parameters (copied, never donated). On resume only their structure,
+        shapes and dtypes are used.
+      loss_fn: ``loss_fn(params, batch, key, train) -> (loss, aux)``.
+      optimizer: an optax transformation, e.g. from
+        :func:`~seqjax.train.optim.make_optimizer`.
+      train_batches: ``train_batches(i) -> batch``, deterministic in ``i`` (0-based).
+      num_steps: total number of updates of the run (a resumed run stops at the same total).
+      run_dir: where ``config.json``, ``metrics.jsonl`` and ``checkpoints/`` go; ``None`` keeps
+        everything in memory (no files, no checkpoints, no resume).
+      seed: the run's base key is ``PRNGKey(seed)``; step keys are ``fold_in(key, s - 1)``.
+      eval_fn: ``eval_fn(params) -> {name: float}``, e.g. from :func:`make_eval_fn`.
+      eval_every: evaluation period in steps; 0: only after the last step.
+      checkpoint_every: checkpoint period in steps; 0: only after the last step.
+      log_every: period of the ``"train"`` rows (the last step is always logged).
+      max_to_keep: number of newest checkpoints kept.
+      resume: continue from the newest checkpoint in ``run_dir`` (a fresh start if there is
+        none); history rows after that checkpoint's step are dropped and redone.
+      overwrite: with ``resume=False``, delete an existing run's checkpoints and metrics in
+        ``run_dir`` instead of refusing.
+      config: the resolved configuration, written to ``config.json``.
+      progress: show a tqdm progress bar with the live loss.
+      desc: the progress bar's label.
+
+    Returns:
+      A :class:`FitResult`.
+
+    Raises:
+      NonFiniteLossError: on a NaN/inf loss or gradient norm.
+      FileExistsError: if ``run_dir`` holds a run and neither ``resume`` nor ``overwrite``.
+      ValueError: on invalid arguments, or a checkpoint beyond ``num_steps``.
+    """
+    t_start = time.perf_counter()
+    _validate_fit_args(num_steps=num_steps, eval_every=eval_every, log_every=log_every,
+                       checkpoint_every=checkpoint_every, max_to_keep=max_to_keep,
+                       run_dir=run_dir, resume=resume)
+    state = TrainState.create(params, optimizer, seed)
+    history: list[dict[str, Any]] = []
+    manager: ocp.CheckpointManager | None = None
+    metrics_path: Path | None = None
+    last_saved: int | None = None
+
+    if run_dir is not None:
+        run_path = Path(run_dir)
+        run_path.mkdir(parents=True, exist_ok=True)
+        metrics_path = run_path / METRICS_FILE
+        if not resume:
+            _clear_previous_run(run_path, overwrite)
+        manager = open_manager(run_path, max_to_keep=max_to_keep)
+        restored = manager.latest_step() if resume else None
+        if restored is not None:
+            if restored > num_steps:
+                manager.close()
+                raise ValueError(f"the newest checkpoint in {checkpoint_dir(run_path)} is at "
+                                 f"step {restored}, past {num_steps=}")
+            abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+            state = manager.restore(restored, args=ocp.args.StandardRestore(abstract))
+            last_saved = restored
+            logger.info("resumed %s from step %d", run_path, restored)
+        history = _truncate_history(metrics_path, restored or 0)
+        _write_config(run_path / CONFIG_FILE, config, check_against_previous=resume)
+
+    start = int(state.step)
+    time_offset = max((row.get("time", 0.0) for row in history), default=0.0)
+    step_fn = make_train_step(loss_fn, optimizer)
+    metrics_file = None if metrics_path is None else open(metrics_path, "a")
+    bar = _progress_bar(num_steps, start, desc, progress)
+    pending: tuple[TrainState, Any] | None = None  # updated, not yet checked for finiteness
+    t_first = t_loop_end = time.perf_counter()
+
+    def emit(row: dict[str, Any]) -> None:
+        row["time"] = round(time_offset + time.perf_counter() - t_start, 4)
+        history.append(row)
+        if metrics_file is not None:
+            metrics_file.write(json.dumps(row) + "\n")
+            metrics_file.flush()
+
+    def save(s: int, st: TrainState) -> None:
+        nonlocal last_saved
+        if manager is not None and last_saved != s:
+            manager.save(s, args=ocp.args.StandardSave(st))
+            last_saved = s
+
+    try:
+        next_batch = train_batches(start) if start < num_steps else None
+        for i in range(start, num_steps):
+            s = i + 1
+            new_state, metrics = step_fn(state, next_batch)
+            pending = (new_state, metrics)
+            next_batch = train_batches(s) if s < num_steps else None  # overlaps the device work
+            values = _scalars(jax.device_get(metrics))
+            bad = _first_non_finite(values)
+            if bad is not None:
+                pending = None
+                if manager is not None:
+                    manager.wait_until_finished()
+                raise NonFiniteLossError(
+                    s, bad[1], metric=bad[0], metrics=values,
+                    last_checkpoint=None if manager is None else manager.latest_step(),
+                    checkpoint_path=None if run_dir is None else checkpoint_dir(run_dir))
+            state, pending = new_state, None
+            if i == start:
+                t_first = time.perf_counter()
+
+            last = s == num_steps
+            if s % log_every == 0 or last:
+                emit({"step": s, "split": "train", **values})
+            if eval_fn is not None and ((eval_every and s % eval_every == 0) or last):
+                valid = {k: float(v) for k, v in eval_fn(state.params).items()}
+                emit({"step": s, "split": "valid", **valid})
+                bar.set_postfix({"loss": f"{values['loss']:.4g}",
+                                 **{f"valid_{k}": f"{v:.4g}" for k, v in valid.items()}},
+                                refresh=False)
+            else:
+                bar.set_postfix(loss=f"{values['loss']:.4g}", refresh=False)
+            if (checkpoint_every and s % checkpoint_every == 0) or last:
+                save(s, state)
+            bar.update(1)
+        t_loop_end = time.perf_counter()
+    except NonFiniteLossError:
+        raise
+    except BaseException:
+        _save_on_exit(state, pending, save)
+        raise
+    finally:
+        bar.close()
+        if metrics_file is not None:
+            metrics_file.close()
+        if manager is not None:
+            manager.wait_until_finished()
+            manager.close()
+
+    ran = num_steps - start
+    if ran > 1:
+        steps_per_s = (ran - 1) / max(t_loop_end - t_first, 1e-9)
+    else:
+        steps_per_s = ran / max(t_loop_end - t_start, 1e-9)
+    return FitResult(state=state, history=history, wall_s=time.perf_counter() - t_start,
+                     steps_per_s=steps_per_s, start_step=start)
+
+
+def load_history(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """Reads the metric rows of a run from ``<run_dir>/metrics.jsonl``.
+
+    A torn last line (the process was killed while writing it) is skipped.
+
+    Args:
+      run_dir: the run directory.
+
+    Returns:
+      The rows in file order; ``[]`` if the file does not exist.
+    """
+    path = Path(run_dir) / METRICS_FILE
+    if not path.exists():
+        return []
+    rows = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            logger.warning("skipping unreadable line %d of %s: %r", n, path, line[:80])
+    return rows
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers.
+
+
+def _validate_fit_args(*, num_steps: int, eval_every: int, log_every: int,
+                       checkpoint_every: int, max_to_keep: int,
+                       run_dir: str | os.PathLike | None, resume: bool) -> None:
+    for name, value, low in (("num_steps", num_steps, 0), ("eval_every", eval_every, 0),
+                             ("checkpoint_every", checkpoint_every, 0),
+                             ("log_every", log_every, 1), ("max_to_keep", max_to_keep, 1)):
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
+            raise ValueError(f"{name}={value!r} must be an int >= {low}")
+    if resume and run_dir is None:
+        raise ValueError("resume=True needs a run_dir to resume from; got run_dir=None")
+
+
+def _clear_previous_run(run_path: Path, overwrite: bool) -> None:
+    ckpt = checkpoint_dir(run_path)
+    metrics = run_path / METRICS_FILE
+    has_ckpt = ckpt.is_dir() and any(ckpt.iterdir())
+    has_metrics = metrics.exists() and metrics.stat().st_size > 0
+    if not (has_ckpt or has_metrics):
+        return
+    if not overwrite:
+        raise FileExistsError(f"{run_path} already holds a run (checkpoints or {METRICS_FILE}); "
+                              "pass resume=True to continue it, overwrite=True to replace it, "
+                              "or use another run_dir")
+    if ckpt.is_dir():
+        shutil.rmtree(ckpt)
+    metrics.unlink(missing_ok=True)
+
+
+def _truncate_history(path: Path, last_step: int) -> list[dict[str, Any]]:
+    """Keeps the rows with ``step <= last_step`` and rewrites the file with exactly those."""
+    rows = [r for r in load_history(path.parent) if int(r.get("step", 0)) <= last_step]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    os.replace(tmp, path)
+    return rows
+
+
+def _write_config(path: Path, config: Mapping[str, Any] | None,
+                  check_against_previous: bool) -> None:
+    text = json.dumps(dict(config or {}), indent=2, default=str)
+    if check_against_previous and path.exists():
+        try:
+            old = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            old = None
+        new = json.loads(text)
+        if isinstance(old, dict) and old != new:
+            changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+            logger.warning("resuming %s with a different config (keys %s); config.json is "
+                           "replaced by the new one", path.parent, changed)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text + "\n")
+    os.replace(tmp, path)
+
+
+_FIRST = ("loss", "grad_norm", "lr", "lr_scale")
+
+
+def _scalars(tree: Mapping[str, Any]) -> dict[str, float | int]:
+    """Keeps the scalar entries of a metrics dict, as Python numbers (loss, grad_norm first)."""
+    out: dict[str, float | int] = {}
+    names = [n for n in _FIRST if n in tree] + [n for n in tree if n not in _FIRST]
+    for name in names:
+        value = tree[name]
+        arr = np.asarray(value)
+        if arr.ndim != 0:
+            continue
+        out[name] = int(arr) if np.issubdtype(arr.dtype, np.integer) else float(arr)
+    return out
+
+
+def _first_non_finite(values: Mapping[str, float]) -> tuple[str, float] | None:
+    for name in ("loss", "grad_norm"):
+        if name in values and not math.isfinite(values[name]):
+            return name, values[name]
+    return None
+
+
+def _is_deleted(tree: Any) -> bool:
+    return any(getattr(leaf, "is_deleted", lambda: False)()
+               for leaf in jax.tree_util.tree_leaves(tree))
+
+
+def _save_on_exit(state: TrainState, pending: tuple[TrainState, Any] | None,
+                  save: Callable[[int, TrainState], None]) -> None:
+    """Saves the last completed, finite state when the loop is left by an exception."""
+    candidate = None
+    if not _is_deleted(state):
+        candidate = state
+    elif pending is not None and not _is_deleted(pending[0]):
+        try:
+            values = _scalars(jax.device_get(pending[1]))
+        except Exception:  # noqa: BLE001 - best effort while an exception propagates
+            values = {"loss": math.nan}
+        if _first_non_finite(values) is None:
+            candidate = pending[0]
+    if candidate is None:
+        logger.warning("interrupted inside a train step: no state to save; the newest "
+                       "checkpoint on disk is the one to resume from")
+        return
+    try:
+        step = int(candidate.step)
+        save(step, candidate)
+        logger.warning("interrupted: saved a checkpoint at step %d", step)
+    except Exception as exc:  # noqa: BLE001
+        logger.warning("interrupted: saving a checkpoint failed: %r", exc)
+
+
+def _progress_bar(total: int, initial: int, desc: str, enabled: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc or None, disable=not enabled,
+                dynamic_ncols=True, leave=True)
