@@ -16,25 +16,31 @@ from seqjax.train.loop import (
     make_eval_fn,
     make_train_step,
 )
-from seqjax.train.optim import OPTIMIZERS, SCHEDULES, learning_rate_of, make_optimizer, make_schedule
+from seqjax.train.optim import (
+    OPTIMIZERS,
+    SCHEDULES,
+    learning_rate_of,
+    make_optimizer,
+    make_schedule,
+)
 from seqjax.train.plot import plot_curves
 from seqjax.train.state import TrainState
 
 __all__ = [
-    "TrainState",
-    "make_optimizer",
-    "make_schedule",
-    "learning_rate_of",
     "OPTIMIZERS",
     "SCHEDULES",
-    "make_train_step",
-    "make_eval_fn",
-    "fit",
     "FitResult",
     "LossFn",
     "NonFiniteLossError",
-    "load_history",
+    "TrainState",
+    "fit",
     "latest_step",
-    "restore_checkpoint",
+    "learning_rate_of",
+    "load_history",
+    "make_eval_fn",
+    "make_optimizer",
+    "make_schedule",
+    "make_train_step",
     "plot_curves",
+    "restore_checkpoint",
 ]

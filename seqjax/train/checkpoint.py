@@ -15,8 +15,13 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-__all__ = ["CHECKPOINT_SUBDIR", "checkpoint_dir", "open_manager", "latest_step",
-           "restore_checkpoint"]
+__all__ = [
+    "CHECKPOINT_SUBDIR",
+    "checkpoint_dir",
+    "latest_step",
+    "open_manager",
+    "restore_checkpoint",
+]
 
 CHECKPOINT_SUBDIR = "checkpoints"
 

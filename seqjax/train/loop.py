@@ -24,6 +24,7 @@ Files of a run (``run_dir``)::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -46,8 +47,17 @@ from seqjax.train.optim import learning_rate_of
 from seqjax.train.plot import plot_curves  # noqa: F401  (re-exported: loop.plot_curves)
 from seqjax.train.state import TrainState, as_raw_key
 
-__all__ = ["LossFn", "NonFiniteLossError", "FitResult", "make_train_step", "make_eval_fn", "fit",
-           "load_history", "METRICS_FILE", "CONFIG_FILE"]
+__all__ = [
+    "CONFIG_FILE",
+    "METRICS_FILE",
+    "FitResult",
+    "LossFn",
+    "NonFiniteLossError",
+    "fit",
+    "load_history",
+    "make_eval_fn",
+    "make_train_step",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -141,6 +151,7 @@ def make_train_step(
     Raises:
       ValueError: (at the first call) if the loss is not a float scalar or ``aux`` reuses a
         reserved metric name.
+      TypeError: (at the first call) if ``aux`` is not a dict.
     """
     optimizer = optax.with_extra_args_support(optimizer)
 
@@ -174,7 +185,7 @@ def _check_loss_and_aux(loss: jax.Array, aux: Any) -> None:
         raise ValueError(f"loss_fn must return a float scalar loss; got shape="
                          f"{getattr(loss, 'shape', None)} dtype={getattr(loss, 'dtype', None)}")
     if not isinstance(aux, Mapping):
-        raise ValueError(f"loss_fn must return (loss, aux) with aux a dict; got {type(aux)}")
+        raise TypeError(f"loss_fn must return (loss, aux) with aux a dict; got {type(aux)}")
     clash = sorted(set(aux) & set(_RESERVED))
     if clash:
         raise ValueError(f"aux keys {clash} clash with reserved metric names {_RESERVED}")
@@ -298,108 +309,58 @@ def fit(
     _validate_fit_args(num_steps=num_steps, eval_every=eval_every, log_every=log_every,
                        checkpoint_every=checkpoint_every, max_to_keep=max_to_keep,
                        run_dir=run_dir, resume=resume)
-    state = TrainState.create(params, optimizer, seed)
-    history: list[dict[str, Any]] = []
-    manager: ocp.CheckpointManager | None = None
-    metrics_path: Path | None = None
-    last_saved: int | None = None
-
-    if run_dir is not None:
-        run_path = Path(run_dir)
-        run_path.mkdir(parents=True, exist_ok=True)
-        metrics_path = run_path / METRICS_FILE
-        if not resume:
-            _clear_previous_run(run_path, overwrite)
-        manager = open_manager(run_path, max_to_keep=max_to_keep)
-        restored = manager.latest_step() if resume else None
-        if restored is not None:
-            if restored > num_steps:
-                manager.close()
-                raise ValueError(f"the newest checkpoint in {checkpoint_dir(run_path)} is at "
-                                 f"step {restored}, past {num_steps=}")
-            abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-            state = manager.restore(restored, args=ocp.args.StandardRestore(abstract))
-            last_saved = restored
-            logger.info("resumed %s from step %d", run_path, restored)
-        history = _truncate_history(metrics_path, restored or 0)
-        _write_config(run_path / CONFIG_FILE, config, check_against_previous=resume)
-
-    start = int(state.step)
-    time_offset = max((row.get("time", 0.0) for row in history), default=0.0)
     step_fn = make_train_step(loss_fn, optimizer)
-    metrics_file = None if metrics_path is None else open(metrics_path, "a")
-    bar = _progress_bar(num_steps, start, desc, progress)
-    pending: tuple[TrainState, Any] | None = None  # updated, not yet checked for finiteness
-    t_first = t_loop_end = time.perf_counter()
+    with contextlib.ExitStack() as stack:
+        files = _RunFiles(run_dir, max_to_keep=max_to_keep, t_start=t_start, stack=stack)
+        state = files.start(TrainState.create(params, optimizer, seed), resume=resume,
+                            overwrite=overwrite, num_steps=num_steps, config=config)
+        start = int(state.step)
+        pending: tuple[TrainState, Any] | None = None  # updated, not yet checked for finiteness
+        t_first = t_loop_end = time.perf_counter()
+        valid_postfix: dict[str, str] = {}
+        with _progress_bar(num_steps, start, desc, progress) as bar:
+            try:
+                next_batch = train_batches(start) if start < num_steps else None
+                for i in range(start, num_steps):
+                    s = i + 1
+                    new_state, metrics = step_fn(state, next_batch)
+                    pending = (new_state, metrics)
+                    # build the next batch while the device runs this step
+                    next_batch = train_batches(s) if s < num_steps else None
+                    values = _scalars(jax.device_get(metrics))
+                    bad = _first_non_finite(values)
+                    if bad is not None:
+                        pending = None
+                        raise files.non_finite_error(s, bad, values)
+                    state, pending = new_state, None
+                    if i == start:
+                        t_first = time.perf_counter()
 
-    def emit(row: dict[str, Any]) -> None:
-        row["time"] = round(time_offset + time.perf_counter() - t_start, 4)
-        history.append(row)
-        if metrics_file is not None:
-            metrics_file.write(json.dumps(row) + "\n")
-            metrics_file.flush()
-
-    def save(s: int, st: TrainState) -> None:
-        nonlocal last_saved
-        if manager is not None and last_saved != s:
-            manager.save(s, args=ocp.args.StandardSave(st))
-            last_saved = s
-
-    try:
-        next_batch = train_batches(start) if start < num_steps else None
-        for i in range(start, num_steps):
-            s = i + 1
-            new_state, metrics = step_fn(state, next_batch)
-            pending = (new_state, metrics)
-            next_batch = train_batches(s) if s < num_steps else None  # overlaps the device work
-            values = _scalars(jax.device_get(metrics))
-            bad = _first_non_finite(values)
-            if bad is not None:
-                pending = None
-                if manager is not None:
-                    manager.wait_until_finished()
-                raise NonFiniteLossError(
-                    s, bad[1], metric=bad[0], metrics=values,
-                    last_checkpoint=None if manager is None else manager.latest_step(),
-                    checkpoint_path=None if run_dir is None else checkpoint_dir(run_dir))
-            state, pending = new_state, None
-            if i == start:
-                t_first = time.perf_counter()
-
-            last = s == num_steps
-            if s % log_every == 0 or last:
-                emit({"step": s, "split": "train", **values})
-            if eval_fn is not None and ((eval_every and s % eval_every == 0) or last):
-                valid = {k: float(v) for k, v in eval_fn(state.params).items()}
-                emit({"step": s, "split": "valid", **valid})
-                bar.set_postfix({"loss": f"{values['loss']:.4g}",
-                                 **{f"valid_{k}": f"{v:.4g}" for k, v in valid.items()}},
-                                refresh=False)
-            else:
-                bar.set_postfix(loss=f"{values['loss']:.4g}", refresh=False)
-            if (checkpoint_every and s % checkpoint_every == 0) or last:
-                save(s, state)
-            bar.update(1)
-        t_loop_end = time.perf_counter()
-    except NonFiniteLossError:
-        raise
-    except BaseException:
-        _save_on_exit(state, pending, save)
-        raise
-    finally:
-        bar.close()
-        if metrics_file is not None:
-            metrics_file.close()
-        if manager is not None:
-            manager.wait_until_finished()
-            manager.close()
+                    last = s == num_steps
+                    if s % log_every == 0 or last:
+                        files.emit({"step": s, "split": "train", **values})
+                    if eval_fn is not None and ((eval_every and s % eval_every == 0) or last):
+                        valid = {k: float(v) for k, v in eval_fn(state.params).items()}
+                        files.emit({"step": s, "split": "valid", **valid})
+                        valid_postfix = {f"valid_{k}": f"{v:.4g}" for k, v in valid.items()}
+                    bar.set_postfix({"loss": f"{values['loss']:.4g}", **valid_postfix},
+                                    refresh=False)
+                    if (checkpoint_every and s % checkpoint_every == 0) or last:
+                        files.save(s, state)
+                    bar.update(1)
+                t_loop_end = time.perf_counter()
+            except NonFiniteLossError:
+                raise
+            except BaseException:
+                _save_on_exit(state, pending, files.save, start)
+                raise
 
     ran = num_steps - start
     if ran > 1:
         steps_per_s = (ran - 1) / max(t_loop_end - t_first, 1e-9)
     else:
         steps_per_s = ran / max(t_loop_end - t_start, 1e-9)
-    return FitResult(state=state, history=history, wall_s=time.perf_counter() - t_start,
+    return FitResult(state=state, history=files.history, wall_s=time.perf_counter() - t_start,
                      steps_per_s=steps_per_s, start_step=start)
 
 
@@ -430,6 +391,78 @@ def load_history(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
 
 # --------------------------------------------------------------------------------------------
 # Helpers.
+
+
+class _RunFiles:
+    """The files of one fit call: config, metric rows and checkpoints.
+
+    With ``run_dir=None`` it only keeps the history in memory. ``stack`` closes the metrics file
+    and completes pending checkpoint writes when the caller's ``with`` block ends.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike | None, *, max_to_keep: int, t_start: float,
+                 stack: contextlib.ExitStack) -> None:
+        self.run_path = None if run_dir is None else Path(run_dir)
+        self.max_to_keep = max_to_keep
+        self.t_start = t_start
+        self.time_offset = 0.0
+        self.history: list[dict[str, Any]] = []
+        self.manager: ocp.CheckpointManager | None = None
+        self.last_saved: int | None = None
+        self._stack = stack
+        self._metrics_file: Any = None
+
+    def start(self, state: TrainState, *, resume: bool, overwrite: bool, num_steps: int,
+              config: Mapping[str, Any] | None) -> TrainState:
+        """Prepares ``run_dir`` and returns the state to start from (restored on resume)."""
+        if self.run_path is None:
+            return state
+        self.run_path.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            _clear_previous_run(self.run_path, overwrite)
+        self.manager = open_manager(self.run_path, max_to_keep=self.max_to_keep)
+        self._stack.callback(self.manager.close)
+        self._stack.callback(self.manager.wait_until_finished)
+        restored = self.manager.latest_step() if resume else None
+        if restored is not None:
+            if restored > num_steps:
+                raise ValueError(f"the newest checkpoint in {checkpoint_dir(self.run_path)} is "
+                                 f"at step {restored}, past {num_steps=}")
+            abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+            state = self.manager.restore(restored, args=ocp.args.StandardRestore(abstract))
+            self.last_saved = restored
+            logger.info("resumed %s from step %d", self.run_path, restored)
+        metrics_path = self.run_path / METRICS_FILE
+        self.history = _truncate_history(metrics_path, restored or 0)
+        self.time_offset = max((row.get("time", 0.0) for row in self.history), default=0.0)
+        _write_config(self.run_path / CONFIG_FILE, config, check_against_previous=resume)
+        self._metrics_file = self._stack.enter_context(open(metrics_path, "a"))  # noqa: SIM115
+        return state
+
+    def emit(self, row: dict[str, Any]) -> None:
+        """Appends a metrics row (stamped with the run's elapsed ``time``) to history and file."""
+        row["time"] = round(self.time_offset + time.perf_counter() - self.t_start, 4)
+        self.history.append(row)
+        if self._metrics_file is not None:
+            self._metrics_file.write(json.dumps(row) + "\n")
+            self._metrics_file.flush()
+
+    def save(self, step: int, state: TrainState) -> None:
+        """Checkpoints ``state`` as ``step`` (once per step; no-op without a run_dir)."""
+        if self.manager is not None and self.last_saved != step:
+            self.manager.save(step, args=ocp.args.StandardSave(state))
+            self.last_saved = step
+
+    def non_finite_error(self, step: int, bad: tuple[str, float],
+                         values: Mapping[str, float]) -> NonFiniteLossError:
+        """Completes the pending checkpoints (all older than ``step``) and builds the error."""
+        latest = None
+        if self.manager is not None:
+            self.manager.wait_until_finished()
+            latest = self.manager.latest_step()
+        return NonFiniteLossError(
+            step, bad[1], metric=bad[0], metrics=values, last_checkpoint=latest,
+            checkpoint_path=None if self.run_path is None else checkpoint_dir(self.run_path))
 
 
 def _validate_fit_args(*, num_steps: int, eval_every: int, log_every: int,
@@ -516,8 +549,8 @@ def _is_deleted(tree: Any) -> bool:
 
 
 def _save_on_exit(state: TrainState, pending: tuple[TrainState, Any] | None,
-                  save: Callable[[int, TrainState], None]) -> None:
-    """Saves the last completed, finite state when the loop is left by an exception."""
+                  save: Callable[[int, TrainState], None], start: int) -> None:
+    """Saves the last completed, finite state (if past ``start``) when an exception ends fit."""
     candidate = None
     if not _is_deleted(state):
         candidate = state
@@ -534,9 +567,11 @@ def _save_on_exit(state: TrainState, pending: tuple[TrainState, Any] | None,
         return
     try:
         step = int(candidate.step)
+        if step == start:
+            return  # nothing new since the start (or the restored checkpoint)
         save(step, candidate)
         logger.warning("interrupted: saved a checkpoint at step %d", step)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - the original exception matters more
         logger.warning("interrupted: saving a checkpoint failed: %r", exc)
 
 

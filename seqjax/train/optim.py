@@ -33,8 +33,14 @@ import jax.numpy as jnp
 import optax
 from optax.contrib import ReduceLROnPlateauState, reduce_on_plateau
 
-__all__ = ["OPTIMIZERS", "SCHEDULES", "PLATEAU_KEYS", "make_optimizer", "make_schedule",
-           "learning_rate_of"]
+__all__ = [
+    "OPTIMIZERS",
+    "PLATEAU_KEYS",
+    "SCHEDULES",
+    "learning_rate_of",
+    "make_optimizer",
+    "make_schedule",
+]
 
 OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {
     "adam": optax.adam,
@@ -203,7 +209,7 @@ def make_optimizer(
 
 def _is_inject_state(x: Any) -> bool:
     return hasattr(x, "hyperparams") and hasattr(x, "inner_state") and isinstance(
-        getattr(x, "hyperparams"), Mapping)
+        x.hyperparams, Mapping)
 
 
 def learning_rate_of(opt_state: Any) -> dict[str, jax.Array]:
