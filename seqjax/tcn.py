@@ -1,4 +1,4 @@
-"""Temporal Convolutional Network (Bai, Kolter & Koltun, 2018), functional.
+r"""Temporal Convolutional Network (Bai, Kolter & Koltun, 2018), functional.
 
 A TCN is a stack of residual blocks of causal, dilated 1D convolutions. Level ``i``
 (``0``-based) uses dilation :math:`d_i = 2^i`, and each block holds two convolutions, so a TCN with
@@ -6,9 +6,9 @@ kernel size :math:`K` and :math:`L` levels sees
 
 .. math::
 
-    \\mathrm{RF}(K, L) = 1 + 2 (K - 1) (2^L - 1)
+    \mathrm{RF}(K, L) = 1 + 2 (K - 1) (2^L - 1)
 
-input steps: the output at time :math:`t` depends on :math:`x_{t-\\mathrm{RF}+1}, \\dots, x_t` and
+input steps: the output at time :math:`t` depends on :math:`x_{t-\mathrm{RF}+1}, \dots, x_t` and
 on nothing later.
 
 Everything here is pure: a :class:`TCN` holds only static configuration (it is frozen and hashable,
@@ -52,11 +52,11 @@ def _check_positive_int(name: str, value: Any) -> None:
 
 
 def receptive_field(kernel_size: int, levels: int) -> int:
-    """Number of input steps one output step of a TCN sees.
+    r"""Number of input steps one output step of a TCN sees.
 
     .. math::
 
-        \\mathrm{RF}(K, L) = 1 + 2 (K - 1) (2^L - 1)
+        \mathrm{RF}(K, L) = 1 + 2 (K - 1) (2^L - 1)
 
     (two convolutions per residual block, dilation :math:`2^i` at level :math:`i`).
 
@@ -76,15 +76,15 @@ def receptive_field(kernel_size: int, levels: int) -> int:
 
 
 def causal_conv1d(x: jax.Array, w: jax.Array, b: jax.Array, dilation: int = 1) -> jax.Array:
-    """Causal, dilated 1D convolution over time, feature-last.
+    r"""Causal, dilated 1D convolution over time, feature-last.
 
     The input is left-padded with :math:`(K-1)d` zeros, so that
 
     .. math::
 
-        y_t = b + \\sum_{k=0}^{K-1} x_{t - (K-1-k) d} \\, W_k, \\qquad x_{s<0} = 0,
+        y_t = b + \sum_{k=0}^{K-1} x_{t - (K-1-k) d} \, W_k, \qquad x_{s<0} = 0,
 
-    i.e. the output at time :math:`t` depends only on inputs at times :math:`\\le t`. This is
+    i.e. the output at time :math:`t` depends only on inputs at times :math:`\le t`. This is
     PyTorch's ``Conv1d(padding=(K-1)*d, dilation=d)`` followed by chopping the last
     :math:`(K-1)d` steps (locuslab's ``Chomp1d``), with ``W_k = weight[:, :, k].T``.
 
@@ -114,11 +114,11 @@ def causal_conv1d(x: jax.Array, w: jax.Array, b: jax.Array, dilation: int = 1) -
 
 
 def weight_norm(v: jax.Array, g: jax.Array) -> jax.Array:
-    """Weight normalisation (Salimans & Kingma, 2016) with the output channel last.
+    r"""Weight normalisation (Salimans & Kingma, 2016) with the output channel last.
 
     .. math::
 
-        W_{\\dots, o} = g_o \\, \\frac{V_{\\dots, o}}{\\lVert V_{\\dots, o} \\rVert_2},
+        W_{\dots, o} = g_o \, \frac{V_{\dots, o}}{\lVert V_{\dots, o} \rVert_2},
 
     the norm taken over every axis but the last (output-channel) one: the same as PyTorch's
     ``weight_norm(conv, dim=0)`` on a ``Conv1d`` (whose output channel is axis 0 there).
@@ -162,21 +162,20 @@ def _temporal_block(
 
 @dataclasses.dataclass(frozen=True)
 class TCN:
-    """Temporal Convolutional Network: a stack of causal, dilated residual blocks.
+    r"""Temporal Convolutional Network: a stack of causal, dilated residual blocks.
 
-    Level :math:`i` maps :math:`C_{i-1} \\to C_i` channels (:math:`C_{-1}` = ``input_size``,
+    Level :math:`i` maps :math:`C_{i-1} \to C_i` channels (:math:`C_{-1}` = ``input_size``,
     :math:`C_i` = ``channels[i]``) with dilation :math:`d = 2^i`. With
-    :math:`\\mathrm{Conv}_d` the causal dilated convolution of :func:`causal_conv1d` and
-    :math:`W = g \\, V / \\lVert V \\rVert` the weight norm of :func:`weight_norm`, one block is
+    :math:`\mathrm{Conv}_d` the causal dilated convolution of :func:`causal_conv1d` and
+    :math:`W = g \, V / \lVert V \rVert` the weight norm of :func:`weight_norm`, one block is
 
     .. math::
 
-        h^{(1)} &= \\mathrm{Dropout}(\\mathrm{ReLU}(\\mathrm{Conv}_d(x; W^{(1)}) + b^{(1)})) \\\\
-        h^{(2)} &= \\mathrm{Dropout}(\\mathrm{ReLU}(\\mathrm{Conv}_d(h^{(1)}; W^{(2)}) + b^{(2)}))
-            \\\\
-        r &= \\begin{cases} x & C_{i-1} = C_i \\\\
-                x \\, W^{\\mathrm{down}} + b^{\\mathrm{down}} & \\text{otherwise} \\end{cases} \\\\
-        y &= \\mathrm{ReLU}(h^{(2)} + r)
+        h^{(1)} &= \mathrm{Dropout}(\mathrm{ReLU}(\mathrm{Conv}_d(x; W^{(1)}) + b^{(1)})) \\
+        h^{(2)} &= \mathrm{Dropout}(\mathrm{ReLU}(\mathrm{Conv}_d(h^{(1)}; W^{(2)}) + b^{(2)})) \\
+        r &= \begin{cases} x & C_{i-1} = C_i \\
+                x \, W^{\mathrm{down}} + b^{\mathrm{down}} & \text{otherwise} \end{cases} \\
+        y &= \mathrm{ReLU}(h^{(2)} + r)
 
     which is ``TemporalBlock`` of locuslab/TCN. Dropout is element-wise inverted dropout, active
     only with ``train=True``.
@@ -191,7 +190,9 @@ class TCN:
     Example:
         >>> tcn = TCN(input_size=1, channels=(25,) * 8, kernel_size=7, dropout=0.05)
         >>> params = tcn.init(jax.random.key(0))
-        >>> ys = tcn.apply(params, xs)  # [B, T, 1] -> [B, T, 25]
+        >>> ys = tcn.apply(params, jnp.zeros((4, 600, 1)))  # [B, T, 1] -> [B, T, 25]
+        >>> ys.shape, tcn.receptive_field
+        ((4, 600, 25), 3061)
     """
 
     input_size: int
@@ -239,20 +240,20 @@ class TCN:
         weight_init: Literal["paper", "locuslab"] = "paper",
         dtype: Any = jnp.float32,
     ) -> Params:
-        """Initialise the parameters.
+        r"""Initialise the parameters.
 
-        Biases follow PyTorch's ``Conv1d`` default, :math:`U(-1/\\sqrt{f}, 1/\\sqrt{f})` with
+        Biases follow PyTorch's ``Conv1d`` default, :math:`U(-1/\sqrt{f}, 1/\sqrt{f})` with
         fan-in :math:`f = K C_{in}` (:math:`C_{in}` for the 1x1 downsample), and the downsample
         weight is :math:`N(0, 0.01^2)`. The conv directions :math:`V` depend on ``weight_init``:
 
-        - ``"paper"`` (default): :math:`V \\sim N(0, 0.01^2)`, as the paper and locuslab's
+        - ``"paper"`` (default): :math:`V \sim N(0, 0.01^2)`, as the paper and locuslab's
           ``init_weights`` intend.
-        - ``"locuslab"``: :math:`V \\sim U(-1/\\sqrt{f}, 1/\\sqrt{f})`, PyTorch's ``Conv1d``
+        - ``"locuslab"``: :math:`V \sim U(-1/\sqrt{f}, 1/\sqrt{f})`, PyTorch's ``Conv1d``
           default. This is what locuslab's code actually trains with: its ``init_weights``
           writes ``conv.weight.data`` after ``weight_norm`` has been applied, and the weight-norm
           hook recomputes the weight from ``g`` and ``v`` at the next forward pass, undoing it.
 
-        In both cases :math:`g = \\lVert V \\rVert` per output channel, so :math:`W = V` at init.
+        In both cases :math:`g = \lVert V \rVert` per output channel, so :math:`W = V` at init.
 
         Args:
             key: PRNG key.

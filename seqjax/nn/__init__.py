@@ -1,5 +1,6 @@
 """Flax NNX modules: thin stateful wrappers over the functional core."""
 
 from seqjax.nn.recurrent import GRU, LSTM, RNN, Recurrent
+from seqjax.nn.tcn import TCN
 
-__all__ = ["GRU", "LSTM", "RNN", "Recurrent"]
+__all__ = ["GRU", "LSTM", "RNN", "Recurrent", "TCN"]

@@ -1,7 +1,9 @@
 """Flax NNX wrappers around the functional recurrent core.
 
-The modules hold the param pytree of :func:`seqjax.layers.stacked` in one ``nnx.Param`` and call
-the functional core; no maths is written here.
+The modules hold the param pytree of :func:`seqjax.layers.stacked` with one ``nnx.Param`` per
+array (state paths read ``layers/0/fw/w_h``; one ``nnx.Param`` holding a pytree with lists breaks
+on the second ``nnx.Optimizer`` update) and call the functional core; no maths is written here.
+Like :class:`seqjax.nn.TCN`, ``__call__`` takes ``train`` and an optional dropout ``key``.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ class Recurrent(nnx.Module):
       num_layers: stacked layers.
       bidirectional: run every layer both ways; outputs ``[B, T, 2H]`` with ``merge="concat"``.
       merge: ``"concat"`` or ``"sum"``.
-      dropout: dropout between layers (training only: ``model.train()``, needs ``rngs``).
+      dropout: dropout between layers (only with ``train=True``).
       backend: ``"auto"``, ``"scan"`` or ``"pallas"`` (see :func:`seqjax.rnn`).
       rngs: ``nnx.Rngs`` for init (``params`` stream) and dropout (``dropout`` stream).
       **cell_kwargs: passed to the cell (``forget_bias``, ``activation``, ``reset``, inits).
@@ -48,13 +50,19 @@ class Recurrent(nnx.Module):
     ):
         self.cells = tuple(stack_cells(kind, input_size, hidden_size, num_layers,
                                        bidirectional=bidirectional, merge=merge, **cell_kwargs))
-        self.params = nnx.Param(init_stack(self.cells, rngs.params(), bidirectional=bidirectional))
+        params = init_stack(self.cells, rngs.params(), bidirectional=bidirectional)
+        self.layers = nnx.data(jax.tree.map(nnx.Param, params))
         self.bidirectional = bidirectional
         self.merge = merge
         self.dropout = dropout
         self.backend = backend
-        self.deterministic = False
         self.rngs = rngs.fork() if dropout > 0 else None
+
+    @property
+    def params(self) -> list[dict]:
+        """The current parameters as the plain pytree :func:`seqjax.stacked` takes."""
+        return jax.tree.map(lambda v: v.get_value(), self.layers,
+                            is_leaf=lambda x: isinstance(x, nnx.Variable))
 
     @property
     def output_size(self) -> int:
@@ -67,14 +75,21 @@ class Recurrent(nnx.Module):
         *,
         seq_lengths: jax.Array | None = None,
         initial_carries: Any = None,
+        train: bool = False,
+        key: jax.Array | None = None,
         **rnn_kwargs: Any,
     ) -> tuple[jax.Array, list[Any]]:
-        """``xs [B, T, D]`` -> ``(ys [B, T, output_size], final carries per layer)``."""
-        key = None
-        if self.dropout > 0 and not self.deterministic and self.rngs is not None:
+        """``xs [B, T, D]`` -> ``(ys [B, T, output_size], final carries per layer)``.
+
+        With ``train=True`` and ``dropout > 0``, dropout uses ``key`` or, if ``None``, a key
+        drawn from the module's ``dropout`` stream.
+        """
+        if not train:
+            key = None
+        elif key is None and self.rngs is not None:
             key = self.rngs.dropout()
         return stacked(
-            self.cells, self.params.get_value(), xs, seq_lengths=seq_lengths,
+            self.cells, self.params, xs, seq_lengths=seq_lengths,
             initial_carries=initial_carries, bidirectional=self.bidirectional, merge=self.merge,
             dropout=self.dropout, key=key, backend=self.backend, **rnn_kwargs,
         )

@@ -24,6 +24,10 @@ class TCN(nnx.Module):
     state paths read ``blocks/0/conv1/v`` etc. (handy for optimiser masks and sharding rules), and
     calls :meth:`seqjax.tcn.TCN.apply` on them; see that class for the maths and shapes.
 
+    (One ``nnx.Param`` holding the whole pytree is not used: ``nnx`` turns the ``blocks`` list
+    into a dict-like ``State`` on the first ``nnx.Optimizer`` update, and the second update then
+    fails with a pytree structure error.)
+
     Args:
         input_size: Input channels.
         channels: Output channels of each level (one residual block per level).
@@ -31,7 +35,9 @@ class TCN(nnx.Module):
         dropout: Dropout rate in ``[0, 1)``.
         weight_init: ``"paper"`` or ``"locuslab"``, see :meth:`seqjax.tcn.TCN.init`.
         dtype: Parameter dtype.
-        rngs: ``nnx.Rngs``; the ``params`` stream initialises the weights.
+        rngs: ``nnx.Rngs``; the ``params`` stream initialises the weights, and a fork of it is
+            kept (when ``dropout > 0``) to draw dropout keys from its ``dropout`` stream when
+            ``__call__`` gets ``train=True`` and no ``key``.
 
     Attributes:
         config: The static :class:`seqjax.tcn.TCN` configuration.
@@ -52,6 +58,7 @@ class TCN(nnx.Module):
         self.config = tcn_lib.TCN(input_size, channels, kernel_size, dropout)
         params = self.config.init(rngs.params(), weight_init=weight_init, dtype=dtype)
         self.blocks = nnx.data(jax.tree.map(nnx.Param, params["blocks"]))
+        self.rngs = rngs.fork() if self.config.dropout > 0 else None
 
     @property
     def receptive_field(self) -> int:
@@ -67,5 +74,14 @@ class TCN(nnx.Module):
     def __call__(
         self, xs: jax.Array, *, train: bool = False, key: jax.Array | None = None
     ) -> jax.Array:
-        """``[B, T, input_size] -> [B, T, channels[-1]]``; see :meth:`seqjax.tcn.TCN.apply`."""
+        """``[B, T, input_size] -> [B, T, channels[-1]]``; see :meth:`seqjax.tcn.TCN.apply`.
+
+        Args:
+            xs: Inputs ``[B, T, input_size]``.
+            train: Apply dropout.
+            key: Dropout key; if None (and ``train`` with ``dropout > 0``), one is drawn from the
+                module's ``dropout`` stream, which advances on every such call.
+        """
+        if train and key is None and self.rngs is not None:
+            key = self.rngs.dropout()
         return self.config.apply(self.params, xs, train=train, key=key)
