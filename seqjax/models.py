@@ -15,7 +15,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from seqjax.cells import CELLS, glorot_uniform
+from seqjax.cells import glorot_uniform
 from seqjax.layers import init_stack, stack_cells, stacked
 from seqjax.tcn import TCN
 
@@ -56,6 +56,10 @@ class SequenceModel:
       backend: recurrent backend (see :func:`seqjax.rnn`).
       readout_std: if set, the readout weight is N(0, readout_std) (the TCN paper uses 0.01);
         Glorot-uniform otherwise.
+      forget_bias: initial LSTM forget-gate bias (LSTM archs only).
+      tcn_init: TCN weight init, ``"locuslab"`` (what locuslab/TCN actually trains with: its
+        N(0, 0.01) is overwritten by ``weight_norm``, leaving PyTorch's default uniform init) or
+        ``"paper"`` (N(0, 0.01) as the paper states); see :meth:`seqjax.tcn.TCN.init`.
     """
 
     arch: str
@@ -68,6 +72,8 @@ class SequenceModel:
     embed_size: int = 0
     backend: str = "auto"
     readout_std: float | None = None
+    forget_bias: float = 1.0
+    tcn_init: str = "locuslab"
 
     def __post_init__(self):
         if self.arch not in ARCHS:
@@ -91,7 +97,9 @@ class SequenceModel:
 
     @property
     def cells(self) -> list:
-        return stack_cells(self.arch, self._feature_size, self.hidden_size, self.num_layers)
+        extra = {"forget_bias": self.forget_bias} if "lstm" in self.arch else {}
+        return stack_cells(self.arch, self._feature_size, self.hidden_size, self.num_layers,
+                           **extra)
 
     @property
     def receptive_field(self) -> int | None:
@@ -105,7 +113,7 @@ class SequenceModel:
         if self.embed_size:
             params["embed"] = jax.random.normal(k_emb, (self.input_size, self.embed_size)) * 0.1
         if self.arch == "tcn":
-            params["encoder"] = self.tcn.init(k_enc)
+            params["encoder"] = self.tcn.init(k_enc, weight_init=self.tcn_init)
         else:
             params["encoder"] = init_stack(self.cells, k_enc)
         shape = (self.hidden_size, self.output_size)
@@ -172,5 +180,3 @@ def hidden_for_params(model: SequenceModel, target: int, *, max_hidden: int = 40
     candidates = [h for h in (lo - 1, lo) if h >= 1]
     return min(candidates, key=lambda h: abs(count(h) - target))
 
-
-assert set(RECURRENT_ARCHS) >= set(CELLS) - {"peephole_lstm"} | {"peephole_lstm"}

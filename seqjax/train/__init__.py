@@ -25,6 +25,7 @@ from seqjax.train.optim import (
 )
 from seqjax.train.plot import plot_curves
 from seqjax.train.state import TrainState
+from seqjax.train.tasks import make_task_evaluator, task_loss_fn
 
 __all__ = [
     "OPTIMIZERS",
@@ -40,7 +41,9 @@ __all__ = [
     "make_eval_fn",
     "make_optimizer",
     "make_schedule",
+    "make_task_evaluator",
     "make_train_step",
     "plot_curves",
     "restore_checkpoint",
+    "task_loss_fn",
 ]

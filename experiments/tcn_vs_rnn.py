@@ -1,0 +1,358 @@
+"""TCN vs LSTM / GRU / RNN on the classic sequence tasks (Bai, Kolter & Koltun 2018).
+
+    python experiments/tcn_vs_rnn.py                      # adding problem, T=200, quick preset
+    python experiments/tcn_vs_rnn.py --task copy --models tcn,lstm --steps 500
+    python experiments/tcn_vs_rnn.py --task jsb --preset paper --data-dir ../shared/data
+    python experiments/tcn_vs_rnn.py --resume results/adding/20261123-101500   # after a crash
+
+Every model trains on the same deterministic batches; the recurrent models get the hidden size
+that matches the TCN's parameter count (the paper's "roughly equal parameters"), unless the
+preset fixes it (``paper``: Table 3 of the paper's supplement for the LSTM). The run directory
+``<out>/<task>/<timestamp>/`` gets ``table.md``, ``results.json``, ``curves.png`` and one
+sub-directory per model with its ``config.json``, ``metrics.jsonl`` and orbax checkpoints;
+``--resume`` continues an interrupted comparison from those checkpoints.
+
+Presets. ``quick`` (the default) finishes in minutes on a laptop CPU. ``paper`` uses the TCN
+hyperparameters of locuslab/TCN's scripts (the paper's Table 2 where they differ is noted in
+``PAPER_NOTES``) and the LSTM settings of the paper's Table 3; GRU and RNN use the LSTM's
+optimiser settings with the hidden size matched to the LSTM's parameter count. One deliberate
+departure: gradient clipping acts (locuslab's copy-memory and music scripts clip before
+``backward()``, which clips nothing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+
+from seqjax.data import TASK_NAMES, get_task
+from seqjax.models import ARCHS, SequenceModel, hidden_for_params, param_count
+from seqjax.train import (
+    fit,
+    make_optimizer,
+    make_task_evaluator,
+    plot_curves,
+    task_loss_fn,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Arch:
+    """One model's size and optimiser. ``hidden=None``: match the TCN's parameter count."""
+
+    hidden: int | None = None
+    layers: int = 1
+    kernel: int = 2
+    dropout: float = 0.0
+    embed: int = 0
+    lr: float = 2e-3
+    optimizer: str = "adam"
+    clip: float | None = 1.0
+    forget_bias: float = 1.0
+    readout_std: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """Everything a run of one task needs besides the data."""
+
+    steps: int
+    batch_size: int
+    tcn: Arch
+    rnn: Arch  # LSTM, and the GRU/RNN unless overridden
+    seq_len: int | None = None
+    eval_every: int = 100
+    eval_batch_size: int = 256
+    eval_batches: int | None = None  # cap on validation batches during training (test: all)
+    gru: Arch | None = None
+    rnn_tanh: Arch | None = None
+    task_kwargs: tuple = ()
+
+    def arch(self, name: str) -> Arch:
+        if name == "tcn":
+            return self.tcn
+        if name.startswith("gru") and self.gru is not None:
+            return self.gru
+        if name.startswith("rnn") and self.rnn_tanh is not None:
+            return self.rnn_tanh
+        return self.rnn
+
+
+_tcn = Arch  # readability in the tables below
+QUICK: dict[str, Preset] = {
+    "adding": Preset(steps=3000, batch_size=32, seq_len=200, eval_every=250,
+                     tcn=_tcn(hidden=24, layers=5, kernel=6, lr=4e-3, clip=None,
+                              readout_std=0.01),
+                     rnn=Arch(lr=2e-3, clip=1.0)),
+    "copy": Preset(steps=2000, batch_size=32, seq_len=100, eval_every=250,
+                   tcn=_tcn(hidden=16, layers=4, kernel=8, embed=10, lr=2e-3, clip=1.0,
+                            readout_std=0.01),
+                   rnn=Arch(embed=10, lr=2e-3, clip=1.0)),
+    "digits": Preset(steps=1500, batch_size=64, eval_every=250,
+                     tcn=_tcn(hidden=25, layers=3, kernel=7, dropout=0.05, lr=2e-3, clip=None),
+                     rnn=Arch(lr=2e-3, clip=1.0)),
+    "mnist": Preset(steps=1000, batch_size=64, eval_every=250, eval_batches=8,
+                    tcn=_tcn(hidden=25, layers=7, kernel=7, dropout=0.05, lr=2e-3, clip=None),
+                    rnn=Arch(lr=1e-3, optimizer="rmsprop", clip=1.0)),
+    "music": Preset(steps=1000, batch_size=16, eval_every=250, eval_batch_size=32,
+                    tcn=_tcn(hidden=64, layers=4, kernel=5, dropout=0.25, lr=1e-3, clip=0.4),
+                    rnn=Arch(lr=2e-3, clip=1.0), task_kwargs=(("max_len", 200),
+                                                              ("pad_multiple", 32))),
+    "ptb-char": Preset(steps=1000, batch_size=32, seq_len=200, eval_every=250, eval_batches=20,
+                       eval_batch_size=64,
+                       tcn=_tcn(hidden=128, layers=4, kernel=3, embed=32, dropout=0.1,
+                                lr=2e-3, clip=0.5),
+                       rnn=Arch(embed=32, lr=2e-3, clip=0.5)),
+    "ptb-word": Preset(steps=1000, batch_size=32, seq_len=40, eval_every=250, eval_batches=20,
+                       eval_batch_size=64,
+                       tcn=_tcn(hidden=128, layers=3, kernel=3, embed=64, dropout=0.2,
+                                lr=2e-3, clip=0.5),
+                       rnn=Arch(embed=64, lr=2e-3, clip=0.5)),
+}
+
+# Epochs of the paper / locuslab scripts turned into steps: epochs * train size / batch size.
+PAPER: dict[str, Preset] = {
+    "adding": Preset(steps=10 * 50000 // 32, batch_size=32, seq_len=600, eval_every=500,
+                     tcn=_tcn(hidden=30, layers=8, kernel=7, lr=4e-3, clip=None,
+                              readout_std=0.01),
+                     rnn=Arch(hidden=130, layers=1, lr=2e-3, clip=5.0)),
+    "copy": Preset(steps=50 * 10000 // 32, batch_size=32, seq_len=1000, eval_every=500,
+                   tcn=_tcn(hidden=10, layers=8, kernel=8, embed=10, dropout=0.05, lr=5e-4,
+                            optimizer="rmsprop", clip=1.0, readout_std=0.01),
+                   rnn=Arch(hidden=50, layers=1, embed=10, dropout=0.05, lr=5e-4,
+                            optimizer="rmsprop", clip=1.0)),
+    "mnist": Preset(steps=20 * 60000 // 64, batch_size=64, eval_every=1000,
+                    tcn=_tcn(hidden=25, layers=8, kernel=7, dropout=0.05, lr=2e-3, clip=None),
+                    rnn=Arch(hidden=130, layers=1, lr=1e-3, optimizer="rmsprop", clip=1.0)),
+    "pmnist": Preset(steps=20 * 60000 // 64, batch_size=64, eval_every=1000,
+                     tcn=_tcn(hidden=25, layers=8, kernel=7, dropout=0.05, lr=2e-3, clip=None),
+                     rnn=Arch(hidden=130, layers=1, lr=1e-3, optimizer="rmsprop", clip=1.0,
+                              forget_bias=10.0)),
+    "jsb": Preset(steps=100 * 229, batch_size=1, eval_every=1000, eval_batch_size=32,
+                  tcn=_tcn(hidden=150, layers=2, kernel=3, dropout=0.5, lr=1e-3, clip=0.4),
+                  rnn=Arch(hidden=200, layers=2, dropout=0.2, lr=1e-3, clip=1.0,
+                           forget_bias=10.0)),
+    "nottingham": Preset(steps=100 * 694, batch_size=1, eval_every=2000, eval_batch_size=32,
+                         tcn=_tcn(hidden=150, layers=4, kernel=6, dropout=0.2, lr=1e-3,
+                                  clip=0.4),
+                         rnn=Arch(hidden=280, layers=3, dropout=0.1, lr=4e-3, clip=0.5)),
+    "ptb-char": Preset(steps=100 * 5_000_000 // (32 * 320), batch_size=32, seq_len=400,
+                       eval_every=1000, eval_batch_size=64,
+                       tcn=_tcn(hidden=450, layers=3, kernel=3, embed=100, dropout=0.1,
+                                lr=4.0, optimizer="sgd", clip=0.15),
+                       rnn=Arch(hidden=600, layers=2, embed=120, dropout=0.1, lr=2e-3,
+                                clip=0.5)),
+    "ptb-word": Preset(steps=100 * 929_589 // (16 * 40), batch_size=16, seq_len=80,
+                       eval_every=2000, eval_batch_size=64,
+                       tcn=_tcn(hidden=600, layers=4, kernel=3, embed=600, dropout=0.45,
+                                lr=4.0, optimizer="sgd", clip=0.35),
+                       rnn=Arch(hidden=700, layers=3, embed=700, dropout=0.4, lr=30.0,
+                                optimizer="sgd", clip=0.3)),
+}
+PAPER["digits"] = dataclasses.replace(QUICK["digits"], steps=20 * 1297 // 64)
+PAPER["muse"] = PAPER["piano"] = dataclasses.replace(PAPER["nottingham"], steps=100 * 200)
+PAPER_NOTES = (
+    "TCN settings are locuslab/TCN's script defaults; the paper's Table 2 differs for adding "
+    "T=400 (k=7, n=7, h=27), copy (dropout 0.05, used here) and Nottingham (k=6, dropout 0.2, "
+    "clip 0.4, used here). LSTM settings from the paper's Table 3; the paper gives none for "
+    "GRU/RNN, which here match the LSTM's parameter count. Language-model losses cover every "
+    "position of a window (the paper scores only the last validseqlen)."
+)
+_ALIASES = {"pdigits": "digits", "pmnist": "mnist", "fashion-mnist": "mnist", "jsb": "music",
+            "nottingham": "music", "muse": "music", "piano": "music"}
+
+
+def preset_for(task: str, name: str) -> Preset:
+    """The preset ``name`` (``"quick"`` or ``"paper"``) for ``task``."""
+    table = {"quick": QUICK, "paper": PAPER}[name]
+    if task in table:
+        return table[task]
+    if _ALIASES.get(task) in table:
+        return table[_ALIASES[task]]
+    if name == "paper":
+        raise ValueError(f"no paper preset for task {task!r}; paper presets: {sorted(PAPER)}")
+    return table[_ALIASES[task]]
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def build_models(task, preset: Preset, names: list[str], backend: str) -> dict[str, SequenceModel]:
+    """Models of roughly equal parameter counts: the TCN (or the LSTM when the preset fixes its
+    size) sets the budget; every model with ``hidden=None`` matches it."""
+    def make(name: str, hidden: int) -> SequenceModel:
+        a = preset.arch(name)
+        return SequenceModel(
+            arch=name, input_size=task.input_size, output_size=task.output_size,
+            hidden_size=hidden, num_layers=a.layers, kernel_size=a.kernel, dropout=a.dropout,
+            embed_size=a.embed, backend=backend, readout_std=a.readout_std,
+            forget_bias=a.forget_bias,
+        )
+
+    def count(model: SequenceModel) -> int:
+        return param_count(jax.eval_shape(model.init, jax.random.PRNGKey(0)))
+
+    reference = "tcn" if preset.rnn.hidden is None else "lstm"
+    budget = count(make(reference, preset.arch(reference).hidden))
+    models = {}
+    for name in names:
+        hidden = preset.arch(name).hidden
+        if name == reference or hidden is not None:
+            models[name] = make(name, hidden)
+        else:
+            models[name] = make(name, hidden_for_params(make(name, 8), budget))
+    return models
+
+
+def run_model(name, model, task, preset, args, run_dir: Path, resume: bool) -> dict[str, Any]:
+    a = preset.arch(name)
+    optimizer = make_optimizer(a.optimizer, a.lr, clip_norm=a.clip)
+    evaluate = make_task_evaluator(model, task, preset.eval_batch_size,
+                                   max_batches=preset.eval_batches)
+    params = model.init(jax.random.PRNGKey(args.seed))
+    config = {"model": dataclasses.asdict(model), "arch": dataclasses.asdict(a),
+              "task": task.name, "seq_len": preset.seq_len, "steps": preset.steps,
+              "batch_size": preset.batch_size, "seed": args.seed}
+    result = fit(
+        params=params,
+        loss_fn=task_loss_fn(model, task),
+        optimizer=optimizer,
+        train_batches=lambda i: task.train_batch(i, preset.batch_size, args.seed),
+        num_steps=preset.steps,
+        run_dir=run_dir,
+        seed=args.seed,
+        eval_fn=lambda p: evaluate(p, "valid"),
+        eval_every=preset.eval_every,
+        checkpoint_every=preset.eval_every,
+        log_every=max(1, preset.eval_every // 5),
+        resume=resume,
+        config=config,
+        progress=not args.no_progress,
+        desc=f"{task.name} {name}",
+    )
+    test = make_task_evaluator(model, task, preset.eval_batch_size)(result.state.params, "test")
+    valid = [r for r in result.history if r.get("split") == "valid"]
+    return {
+        "test_metric": test[task.metric_name],
+        "test": test,
+        "valid_metric": valid[-1][task.metric_name] if valid else None,
+        "params": param_count(result.state.params),
+        "wall_s": result.wall_s,
+        "steps_per_s": result.steps_per_s,
+        "hidden_size": model.hidden_size,
+        "num_layers": model.num_layers,
+        "receptive_field": model.receptive_field,
+        "history": result.history,
+    }
+
+
+def write_table(results: dict, path: Path) -> str:
+    better = "lower" if results["lower_is_better"] else "higher"
+    lines = [
+        f"# {results['task']}: test {results['metric']} ({better} is better)",
+        "",
+        f"Trivial baseline: {results['baseline']}" if results["baseline"] is not None else "",
+        "",
+        f"| model | test {results['metric']} | valid {results['metric']} | params | hidden x layers "
+        "| steps/s | wall s |",
+        "|---|---:|---:|---:|---|---:|---:|",
+    ]
+    for name, r in results["models"].items():
+        valid = "-" if r["valid_metric"] is None else f"{r['valid_metric']:.4g}"
+        lines.append(
+            f"| {name} | {r['test_metric']:.4g} | {valid} | {r['params']:,} | "
+            f"{r['hidden_size']} x {r['num_layers']} | {r['steps_per_s']:.1f} | {r['wall_s']:.0f} |"
+        )
+    text = "\n".join(lines) + "\n"
+    path.write_text(text)
+    return text
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--task", default="adding", choices=TASK_NAMES)
+    ap.add_argument("--models", default="tcn,lstm,gru,rnn",
+                    help=f"comma-separated, from {', '.join(ARCHS)}")
+    ap.add_argument("--preset", default="quick", choices=("quick", "paper"))
+    ap.add_argument("--data-dir", default=None, help="data directory (else $SEQJAX_DATA)")
+    ap.add_argument("--out", default="results", help="root of the run directories")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--steps", type=int, default=None, help="override the preset's steps")
+    ap.add_argument("--batch-size", type=int, default=None)
+    ap.add_argument("--seq-len", type=int, default=None, help="override T (tasks that have one)")
+    ap.add_argument("--eval-every", type=int, default=None)
+    ap.add_argument("--backend", default="auto", choices=("auto", "scan", "pallas"))
+    ap.add_argument("--resume", default=None, metavar="RUN_DIR",
+                    help="continue an interrupted comparison in RUN_DIR (its config wins)")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bars")
+    args = ap.parse_args(argv)
+    names = [m.strip() for m in args.models.split(",") if m.strip()]
+    unknown = [m for m in names if m not in ARCHS]
+    if unknown or not names:
+        ap.error(f"unknown model(s) {unknown}; choose from {', '.join(ARCHS)}")
+    args.model_names = list(dict.fromkeys(names))
+    return args
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    resuming = bool(args.resume)
+    if resuming:
+        run_root = Path(args.resume)
+        saved = json.loads((run_root / "run.json").read_text())
+        args = parse_args(saved["argv"])  # the interrupted run's own arguments
+    else:
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        run_root = Path(args.out) / args.task / stamp
+        run_root.mkdir(parents=True, exist_ok=False)
+        argv_used = list(sys.argv[1:] if argv is None else argv)
+        (run_root / "run.json").write_text(json.dumps({"argv": argv_used}, indent=2))
+
+    preset = preset_for(args.task, args.preset)
+    preset = dataclasses.replace(
+        preset,
+        steps=args.steps or preset.steps,
+        batch_size=args.batch_size or preset.batch_size,
+        seq_len=args.seq_len or preset.seq_len,
+        eval_every=min(args.eval_every or preset.eval_every, args.steps or preset.steps),
+    )
+    task = get_task(args.task, data_dir=args.data_dir, seq_len=preset.seq_len,
+                    **dict(preset.task_kwargs))
+    models = build_models(task, preset, args.model_names, args.backend)
+    print(f"{task!r}\nrun directory: {run_root}\n", flush=True)
+
+    results = {"task": task.name, "metric": task.metric_name,
+               "lower_is_better": task.lower_is_better, "baseline": task.baseline,
+               "preset": args.preset, "seq_len": preset.seq_len, "steps": preset.steps,
+               "seed": args.seed, "notes": PAPER_NOTES if args.preset == "paper" else "",
+               "models": {}}
+    histories = {}
+    t0 = time.time()
+    for name, model in models.items():
+        r = run_model(name, model, task, preset, args, run_root / name, resume=resuming)
+        histories[name] = r.pop("history")
+        results["models"][name] = r
+        print(f"{name}: test {task.metric_name} {r['test_metric']:.4g} "
+              f"({r['params']:,} params, {r['wall_s']:.0f} s)", flush=True)
+    results["total_wall_s"] = time.time() - t0
+
+    (run_root / "results.json").write_text(json.dumps(results, indent=2))
+    plot_curves(histories, task.metric_name, run_root / "curves.png", baseline=task.baseline,
+                split="valid", logy=task.metric_name in ("mse", "loss", "ppl"),
+                title=f"{task.name}: validation {task.metric_name}")
+    print("\n" + write_table(results, run_root / "table.md"))
+    print(f"wrote {run_root}/{{table.md,results.json,curves.png}}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

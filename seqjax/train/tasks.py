@@ -1,0 +1,56 @@
+"""Glue between a per-step model and a :class:`seqjax.data.Task`: its loss and its evaluation.
+
+A model here is anything with ``apply(params, inputs, lengths, *, train, key) -> [B, T, O]``
+(e.g. :class:`seqjax.models.SequenceModel`).
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any, Callable
+
+import jax
+
+__all__ = ["task_loss_fn", "make_task_evaluator"]
+
+
+def task_loss_fn(model: Any, task: Any) -> Callable:
+    """``loss_fn(params, batch, key, train) -> (mean loss, aux)`` for :func:`seqjax.train.fit`.
+
+    The loss is ``loss / count`` of ``task.loss_terms``; ``aux`` holds the other terms divided
+    by the count (e.g. the accuracy from ``correct``).
+    """
+
+    def loss_fn(params, batch, key, train):
+        outputs = model.apply(params, batch.inputs, batch.lengths, train=train, key=key)
+        terms = task.loss_terms(outputs, batch)
+        count = terms["count"]
+        aux = {k: v / count for k, v in terms.items() if k not in ("loss", "count")}
+        return terms["loss"] / count, aux
+
+    return loss_fn
+
+
+def make_task_evaluator(
+    model: Any, task: Any, batch_size: int, *, max_batches: int | None = None
+) -> Callable[[Any, str], dict[str, float]]:
+    """``evaluate(params, split) -> metrics`` over ``split`` (or its first ``max_batches``).
+
+    Loss terms are summed over batches before :meth:`Task.metrics` turns them into metrics, so
+    a smaller last batch is weighted by its size, not as a whole batch. The jitted forward is
+    compiled once per batch shape and reused across calls.
+    """
+    terms_fn = jax.jit(
+        lambda p, b: task.loss_terms(model.apply(p, b.inputs, b.lengths, train=False), b)
+    )
+
+    def evaluate(params: Any, split: str) -> dict[str, float]:
+        totals: dict[str, float] = {}
+        for batch in itertools.islice(task.eval_batches(split, batch_size), max_batches):
+            for name, value in jax.device_get(terms_fn(params, batch)).items():
+                totals[name] = totals.get(name, 0.0) + float(value)
+        if not totals:
+            raise ValueError(f"task {task.name!r} has no {split!r} batches")
+        return task.metrics(totals)
+
+    return evaluate
