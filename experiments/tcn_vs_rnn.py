@@ -235,7 +235,7 @@ def run_model(name, model, task, preset, args, run_dir: Path, resume: bool) -> d
         log_every=max(1, preset.eval_every // 5),
         resume=resume,
         config=config,
-        progress=not args.no_progress,
+        progress=not args.no_progress and sys.stderr.isatty(),
         desc=f"{task.name} {name}",
     )
     test = make_task_evaluator(model, task, preset.eval_batch_size)(result.state.params, "test")

@@ -20,7 +20,9 @@ For the scan backend's hand-written VJP (:mod:`seqjax.recurrent`) each cell also
   pass needs (activated gates, cell state, ...); ``rp`` are the recurrent params
   (:meth:`recurrent_params`);
 * ``_bwd(rp, res, carry_prev, dcarry) -> (dcarry_prev, dgx_t)``: the step's VJP from those
-  residuals, without any weight gradient;
+  residuals, without any weight gradient; ``rp`` here also holds ``w_h_t``, the transposed
+  recurrent weight, made once outside the loop (a transposed operand inside the loop costs XLA:CPU
+  a transpose per step);
 * ``_rgrads(rp, res, carry_prev, dgx) -> drp``: the recurrent-weight gradients for all steps at
   once (``res``, ``carry_prev`` and ``dgx`` stacked over time), one big matmul instead of ``T``
   small ones.
@@ -97,16 +99,11 @@ def _matmul(h: Array, w: Array) -> Array:
     return jnp.dot(h, w.astype(h.dtype), preferred_element_type=h.dtype)
 
 
-def _matmul_t(dz: Array, w: Array) -> Array:
-    """``dz [B, G] @ w.T`` for ``w [H, G]``: the input cotangent of ``h @ w``."""
-    return jax.lax.dot_general(
-        dz, w.astype(dz.dtype), (((dz.ndim - 1,), (1,)), ((), ())), preferred_element_type=dz.dtype
-    )
-
-
 def _outer_sum(a: Array, b: Array) -> Array:
     """``sum_{t,b} a[t,b,:]^T b[t,b,:]``: a weight gradient over all steps in one matmul."""
-    return jnp.einsum("tbh,tbg->hg", a, b, preferred_element_type=jnp.promote_types(a.dtype, b.dtype))
+    acc = jnp.promote_types(a.dtype, b.dtype)
+    a2, b2 = a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1])
+    return jnp.dot(a2.T, b2, preferred_element_type=acc)
 
 
 class Cell:
@@ -216,7 +213,7 @@ class SimpleRNN(Cell):
             dpre = dh * (1.0 - h_new * h_new)
         else:
             dpre = jnp.where(h_new > 0, dh, 0.0)
-        return _matmul_t(dpre, rp["w_h"]), dpre
+        return _matmul(dpre, rp["w_h_t"]), dpre
 
     def _rgrads(self, rp, res, h_prev, dgx):
         return {"w_h": _outer_sum(h_prev, dgx)}
@@ -319,7 +316,7 @@ class LSTM(Cell):
             ],
             axis=-1,
         )
-        return (_matmul_t(dpre, rp["w_h"]), dc * f), dpre
+        return (_matmul(dpre, rp["w_h_t"]), dc * f), dpre
 
     def _rgrads(self, rp, res, carry_prev, dgx):
         return {"w_h": _outer_sum(carry_prev[0], dgx)}
@@ -386,7 +383,7 @@ class PeepholeLSTM(LSTM):
         dpre_f = dc * c_prev * f * (1.0 - f)
         dpre = jnp.concatenate([dpre_i, dpre_f, dc * i * (1.0 - g * g), dpre_o], axis=-1)
         dc_prev = dc * f + dpre_i * p_i + dpre_f * p_f
-        return (_matmul_t(dpre, rp["w_h"]), dc_prev), dpre
+        return (_matmul(dpre, rp["w_h_t"]), dc_prev), dpre
 
     def _rgrads(self, rp, res, carry_prev, dgx):
         _, _, c_new = res
@@ -483,18 +480,18 @@ class GRU(Cell):
         dpre_n = dh * (1.0 - u) * (1.0 - n * n)
         dpre_u = dh * (h_prev - n) * u * (1.0 - u)
         dh_prev = dh * u
-        w_h = rp["w_h"]
+        w_h_t = rp["w_h_t"]
         if self.reset == "after":
             zn = res[2]
             dpre_r = dpre_n * zn * r * (1.0 - r)
             dgx = jnp.concatenate([dpre_r, dpre_u, dpre_n], axis=-1)
             dz = jnp.concatenate([dpre_r, dpre_u, dpre_n * r], axis=-1)
-            dh_prev = dh_prev + _matmul_t(dz, w_h)
+            dh_prev = dh_prev + _matmul(dz, w_h_t)
         else:
-            drh = _matmul_t(dpre_n, w_h[:, 2 * hid :])
+            drh = _matmul(dpre_n, w_h_t[2 * hid :])
             dpre_r = drh * h_prev * r * (1.0 - r)
             drz = jnp.concatenate([dpre_r, dpre_u], axis=-1)
-            dh_prev = dh_prev + drh * r + _matmul_t(drz, w_h[:, : 2 * hid])
+            dh_prev = dh_prev + drh * r + _matmul(drz, w_h_t[: 2 * hid])
             dgx = jnp.concatenate([drz, dpre_n], axis=-1)
         return dh_prev, dgx
 

@@ -91,13 +91,14 @@ def _scan_bwd(cell, unroll, saved, cts):
     rp, carry0, lengths, carries, res = saved
     dhs, dcarry_last = cts
     steps = dhs.shape[0]
+    rp_bwd = dict(rp, w_h_t=rp["w_h"].T.astype(dhs.dtype))  # transposed once, not per step
     # carry_prev[t] = carry after step t-1 (carry0 for t = 0); padding steps hold the frozen carry.
     carry_prev = jax.tree.map(lambda c0, cs: jnp.concatenate([c0[None], cs[:-1]]), carry0, carries)
 
     def body(dcarry, inp):
         t, res_t, prev_t, dh_t = inp
         d_in = cell.with_hidden(dcarry, cell.carry_hidden(dcarry) + dh_t)
-        dprev, dgx_t = cell._bwd(rp, res_t, prev_t, d_in)
+        dprev, dgx_t = cell._bwd(rp_bwd, res_t, prev_t, d_in)
         if lengths is not None:  # a padding step is the identity on the carry and outputs 0
             m = (t < lengths)[:, None]
             dprev = _where_tree(m, dprev, dcarry)
