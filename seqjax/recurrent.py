@@ -1,11 +1,12 @@
 """Running a cell over sequences: :func:`rnn`, the one entry point every layer builds on.
 
-The scan backend is the reference. It hoists the input projection out of the time loop (one
-``[B*T, D] @ [D, G]`` matmul) and has a hand-written VJP that hoists the weight gradients too:
-the reverse-time scan computes only the gate gradients and ``dh @ W_h^T`` per step, and
-``dW_h = sum_t h_{t-1}^T dgates_t`` is one ``[H, B*T] @ [B*T, G]`` matmul afterwards. The input
-side (``dW_x``, ``db``, ``dxs``) follows from autodiff through the projection, again as one
-matmul each.
+The scan backend is the reference. It hoists the input projection out of the recurrence: the
+loop body holds only the recurrent matmul ``h @ W_h``, and the projection ``x @ W_x + b`` is
+one ``[K*B, D] @ [D, G]`` matmul per chunk of ``K = CHUNK`` steps (per chunk rather than for all
+``T`` steps at once so that the gate pre-activations stay in cache; see :data:`CHUNK`). Its
+hand-written VJP hoists the weight gradients the same way: the reverse-time loop computes only
+the gate gradients and ``dh @ W_h^T`` per step, and ``dW_h``, ``dW_x``, ``db`` and ``dxs`` are
+matmuls over each chunk's ``K*B`` rows.
 """
 
 from __future__ import annotations
@@ -57,45 +58,99 @@ def _where_tree(m: Array, a: Any, b: Any) -> Any:
     return jax.tree.map(lambda x, y: jnp.where(m, x, y), a, b)
 
 
-def _scan_forward(cell: Cell, unroll: int, rp, gx, carry0, lengths, save: bool):
-    """Time-major forward loop. Returns ``(hs [T,B,H] masked, final carry, residuals)``."""
-    steps = gx.shape[0]
+#: Time steps whose input projection is computed together, right before they run. Hoisting the
+#: projection of all T steps into one matmul writes a [T, B, G] array that the loop then reads
+#: back from memory; per chunk it stays in cache (on a 2-core CPU, T=128, B=32, H=256: 36 ms ->
+#: 22 ms for an LSTM forward). Either way the loop body holds only the recurrent matmul.
+CHUNK = 16
 
-    def body(carry, inp):
+
+def _chunked(x: Array, chunk: int) -> Array:
+    """``[T, ...] -> [T // chunk, chunk, ...]`` (``T`` a multiple of ``chunk``)."""
+    return x.reshape((x.shape[0] // chunk, chunk) + x.shape[1:])
+
+
+def _unchunked(x: Array) -> Array:
+    return x.reshape((x.shape[0] * x.shape[1],) + x.shape[2:])
+
+
+def _pad_time(xs: Array, lengths: Array | None, chunk: int):
+    """Pad ``xs [T, B, D]`` to a multiple of ``chunk`` steps; padding is masked by ``lengths``."""
+    steps, batch = xs.shape[:2]
+    padded = -(-steps // chunk) * chunk
+    if padded == steps:
+        return xs, lengths
+    xs = jnp.pad(xs, ((0, padded - steps),) + ((0, 0),) * (xs.ndim - 1))
+    if lengths is None:
+        lengths = jnp.full((batch,), steps, jnp.int32)
+    return xs, lengths
+
+
+def _scan_forward(cell: Cell, unroll: int, chunk: int, params, xs, carry0, lengths, save: bool):
+    """Time-major forward loop over padded, chunked ``xs [T/K, K, B, D]``.
+
+    Returns ``(hs [T/K, K, B, H] masked, final carry, (carries, residuals))``.
+    """
+    rp = cell.recurrent_params(params)
+
+    def step(carry, inp):
         t, gx_t = inp
         new, res = cell._fwd(rp, carry, gx_t)
         if lengths is not None:
             new = _where_tree((t < lengths)[:, None], new, carry)
         return new, ((new, res) if save else cell.carry_hidden(new))
 
-    carry, outs = jax.lax.scan(body, carry0, (jnp.arange(steps), gx), unroll=unroll)
+    def block(carry, inp):
+        ts, x_c = inp
+        return jax.lax.scan(step, carry, (ts, cell.project(params, x_c)), unroll=unroll)
+
+    n, k, batch = xs.shape[:3]
+    ts = jnp.arange(n * k).reshape(n, k)
+    carry, outs = jax.lax.scan(block, carry0, (ts, xs))
     carries, res = outs if save else (None, None)
     hs = cell.carry_hidden(carries) if save else outs
     if lengths is not None:
-        hs = jnp.where(length_mask(lengths, steps, gx.shape[1])[..., None], hs, 0.0)
+        hs = jnp.where((ts[:, :, None] < lengths)[..., None], hs, 0.0)
     return hs, carry, (carries, res)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _scan(cell: Cell, unroll: int, rp, gx, carry0, lengths):
-    hs, carry, _ = _scan_forward(cell, unroll, rp, gx, carry0, lengths, save=False)
-    return hs, carry
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _scan(cell: Cell, unroll: int, chunk: int, params, xs, carry0, lengths):
+    """``xs [T, B, D]`` (time-major, already reversed if need be) -> ``(hs [T, B, H], carry)``."""
+    steps = xs.shape[0]
+    xs_p, lengths_p = _pad_time(xs, lengths, chunk)
+    hs, carry, _ = _scan_forward(cell, unroll, chunk, params, _chunked(xs_p, chunk), carry0,
+                                 lengths_p, save=False)
+    return _unchunked(hs)[:steps], carry
 
 
-def _scan_fwd(cell, unroll, rp, gx, carry0, lengths):
-    hs, carry, (carries, res) = _scan_forward(cell, unroll, rp, gx, carry0, lengths, save=True)
-    return (hs, carry), (rp, carry0, lengths, carries, res)
+def _scan_fwd(cell, unroll, chunk, params, xs, carry0, lengths):
+    steps = xs.shape[0]
+    xs_p, lengths_p = _pad_time(xs, lengths, chunk)
+    xs_c = _chunked(xs_p, chunk)
+    hs, carry, (carries, res) = _scan_forward(cell, unroll, chunk, params, xs_c, carry0,
+                                              lengths_p, save=True)
+    return (_unchunked(hs)[:steps], carry), (params, xs_c, carry0, lengths_p, carries, res)
 
 
-def _scan_bwd(cell, unroll, saved, cts):
-    rp, carry0, lengths, carries, res = saved
+def _scan_bwd(cell, unroll, chunk, saved, cts):
+    """Reverse-time loop computing only gate gradients and ``dh @ W_h^T`` per step; per chunk,
+    the input projection's VJP (``dW_x``, ``db``, ``dxs``) and ``dW_h`` as matmuls over the
+    chunk's ``K * B`` rows."""
+    params, xs_c, carry0, lengths, carries, res = saved
     dhs, dcarry_last = cts
+    n, k = xs_c.shape[:2]
     steps = dhs.shape[0]
+    dhs = _chunked(jnp.pad(dhs, ((0, n * k - steps),) + ((0, 0),) * (dhs.ndim - 1)), k)
+    rp = cell.recurrent_params(params)
     rp_bwd = dict(rp, w_h_t=rp["w_h"].T.astype(dhs.dtype))  # transposed once, not per step
     # carry_prev[t] = carry after step t-1 (carry0 for t = 0); padding steps hold the frozen carry.
-    carry_prev = jax.tree.map(lambda c0, cs: jnp.concatenate([c0[None], cs[:-1]]), carry0, carries)
+    carry_prev = jax.tree.map(
+        lambda c0, cs: _chunked(jnp.concatenate([c0[None], _unchunked(cs)[:-1]]), k),
+        carry0, carries,
+    )
 
-    def body(dcarry, inp):
+    def step(dcarry, inp):
         t, res_t, prev_t, dh_t = inp
         d_in = cell.with_hidden(dcarry, cell.carry_hidden(dcarry) + dh_t)
         dprev, dgx_t = cell._bwd(rp_bwd, res_t, prev_t, d_in)
@@ -105,12 +160,28 @@ def _scan_bwd(cell, unroll, saved, cts):
             dgx_t = jnp.where(m, dgx_t, 0.0)
         return dprev, dgx_t
 
-    dcarry0, dgx = jax.lax.scan(
-        body, dcarry_last, (jnp.arange(steps), res, carry_prev, dhs), reverse=True, unroll=unroll
+    acc_dtype = dhs.dtype
+
+    def block(state, inp):
+        dcarry, dparams = state
+        ts, x_c, res_c, prev_c, dh_c = inp
+        dcarry, dgx_c = jax.lax.scan(step, dcarry, (ts, res_c, prev_c, dh_c), reverse=True,
+                                     unroll=unroll)
+        _, project_vjp = jax.vjp(cell.project, params, x_c)
+        dp, dx_c = project_vjp(dgx_c)
+        dp = dict(dp)
+        for name, g in cell._rgrads(rp, res_c, prev_c, dgx_c).items():
+            dp[name] = dp[name] + g
+        dparams = jax.tree.map(lambda a, g: a + g.astype(acc_dtype), dparams, dp)
+        return (dcarry, dparams), dx_c
+
+    zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, acc_dtype), params)
+    ts = jnp.arange(n * k).reshape(n, k)
+    (dcarry0, dparams), dxs = jax.lax.scan(
+        block, (dcarry_last, zeros), (ts, xs_c, res, carry_prev, dhs), reverse=True
     )
-    drp = cell._rgrads(rp, res, carry_prev, dgx)
-    drp = jax.tree.map(lambda g, p: g.astype(p.dtype), drp, rp)
-    return drp, dgx, dcarry0, None
+    dparams = jax.tree.map(lambda g, p: g.astype(p.dtype), dparams, params)
+    return dparams, _unchunked(dxs)[:steps], dcarry0, None
 
 
 _scan.defvjp(_scan_fwd, _scan_bwd)
@@ -255,20 +326,20 @@ def rnn(
         return ys, carry0
 
     xs_tm = xs if time_major else jnp.swapaxes(xs, 0, 1)
-    gx = cell.project(params, xs_tm)  # [T, B, G] float32: the hoisted input projection
     if reverse:
-        gx = reverse_padded(gx, lengths)
-    rp = cell.recurrent_params(params)
-
+        xs_tm = reverse_padded(xs_tm, lengths)
     choice = resolve_backend(cell, backend, dtype=xs.dtype, batch=batch, steps=steps)
-    if choice.name == "pallas":
-        from seqjax.kernels import run_kernel  # imported lazily: kernels are optional on CPU
-
-        hs, carry = run_kernel(cell, rp, gx, carry0, lengths, choice)
-    elif remat:
-        hs, carry = _scan_autodiff(cell, unroll, rp, gx, carry0, lengths, remat=True)
+    if choice.name == "scan" and not remat:
+        hs, carry = _scan(cell, unroll, min(CHUNK, steps), params, xs_tm, carry0, lengths)
     else:
-        hs, carry = _scan(cell, unroll, rp, gx, carry0, lengths)
+        gx = cell.project(params, xs_tm)  # [T, B, G]: the input projection of all steps at once
+        rp = cell.recurrent_params(params)
+        if choice.name == "pallas":
+            from seqjax.kernels import run_kernel  # lazily: kernels are optional on CPU
+
+            hs, carry = run_kernel(cell, rp, gx, carry0, lengths, choice)
+        else:
+            hs, carry = _scan_autodiff(cell, unroll, rp, gx, carry0, lengths, remat=True)
 
     if reverse:
         hs = reverse_padded(hs, lengths)

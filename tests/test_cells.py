@@ -101,10 +101,11 @@ IDS = ["rnn_tanh", "rnn_relu", "lstm", "peephole", "gru_after", "gru_before"]
 
 @pytest.mark.parametrize("cell", CELLS, ids=IDS)
 @pytest.mark.parametrize("reverse", [False, True])
-def test_rnn_matches_numpy_loop(cell, reverse):
+@pytest.mark.parametrize("steps", [6, 21])
+def test_rnn_matches_numpy_loop(cell, reverse, steps):
     p = random_params(cell)
-    xs = jax.random.normal(jax.random.PRNGKey(2), (4, 6, 3))
-    lengths = np.array([6, 2, 0, 4])
+    xs = jax.random.normal(jax.random.PRNGKey(2), (4, steps, 3))
+    lengths = np.array([steps, 2, 0, 4])
     carry0 = jax.tree.map(lambda a: 0.3 * jax.random.normal(jax.random.PRNGKey(3), a.shape),
                           cell.initial_carry(4))
     ys, final = rnn(cell, p, xs, seq_lengths=jnp.asarray(lengths), reverse=reverse,
@@ -153,12 +154,15 @@ def test_custom_vjp_against_finite_differences(cell):
         jax.config.update("jax_enable_x64", False)
 
 
+@pytest.mark.parametrize("steps,varlen", [(9, True), (37, False), (37, True)])
 @pytest.mark.parametrize("cell", CELLS, ids=IDS)
-def test_custom_vjp_equals_autodiff_through_the_loop(cell):
-    """The hand-written VJP (hoisted weight gradients) equals JAX's own through the same loop."""
+def test_custom_vjp_equals_autodiff_through_the_loop(cell, steps, varlen):
+    """The hand-written VJP (hoisted weight gradients) equals JAX's own through the same loop.
+
+    T=37 spans three projection chunks (CHUNK=16) with a padded tail."""
     p = random_params(cell, seed=9)
-    xs = jax.random.normal(jax.random.PRNGKey(10), (4, 9, 3))
-    lengths = jnp.array([9, 1, 4, 7])
+    xs = jax.random.normal(jax.random.PRNGKey(10), (4, steps, 3))
+    lengths = jnp.array([steps, 1, 4, steps - 2]) if varlen else None
 
     def loss(p, xs, remat, unroll):
         ys, carry = rnn(cell, p, xs, seq_lengths=lengths, remat=remat, unroll=unroll)
