@@ -1,0 +1,251 @@
+"""The fused LSTM kernel in Pallas interpret mode against its jnp reference and the scan backend.
+
+Values and ``jax.vjp`` gradients, over shapes, lengths (including 0 and T), direction, dtype and
+both kernel styles (the Triton-style kernel with ``interpret=True``; the Mosaic TPU-style one with
+``pltpu.InterpretParams``). ``rnn(..., backend="pallas")`` on CPU runs the kernel in interpret
+mode end to end.
+"""
+
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import seqjax
+from seqjax import GRU, LSTM, PeepholeLSTM, rnn
+from seqjax.kernels import LSTMBlockSizes, lstm, lstm_reference, unsupported_reason
+
+F32, BF16 = jnp.float32, jnp.bfloat16
+TOL = 1e-5
+
+
+def lengths_for(kind, steps, batch):
+    """``None`` or ``[B]`` int32 lengths spanning ``0 .. T`` (both ends included)."""
+    if kind is None:
+        return None
+    return jnp.asarray(np.linspace(0, steps, batch).round().astype(np.int32))
+
+
+def problem(steps, batch, hidden, *, inputs=4, seed=0):
+    """A cell, params (random bias so no gate sits at 1/2), ``xs [B, T, D]`` and a carry."""
+    cell = LSTM(inputs, hidden)
+    k = jax.random.split(jax.random.PRNGKey(seed), 5)
+    params = cell.init(k[0])
+    params["b"] = 0.5 * jax.random.normal(k[1], params["b"].shape)
+    xs = jax.random.normal(k[2], (batch, steps, inputs))
+    carry0 = (0.5 * jax.random.normal(k[3], (batch, hidden)),
+              0.5 * jax.random.normal(k[4], (batch, hidden)))
+    return cell, params, xs, carry0
+
+
+def cotangents(tree, seed=1):
+    """Random cotangents shaped like ``tree`` (a random linear functional of the outputs)."""
+    leaves, treedef = jax.tree.flatten(tree)
+    keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
+    return treedef.unflatten(
+        [jax.random.normal(key, x.shape, F32).astype(x.dtype) for key, x in zip(keys, leaves)]
+    )
+
+
+def outs_and_grads(fn, *args, seed=1):
+    """``(fn(*args), vjp of fn at args with random cotangents)``."""
+    outs, pullback = jax.vjp(fn, *args)
+    return outs, pullback(cotangents(outs, seed))
+
+
+def assert_close(a, b, tol, what=""):
+    jax.tree.map(
+        lambda x, y: np.testing.assert_allclose(
+            np.asarray(x, np.float32), np.asarray(y, np.float32), rtol=tol, atol=tol, err_msg=what
+        ),
+        a, b,
+    )
+
+
+def kernel_inputs(cell, params, xs):
+    gx = cell.project(params, jnp.swapaxes(xs, 0, 1))  # [T, B, 4H] float32
+    return cell.recurrent_params(params), gx
+
+
+# ---------------------------------------------------------------------------------------------
+# The op itself: kernel == jnp reference (autodiff) == scan backend (hand-written VJP)
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("lengths_kind", [None, "variable"])
+@pytest.mark.parametrize("shape", [(5, 3, 8), (7, 8, 16)], ids=lambda s: "T{}B{}H{}".format(*s))
+def test_kernel_matches_reference_and_scan(shape, lengths_kind):
+    steps, batch, hidden = shape
+    cell, params, xs, carry0 = problem(steps, batch, hidden)
+    rp, gx = kernel_inputs(cell, params, xs)
+    lengths = lengths_for(lengths_kind, steps, batch)
+    bs = LSTMBlockSizes.default(shape, F32, "cpu")
+    assert bs.interpret and bs.platform == "gpu"
+
+    args = (rp["w_h"], gx, carry0)
+    out, grads = outs_and_grads(lambda w, g, c: lstm(w, g, c, lengths, bs), *args)
+    ref, grads_ref = outs_and_grads(lambda w, g, c: lstm_reference(w, g, c, lengths), *args)
+    scan = rnn(cell, params, jnp.swapaxes(xs, 0, 1), seq_lengths=lengths, initial_carry=carry0,
+               backend="scan", time_major=True)
+    assert_close(out, ref, TOL, "kernel vs reference")
+    assert_close(ref, scan, TOL, "reference vs scan backend")
+    if lengths is not None:  # zeros past each length; the final carry frozen at the length
+        mask = np.arange(steps)[:, None] < np.asarray(lengths)[None, :]
+        assert np.all(np.asarray(out[0])[~mask] == 0.0)
+        zero = np.asarray(lengths) == 0
+        np.testing.assert_array_equal(np.asarray(out[1][0])[zero], np.asarray(carry0[0])[zero])
+
+    # Gradients w.r.t. w_h, gx and the initial carry: the kernel's custom VJP vs autodiff through
+    # the reference (against the scan backend's VJP: test_rnn_pallas_matches_scan).
+    assert_close(grads, grads_ref, TOL, "kernel grads vs autodiff of the reference")
+
+
+def test_gpu_kernel_several_batch_blocks_and_hidden_tiles():
+    """B=20 in two blocks of 16, H=40 in three tiles of 16 (padding on both axes)."""
+    steps, batch, hidden = 4, 20, 40
+    cell, params, xs, carry0 = problem(steps, batch, hidden, seed=3)
+    rp, gx = kernel_inputs(cell, params, xs)
+    lengths = lengths_for("variable", steps, batch)
+    bs = LSTMBlockSizes("gpu", block_b=16, block_h=16, interpret=True)
+    assert bs.padded(batch, hidden) == (32, 48)
+    args = (rp["w_h"], gx, carry0)
+    out, grads = outs_and_grads(lambda w, g, c: lstm(w, g, c, lengths, bs), *args)
+    ref, grads_ref = outs_and_grads(lambda w, g, c: lstm_reference(w, g, c, lengths), *args)
+    assert_close(out, ref, TOL)
+    assert_close(grads, grads_ref, TOL)
+
+
+def test_tpu_kernel_interpret_matches_reference():
+    """The Mosaic kernel under ``pltpu.InterpretParams``: two batch blocks and two time blocks,
+    so the VMEM scratch state crosses grid steps and the backward walks time blocks in reverse."""
+    steps, batch, hidden = 6, 10, 8
+    cell, params, xs, carry0 = problem(steps, batch, hidden, seed=4)
+    rp, gx = kernel_inputs(cell, params, xs)
+    lengths = lengths_for("variable", steps, batch)
+    bs = LSTMBlockSizes("tpu", block_b=8, block_h=128, block_t=3, interpret=True)
+    args = (rp["w_h"], gx, carry0)
+    out, grads = outs_and_grads(lambda w, g, c: lstm(w, g, c, lengths, bs), *args)
+    ref, grads_ref = outs_and_grads(lambda w, g, c: lstm_reference(w, g, c, lengths), *args)
+    assert_close(out, ref, TOL)
+    assert_close(grads, grads_ref, TOL)
+
+
+# ---------------------------------------------------------------------------------------------
+# End to end through seqjax.rnn(..., backend="pallas")
+# ---------------------------------------------------------------------------------------------
+
+
+def run_both(cell, params, xs, carry0, lengths, reverse, backend):
+    def fn(p, x, c):
+        return rnn(cell, p, x, seq_lengths=lengths, initial_carry=c, reverse=reverse,
+                   backend=backend)
+
+    return outs_and_grads(fn, params, xs, carry0, seed=7)
+
+
+@pytest.mark.parametrize(
+    "shape,lengths_kind,reverse",
+    [((5, 3, 8), None, False), ((5, 3, 8), "variable", True),
+     ((7, 8, 16), "variable", False), ((7, 8, 16), None, True)],
+)
+def test_rnn_pallas_matches_scan(shape, lengths_kind, reverse):
+    steps, batch, hidden = shape
+    cell, params, xs, carry0 = problem(steps, batch, hidden, seed=2)
+    lengths = lengths_for(lengths_kind, steps, batch)
+    jaxpr = str(jax.make_jaxpr(
+        lambda p, x: rnn(cell, p, x, seq_lengths=lengths, reverse=reverse, backend="pallas")
+    )(params, xs))
+    assert "seqjax_lstm_fwd" in jaxpr  # the kernel ran, not a fallback
+    outs, grads = run_both(cell, params, xs, carry0, lengths, reverse, "pallas")
+    outs_scan, grads_scan = run_both(cell, params, xs, carry0, lengths, reverse, "scan")
+    assert_close(outs, outs_scan, TOL, "outputs and final carry")
+    # d/d params (w_x, w_h, b through the projection), d/d xs, d/d initial carry
+    assert_close(grads, grads_scan, TOL, "gradients")
+
+
+def test_rnn_pallas_under_jit():
+    cell, params, xs, _ = problem(5, 3, 8, seed=5)
+    lengths = jnp.array([5, 0, 3], jnp.int32)
+    f = jax.jit(lambda p, x, n: rnn(cell, p, x, seq_lengths=n, backend="pallas"))
+    ys, carry = f(params, xs, lengths)
+    ys_scan, carry_scan = rnn(cell, params, xs, seq_lengths=lengths, backend="scan")
+    assert_close((ys, carry), (ys_scan, carry_scan), TOL)
+
+
+def test_bfloat16_close_to_float32():
+    steps, batch, hidden = 7, 8, 16  # a shape the tests above compiled already
+    cell, params, xs, carry0 = problem(steps, batch, hidden, seed=6)
+    lengths = jnp.array([7, 2, 0, 5, 7, 1, 3, 6], jnp.int32)
+    p16 = jax.tree.map(lambda a: a.astype(BF16), params)
+    x16 = xs.astype(BF16)
+    outs, grads = run_both(cell, p16, x16, carry0, lengths, False, "pallas")
+    assert outs[0].dtype == BF16 and outs[1][0].dtype == F32
+    assert grads[0]["w_h"].dtype == BF16 and grads[1].dtype == BF16
+    # Same bf16 inputs on the scan backend: the same float32 maths, up to bf16 output rounding.
+    outs_scan, grads_scan = run_both(cell, p16, x16, carry0, lengths, False, "scan")
+    assert_close(outs, outs_scan, 1e-2)
+    assert_close(grads, grads_scan, 2e-2)
+    # Against the float32 model: bf16 rounding of params and inputs only.
+    outs32, _ = run_both(cell, params, xs, carry0, lengths, False, "pallas")
+    assert_close(outs, outs32, 5e-2)
+
+
+# ---------------------------------------------------------------------------------------------
+# What the kernel serves, and the fallback for what it does not
+# ---------------------------------------------------------------------------------------------
+
+
+def test_unsupported_reason():
+    lstm_cell = LSTM(4, 8)
+    assert unsupported_reason(lstm_cell, dtype=F32, batch=3, steps=5) is None
+    assert unsupported_reason(lstm_cell, dtype=BF16, batch=3, steps=5) is None
+    assert "GRU kernel not implemented" in unsupported_reason(GRU(4, 8), dtype=F32, batch=3,
+                                                              steps=5)
+    assert "PeepholeLSTM" in unsupported_reason(PeepholeLSTM(4, 8), dtype=F32, batch=3, steps=5)
+    assert "float16" in unsupported_reason(lstm_cell, dtype=jnp.float16, batch=3, steps=5)
+    assert "1024" in unsupported_reason(LSTM(4, 1025), dtype=F32, batch=3, steps=5)
+    choice = seqjax.resolve_backend(lstm_cell, "pallas", dtype=F32, batch=3, steps=5)
+    assert choice.name == "pallas"
+    assert seqjax.resolve_backend(lstm_cell, "auto", dtype=F32, batch=3, steps=5,
+                                  platform="gpu").name == "pallas"
+    assert seqjax.resolve_backend(lstm_cell, "auto", dtype=F32, batch=3, steps=5,
+                                  platform="cpu").name == "scan"
+
+
+@pytest.mark.parametrize("kind", ["gru", "peephole_lstm"])
+def test_unsupported_cell_warns_once_and_falls_back(kind):
+    cell = seqjax.make_cell(kind, 3, 6)
+    params = cell.init(jax.random.PRNGKey(0))
+    xs = jax.random.normal(jax.random.PRNGKey(1), (2, 5, 3))
+    lengths = jnp.array([5, 2], jnp.int32)
+    seqjax.backend._warn_once.cache_clear()
+    with pytest.warns(RuntimeWarning, match="using the scan backend"):
+        out = rnn(cell, params, xs, seq_lengths=lengths, backend="pallas")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a second call does not warn again
+        out2 = rnn(cell, params, xs, seq_lengths=lengths, backend="pallas")
+    ref = rnn(cell, params, xs, seq_lengths=lengths, backend="scan")
+    jax.tree.map(np.testing.assert_array_equal, out, ref)
+    jax.tree.map(np.testing.assert_array_equal, out2, ref)
+
+
+def test_block_sizes():
+    bs = LSTMBlockSizes.default((7, 3, 8), F32, "cuda")
+    assert (bs.platform, bs.block_b, bs.block_h, bs.interpret) == ("gpu", 16, 16, False)
+    assert hash(bs) == hash(LSTMBlockSizes.default((7, 3, 8), BF16, "gpu"))
+    assert bs.padded(3, 8) == (16, 16)
+    assert LSTMBlockSizes.default((7, 3, 200), F32, "gpu").block_h == 64
+    tpu = LSTMBlockSizes.default((12, 3, 200), F32, "tpu")
+    assert (tpu.block_b, tpu.block_h, tpu.block_t) == (8, 256, 12)
+    big = LSTMBlockSizes.default((100, 512, 1024), F32, "tpu")
+    assert 100 % big.block_t == 0 and big.vmem_limit_bytes <= 60 * 2**20
+    with pytest.raises(ValueError, match="power of two"):
+        LSTMBlockSizes("gpu", block_b=8, block_h=16)
+    with pytest.raises(ValueError, match="multiple of 128"):
+        LSTMBlockSizes("tpu", block_b=8, block_h=64)
+    with pytest.raises(TypeError, match="float16"):
+        LSTMBlockSizes.default((7, 3, 8), jnp.float16, "gpu")
+    with pytest.raises(ValueError, match="no fused kernels"):
+        LSTMBlockSizes.default((7, 3, 8), F32, "metal")
