@@ -120,7 +120,8 @@ def main(argv=None):
         for name, (f_ms, fb_ms) in med.items():
             rows.append({
                 "kind": kind, "impl": name, "fwd_ms": f_ms, "fwd_bwd_ms": fb_ms,
-                "fwd_vs_torch": f_ms / med[ref_name][0], "fwd_bwd_vs_torch": fb_ms / med[ref_name][1],
+                "fwd_vs_torch": f_ms / med[ref_name][0],
+                "fwd_bwd_vs_torch": fb_ms / med[ref_name][1],
                 "fwd_bwd_vs_flax": fb_ms / med["flax nnx.RNN"][1],
             })
 
@@ -132,7 +133,8 @@ def main(argv=None):
     print("|---|---|---:|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['kind']} | {r['impl']} | {r['fwd_ms']:.1f} | {r['fwd_bwd_ms']:.1f} | "
-              f"{r['fwd_vs_torch']:.2f} | {r['fwd_bwd_vs_torch']:.2f} | {r['fwd_bwd_vs_flax']:.2f} |")
+              f"{r['fwd_vs_torch']:.2f} | {r['fwd_bwd_vs_torch']:.2f} | "
+              f"{r['fwd_bwd_vs_flax']:.2f} |")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         meta = {"T": T, "B": B, "D": D, "H": H, "reps": args.reps, "jax": jax.__version__,

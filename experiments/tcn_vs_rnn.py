@@ -261,8 +261,8 @@ def write_table(results: dict, path: Path) -> str:
         "",
         f"Trivial baseline: {results['baseline']}" if results["baseline"] is not None else "",
         "",
-        f"| model | test {results['metric']} | valid {results['metric']} | params | hidden x layers "
-        "| steps/s | wall s |",
+        f"| model | test {results['metric']} | valid {results['metric']} | params "
+        "| hidden x layers | steps/s | wall s |",
         "|---|---:|---:|---:|---|---:|---:|",
     ]
     for name, r in results["models"].items():

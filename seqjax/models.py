@@ -107,7 +107,8 @@ class SequenceModel:
         return self.tcn.receptive_field if self.arch == "tcn" else None
 
     def init(self, key: Array) -> dict:
-        """``{"embed": [V, E] (if embedding), "encoder": ..., "readout": {"w": [H, O], "b": [O]}}``."""
+        """Params ``{"embed": [V, E] (with an embedding), "encoder": ..., "readout": {"w": [H, O],
+        "b": [O]}}``."""
         k_emb, k_enc, k_out = jax.random.split(key, 3)
         params: dict[str, Any] = {}
         if self.embed_size:

@@ -12,7 +12,8 @@ import pytest
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-DATA_DIR = Path(os.environ.get("SEQJAX_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+_SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA_DIR = Path(os.environ.get("SEQJAX_DATA", _SHARED))
 
 
 @pytest.fixture

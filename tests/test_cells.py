@@ -217,7 +217,8 @@ def test_bfloat16_inputs_and_params():
     assert ys16.dtype == jnp.bfloat16
     assert c16[0].dtype == jnp.float32  # state stays float32
     np.testing.assert_allclose(ys16.astype(np.float32), ys32, atol=3e-2)
-    g = jax.grad(lambda p: jnp.sum(rnn(cell, p, xs.astype(jnp.bfloat16))[0].astype(jnp.float32)))(p16)
+    xs16 = xs.astype(jnp.bfloat16)
+    g = jax.grad(lambda p: jnp.sum(rnn(cell, p, xs16)[0].astype(jnp.float32)))(p16)
     assert all(a.dtype == jnp.bfloat16 for a in jax.tree.leaves(g))
 
 
@@ -268,7 +269,8 @@ def _setup():
         (dict(xs=jnp.zeros((5, 3))), ValueError, r"xs.shape=\(5, 3\) must be \[B, T, D\]"),
         (dict(xs=jnp.zeros((2, 5, 7))), ValueError, r"feature size 7 != cell.input_size=3"),
         (dict(xs=jnp.zeros((2, 5, 3), jnp.int32)), TypeError, r"xs.dtype=int32 must be floating"),
-        (dict(seq_lengths=jnp.array([1, 2, 3])), ValueError, r"seq_lengths.shape=\(3,\) must be \(2,\)"),
+        (dict(seq_lengths=jnp.array([1, 2, 3])), ValueError,
+         r"seq_lengths.shape=\(3,\) must be \(2,\)"),
         (dict(seq_lengths=jnp.array([1.0, 2.0])), TypeError, r"seq_lengths.dtype=float32"),
         (dict(seq_lengths=jnp.array([1, -1])), ValueError, r"seq_lengths must lie in \[0, T=5\]"),
         (dict(seq_lengths=jnp.array([1, 6])), ValueError, r"seq_lengths must lie in \[0, T=5\]"),

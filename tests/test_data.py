@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.io
+from conftest import DATA_DIR  # noqa: E402
 
 from seqjax.data import (
     TASK_NAMES,
@@ -30,8 +31,6 @@ from seqjax.data import (
     read_idx,
 )
 from seqjax.data.pixel import FASHION_SYSTEM_DIR
-
-from conftest import DATA_DIR  # noqa: E402
 
 needs_data = pytest.mark.usefixtures("data_dir")  # fails loudly if the data folder is missing
 

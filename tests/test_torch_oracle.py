@@ -132,7 +132,8 @@ def test_matches_torch_forward_and_gradients(kind, num_layers, bidi, varlen):
     if c_n is not None:
         np.testing.assert_allclose(c_n, c_n_t.detach().numpy(), atol=ATOL, rtol=1e-5)
 
-    g_params, g_x, g_c0 = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(params, jnp.asarray(x), carries0)
+    grad_fn = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
+    g_params, g_x, g_c0 = grad_fn(params, jnp.asarray(x), carries0)
     gtol = dict(atol=1e-4, rtol=1e-5)  # gradients sum T*B terms: allow for summation order
     np.testing.assert_allclose(g_x, xt.grad.numpy(), **gtol)
     g_h0, g_cc0 = _final_h_c(kind, g_c0, bidi)
