@@ -17,15 +17,23 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax.numpy as jnp
+from jax import lax
+
 __all__ = [
     "GPU",
     "TPU",
     "cdiv",
+    "check_block_sizes",
+    "dot_nt",
+    "gpu_barrier",
     "interpret_arg",
     "kernel_platform",
     "largest_divisor_at_most",
     "next_pow2",
+    "pad_bh",
     "round_up",
+    "sigmoid",
 ]
 
 GPU = "gpu"
@@ -89,3 +97,62 @@ def largest_divisor_at_most(n: int, cap: int) -> int:
         if n % d == 0:
             return d
     return 1
+
+
+# ------------------------------------------------------------------------------------------
+# Helpers shared by the kernel modules (block-size validation, in-kernel maths, padding)
+# ------------------------------------------------------------------------------------------
+
+
+def check_block_sizes(platform: str, block_b: int, block_h: int, block_t: int) -> None:
+    """Validate the block sizes every recurrent kernel takes.
+
+    GPU (Triton): ``block_b`` and ``block_h`` powers of two ``>= 16`` (the minimum ``tl.dot``
+    size), ``block_t == 1`` (the time loop is in-kernel). TPU (Mosaic): ``block_b`` a positive
+    multiple of 8, ``block_h`` a positive multiple of 128, ``block_t >= 1``.
+
+    Raises:
+      ValueError: naming the offending field.
+    """
+    pow2 = lambda x: x > 0 and x & (x - 1) == 0  # noqa: E731
+    if platform == GPU:
+        for name, value in (("block_b", block_b), ("block_h", block_h)):
+            if not (pow2(value) and value >= 16):
+                raise ValueError(f"{name}={value} must be a power of two >= 16 on GPU")
+        if block_t != 1:
+            raise ValueError(f"block_t={block_t} must be 1 on GPU (the loop is in-kernel)")
+    elif platform == TPU:
+        if block_b <= 0 or block_b % 8:
+            raise ValueError(f"block_b={block_b} must be a positive multiple of 8 on TPU")
+        if block_h <= 0 or block_h % 128:
+            raise ValueError(f"block_h={block_h} must be a positive multiple of 128 on TPU")
+        if block_t <= 0:
+            raise ValueError(f"block_t={block_t} must be positive")
+    else:
+        raise ValueError(f"platform={platform!r} must be 'gpu' or 'tpu'")
+
+
+def sigmoid(x):
+    r""":math:`\sigma(x) = (1 + \tanh(x/2))/2`: one transcendental, as the scan backend does it."""
+    return 0.5 + 0.5 * jnp.tanh(0.5 * x)
+
+
+def dot_nt(a, b):
+    """``a @ b.T`` accumulated in float32 (no transpose materialised)."""
+    return lax.dot_general(a, b, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+
+
+def gpu_barrier(interpret: bool):
+    """A block-wide barrier for Triton kernels (global-memory writes become visible to the whole
+    program); a no-op in interpret mode, where a program runs sequentially."""
+    if interpret:
+        return lambda: None
+    from jax.experimental.pallas import triton as plgpu
+
+    return plgpu.debug_barrier
+
+
+def pad_bh(x, batch_p: int, hidden_p: int):
+    """Zero-pad the last two axes ``[..., B, H]`` to ``[..., Bp, Hp]``."""
+    pad = [(0, 0)] * (x.ndim - 2) + [(0, batch_p - x.shape[-2]), (0, hidden_p - x.shape[-1])]
+    return jnp.pad(x, pad)

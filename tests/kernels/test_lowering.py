@@ -1,18 +1,20 @@
-"""The fused LSTM kernel lowers for ``cuda`` (Triton) and ``tpu`` (Mosaic) on a CPU-only machine.
+"""The fused kernels lower for ``cuda`` (Triton) and ``tpu`` (Mosaic) on a CPU-only machine.
 
 ``jax.jit(f).trace(*args).lower(lowering_platforms=(p,))`` runs the whole Pallas lowering for
 platform ``p``: it fails where Pallas would fail on the device (an op Triton or Mosaic does not
 lower, a bad block shape), and succeeds with the kernel's IR in the module text. Interpret-mode
-tests (``test_lstm.py``) prove the maths; these prove that Triton and Mosaic accept the kernels,
-forward (no residuals), forward with residuals and backward, for float32 and bfloat16 weights,
-for every block-size configuration :meth:`LSTMBlockSizes.default` dispatches to.
+tests (``test_lstm.py``, ``test_gru.py``) prove the maths; these prove that Triton and Mosaic
+accept the kernels, forward (no residuals), forward with residuals and backward, for float32 and
+bfloat16 weights: for the LSTM every block-size configuration :meth:`LSTMBlockSizes.default`
+dispatches to; for the GRU (both reset variants) a set of shapes that reaches every value of each
+block size and launch parameter :meth:`GRUBlockSizes.default` picks.
 """
 
 import jax
 import jax.numpy as jnp
 import pytest
 
-from seqjax.kernels import LSTMBlockSizes, lstm
+from seqjax.kernels import GRUBlockSizes, LSTMBlockSizes, gru, lstm
 
 S = jax.ShapeDtypeStruct
 F32 = jnp.float32
@@ -82,6 +84,84 @@ def test_lowers_for_tpu_mosaic(shape, dtype):
 
 def test_tpu_shapes_span_the_default_regimes():
     configs = [LSTMBlockSizes.default(s, F32, "tpu") for s in TPU_SHAPES]
+    assert {bs.block_b for bs in configs} >= {8, 128}
+    assert {bs.block_t for bs in configs} >= {1, 7, 16}
+    assert {bs.block_h for bs in configs} == {128, 256, 1024}
+
+
+# ---------------------------------------------------------------------------------------------
+# GRU, both reset variants
+# ---------------------------------------------------------------------------------------------
+
+# GPU: the kernel depends on block_b and block_h only through its tile shapes, so three shapes
+# reaching every value of each (block_b, block_h in {16, 32, 64}; 4 and 8 warps) stand for the
+# 3 x 3 grid the LSTM tests walk. TPU: the LSTM's regimes.
+GRU_GPU_SHAPES = [(6, 3, 8), (6, 4096, 200), (6, 9000, 32)]
+GRU_TPU_SHAPES = TPU_SHAPES
+RESETS = ["after", "before"]
+
+
+def _gru_args(shape, dtype):
+    steps, batch, hidden = shape
+    return (S((hidden, 3 * hidden), dtype), S((3 * hidden,), dtype),
+            S((steps, batch, 3 * hidden), F32), S((batch, hidden), F32), S((batch,), jnp.int32))
+
+
+def _check_gru(shape, dtype, reset, platform, style):
+    bs = GRUBlockSizes.default(shape, dtype, style, reset=reset)
+    assert not bs.interpret and bs.reset == reset
+    args = _gru_args(shape, dtype)
+
+    def forward(w, b, gx, h0, lengths):
+        return gru(w, b, gx, h0, lengths, bs)
+
+    def grads(w, b, gx, h0, lengths):
+        def loss(w, b, gx, h0):
+            hs, h = gru(w, b, gx, h0, lengths, bs)
+            return jnp.sum(hs * hs) + jnp.sum(h)
+
+        return jax.grad(loss, argnums=(0, 1, 2, 3))(w, b, gx, h0)
+
+    name = f"seqjax_gru_{reset}"
+    fwd_text = _lower(forward, args, platform)
+    assert f"{name}_fwd" in fwd_text and f"{name}_bwd" not in fwd_text
+    bwd_text = _lower(grads, args, platform)
+    assert f"{name}_fwd_res" in bwd_text and f"{name}_bwd" in bwd_text
+    return fwd_text, bwd_text
+
+
+@pytest.mark.parametrize("reset", RESETS)
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["f32", "bf16"])
+@pytest.mark.parametrize("shape", GRU_GPU_SHAPES, ids=lambda s: "T{}B{}H{}".format(*s))
+def test_gru_lowers_for_cuda_triton(shape, dtype, reset):
+    fwd_text, bwd_text = _check_gru(shape, dtype, reset, "cuda", "gpu")
+    assert "__gpu$xla.gpu.triton" in fwd_text and "__gpu$xla.gpu.triton" in bwd_text
+
+
+def test_gru_gpu_shapes_reach_every_default_value():
+    configs = [GRUBlockSizes.default(s, F32, "gpu") for s in GRU_GPU_SHAPES]
+    assert {bs.block_b for bs in configs} == {16, 32, 64}
+    assert {bs.block_h for bs in configs} == {16, 32, 64}
+    assert {bs.num_warps for bs in configs} == {4, 8}
+
+
+# On TPU the wrapper upcasts w_h to float32 before the kernel, so a bfloat16 weight gives the
+# same Mosaic kernel as float32: one bfloat16 case checks that path, float32 covers the regimes.
+GRU_TPU_CASES = [(s, jnp.float32) for s in GRU_TPU_SHAPES] + [(GRU_TPU_SHAPES[0], jnp.bfloat16)]
+
+
+@pytest.mark.parametrize("reset", RESETS)
+@pytest.mark.parametrize(
+    "shape,dtype", GRU_TPU_CASES,
+    ids=lambda v: "T{}B{}H{}".format(*v) if isinstance(v, tuple) else jnp.dtype(v).name,
+)
+def test_gru_lowers_for_tpu_mosaic(shape, dtype, reset):
+    fwd_text, bwd_text = _check_gru(shape, dtype, reset, "tpu", "tpu")
+    assert "tpu_custom_call" in fwd_text and "tpu_custom_call" in bwd_text
+
+
+def test_gru_tpu_shapes_span_the_default_regimes():
+    configs = [GRUBlockSizes.default(s, F32, "tpu") for s in GRU_TPU_SHAPES]
     assert {bs.block_b for bs in configs} >= {8, 128}
     assert {bs.block_t for bs in configs} >= {1, 7, 16}
     assert {bs.block_h for bs in configs} == {128, 256, 1024}

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import seqjax
-from seqjax import GRU, LSTM, PeepholeLSTM, rnn
+from seqjax import LSTM, PeepholeLSTM, SimpleRNN, rnn
 from seqjax.kernels import LSTMBlockSizes, lstm, lstm_reference, unsupported_reason
 
 F32, BF16 = jnp.float32, jnp.bfloat16
@@ -201,8 +201,7 @@ def test_unsupported_reason():
     lstm_cell = LSTM(4, 8)
     assert unsupported_reason(lstm_cell, dtype=F32, batch=3, steps=5) is None
     assert unsupported_reason(lstm_cell, dtype=BF16, batch=3, steps=5) is None
-    assert "GRU kernel not implemented" in unsupported_reason(GRU(4, 8), dtype=F32, batch=3,
-                                                              steps=5)
+    assert "SimpleRNN" in unsupported_reason(SimpleRNN(4, 8), dtype=F32, batch=3, steps=5)
     assert "PeepholeLSTM" in unsupported_reason(PeepholeLSTM(4, 8), dtype=F32, batch=3, steps=5)
     assert "float16" in unsupported_reason(lstm_cell, dtype=jnp.float16, batch=3, steps=5)
     assert "1024" in unsupported_reason(LSTM(4, 1025), dtype=F32, batch=3, steps=5)
@@ -214,7 +213,7 @@ def test_unsupported_reason():
                                   platform="cpu").name == "scan"
 
 
-@pytest.mark.parametrize("kind", ["gru", "peephole_lstm"])
+@pytest.mark.parametrize("kind", ["rnn", "peephole_lstm"])
 def test_unsupported_cell_warns_once_and_falls_back(kind):
     cell = seqjax.make_cell(kind, 3, 6)
     params = cell.init(jax.random.PRNGKey(0))

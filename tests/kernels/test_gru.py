@@ -1,0 +1,246 @@
+"""The fused GRU kernel in Pallas interpret mode against its jnp reference and the scan backend.
+
+Both reset variants (``"after"``: cuDNN/PyTorch; ``"before"``: Cho et al.). Values and
+``jax.vjp`` gradients, over shapes (several batch blocks and hidden tiles included), lengths
+(including 0 and T), direction, dtype and both kernel styles (the Triton-style kernel with
+``interpret=True``; the Mosaic TPU-style one with ``pltpu.InterpretParams``).
+``rnn(..., backend="pallas")`` on CPU runs the kernel in interpret mode end to end.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import seqjax
+from seqjax import GRU, rnn
+from seqjax.kernels import GRUBlockSizes, gru, gru_reference, unsupported_reason
+
+F32, BF16 = jnp.float32, jnp.bfloat16
+TOL = 1e-5
+RESETS = ["after", "before"]
+
+
+def lengths_for(kind, steps, batch):
+    """``None`` or ``[B]`` int32 lengths spanning ``0 .. T`` (both ends included)."""
+    if kind is None:
+        return None
+    return jnp.asarray(np.linspace(0, steps, batch).round().astype(np.int32))
+
+
+def problem(steps, batch, hidden, reset, *, inputs=4, seed=0):
+    """A GRU, params (random biases so no gate sits at 1/2 and ``b_hn`` matters), ``xs [B, T,
+    D]`` and an initial state."""
+    cell = GRU(inputs, hidden, reset=reset)
+    k = jax.random.split(jax.random.PRNGKey(seed), 5)
+    params = cell.init(k[0])
+    params["b_x"] = 0.5 * jax.random.normal(k[1], params["b_x"].shape)
+    params["b_h"] = 0.5 * jax.random.normal(k[2], params["b_h"].shape)
+    xs = jax.random.normal(k[3], (batch, steps, inputs))
+    h0 = 0.5 * jax.random.normal(k[4], (batch, hidden))
+    return cell, params, xs, h0
+
+
+def cotangents(tree, seed=1):
+    """Random cotangents shaped like ``tree`` (a random linear functional of the outputs)."""
+    leaves, treedef = jax.tree.flatten(tree)
+    keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
+    return treedef.unflatten(
+        [jax.random.normal(key, x.shape, F32).astype(x.dtype) for key, x in zip(keys, leaves)]
+    )
+
+
+def outs_and_grads(fn, *args, seed=1):
+    """``(fn(*args), vjp of fn at args with random cotangents)``."""
+    outs, pullback = jax.vjp(fn, *args)
+    return outs, pullback(cotangents(outs, seed))
+
+
+def assert_close(a, b, tol, what=""):
+    jax.tree.map(
+        lambda x, y: np.testing.assert_allclose(
+            np.asarray(x, np.float32), np.asarray(y, np.float32), rtol=tol, atol=tol, err_msg=what
+        ),
+        a, b,
+    )
+
+
+def kernel_args(cell, params, xs, h0):
+    """``(w_h, b_h, gx [T, B, 3H], h0)``: what :func:`gru` takes."""
+    gx = cell.project(params, jnp.swapaxes(xs, 0, 1))
+    rp = cell.recurrent_params(params)
+    return rp["w_h"], rp["b_h"], gx, h0
+
+
+def check_kernel(bs, args, lengths):
+    """Kernel (custom VJP) == autodiff through the reference: outputs and gradients w.r.t.
+    ``w_h``, ``b_h``, ``gx`` and ``h0``. The kernel side runs under ``jit``: one compilation
+    instead of one per wrapper op (compiling interpret-mode kernels is where the time goes)."""
+    out, grads = jax.jit(lambda *a: outs_and_grads(lambda *b: gru(*b, lengths, bs), *a))(*args)
+    ref, grads_ref = outs_and_grads(lambda *a: gru_reference(*a, lengths, bs), *args)
+    assert_close(out, ref, TOL, "kernel vs reference")
+    assert_close(grads, grads_ref, TOL, "kernel grads vs autodiff of the reference")
+    return out, ref
+
+
+# ---------------------------------------------------------------------------------------------
+# The op itself: kernel == jnp reference (autodiff) == scan backend (hand-written VJP)
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("reset", RESETS)
+def test_kernel_matches_reference_and_scan(reset):
+    """B=20 in two batch blocks of 16, H=40 in three hidden tiles of 16 (padding on both axes):
+    the values that cross tiles within a step (the state; ``r * h`` for "before"; the gate
+    gradients in the backward) go through the kernel's phases correctly. Lengths span 0 .. T."""
+    steps, batch, hidden = 4, 20, 40
+    cell, params, xs, h0 = problem(steps, batch, hidden, reset)
+    args = kernel_args(cell, params, xs, h0)
+    lengths = lengths_for("variable", steps, batch)
+    bs = GRUBlockSizes("gpu", block_b=16, block_h=16, reset=reset, interpret=True)
+    assert bs.padded(batch, hidden) == (32, 48)
+
+    out, ref = check_kernel(bs, args, lengths)
+    # The reference against the scan backend, for this variant and for the other one (so the
+    # two variants are told apart: a reference ignoring `reset` fails here).
+    scan = {r: rnn(GRU(cell.input_size, hidden, reset=r), params, jnp.swapaxes(xs, 0, 1),
+                   seq_lengths=lengths, initial_carry=h0, backend="scan", time_major=True)
+            for r in RESETS}
+    assert_close(ref, scan[reset], TOL, "reference vs scan backend")
+    other = scan["before" if reset == "after" else "after"]
+    assert float(jnp.max(jnp.abs(other[0] - ref[0]))) > 1e-3, "the variants must differ"
+    # Zeros past each length; the final state frozen at the length.
+    lens = np.asarray(lengths)
+    assert lens.min() == 0 and lens.max() == steps
+    mask = np.arange(steps)[:, None] < lens[None, :]
+    assert np.all(np.asarray(out[0])[~mask] == 0.0)
+    np.testing.assert_array_equal(np.asarray(out[1])[lens == 0], np.asarray(h0)[lens == 0])
+
+
+@pytest.mark.parametrize("reset", RESETS)
+def test_tpu_kernel_interpret_matches_reference(reset):
+    """The Mosaic kernel under ``pltpu.InterpretParams``: two batch blocks and two time blocks,
+    so the VMEM scratch state crosses grid steps and the backward walks time blocks in reverse."""
+    steps, batch, hidden = 4, 10, 8
+    cell, params, xs, h0 = problem(steps, batch, hidden, reset, seed=4)
+    bs = GRUBlockSizes("tpu", block_b=8, block_h=128, reset=reset, block_t=2, interpret=True)
+    check_kernel(bs, kernel_args(cell, params, xs, h0), lengths_for("variable", steps, batch))
+
+
+# ---------------------------------------------------------------------------------------------
+# End to end through seqjax.rnn(..., backend="pallas")
+# ---------------------------------------------------------------------------------------------
+
+
+def run_both(cell, params, xs, h0, lengths, reverse, backend):
+    """Outputs and VJP of ``rnn`` on ``backend`` (pallas under ``jit``: see check_kernel)."""
+
+    def fn(p, x, h):
+        return rnn(cell, p, x, seq_lengths=lengths, initial_carry=h, reverse=reverse,
+                   backend=backend)
+
+    run = lambda *a: outs_and_grads(fn, *a, seed=7)
+    return (jax.jit(run) if backend == "pallas" else run)(params, xs, h0)
+
+
+@pytest.mark.parametrize(
+    "reset,shape,lengths_kind", [("after", (7, 8, 16), "variable"), ("before", (5, 3, 8), None)]
+)
+def test_rnn_pallas_reverse_matches_scan(reset, shape, lengths_kind):
+    """Reverse direction through ``rnn`` under ``jit``: over variable lengths (0 and T included;
+    ``rnn`` reverses each sequence within its length around the kernel) and over
+    ``seq_lengths=None``."""
+    steps, batch, hidden = shape
+    cell, params, xs, h0 = problem(steps, batch, hidden, reset, seed=2)
+    lengths = lengths_for(lengths_kind, steps, batch)
+    jaxpr = str(jax.make_jaxpr(
+        lambda p, x: rnn(cell, p, x, seq_lengths=lengths, reverse=True, backend="pallas")
+    )(params, xs))
+    assert f"seqjax_gru_{reset}_fwd" in jaxpr  # the kernel ran, not a fallback
+    outs, grads = run_both(cell, params, xs, h0, lengths, True, "pallas")
+    outs_scan, grads_scan = run_both(cell, params, xs, h0, lengths, True, "scan")
+    assert_close(outs, outs_scan, TOL, "outputs and final state")
+    # d/d params (w_x, b_x through the projection; w_h, b_h through the kernel), d/d xs, d/d h0
+    assert set(grads[0]) == {"w_x", "w_h", "b_x", "b_h"}
+    assert_close(grads, grads_scan, TOL, "gradients")
+    if lengths is None:  # reversed: the final state is the output at t = 0
+        np.testing.assert_array_equal(np.asarray(outs[1]), np.asarray(outs[0][:, 0]))
+
+
+@pytest.mark.parametrize("reset", RESETS)
+def test_bfloat16_close_to_float32(reset):
+    steps, batch, hidden = 7, 8, 16
+    cell, params, xs, h0 = problem(steps, batch, hidden, reset, seed=6)
+    lengths = jnp.array([7, 2, 0, 5, 7, 1, 3, 6], jnp.int32)
+    p16 = jax.tree.map(lambda a: a.astype(BF16), params)
+    x16 = xs.astype(BF16)
+    outs, grads = run_both(cell, p16, x16, h0, lengths, False, "pallas")
+    assert outs[0].dtype == BF16 and outs[1].dtype == F32
+    assert grads[0]["w_h"].dtype == BF16 and grads[0]["b_h"].dtype == BF16
+    assert grads[1].dtype == BF16
+    # Same bf16 inputs on the scan backend: the same float32 maths, up to bf16 output rounding.
+    outs_scan, grads_scan = run_both(cell, p16, x16, h0, lengths, False, "scan")
+    assert_close(outs, outs_scan, 1e-2)
+    assert_close(grads, grads_scan, 2e-2)
+    # Against the float32 model: bf16 rounding of params and inputs only.
+    outs32 = rnn(cell, params, xs, seq_lengths=lengths, initial_carry=h0, backend="scan")
+    assert_close(outs, outs32, 5e-2)
+
+
+# ---------------------------------------------------------------------------------------------
+# What the kernel serves, and its static choices
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("reset", RESETS)
+def test_unsupported_reason(reset):
+    cell = GRU(4, 8, reset=reset)
+    assert unsupported_reason(cell, dtype=F32, batch=3, steps=5) is None
+    assert unsupported_reason(cell, dtype=BF16, batch=3, steps=5) is None
+    assert "float16" in unsupported_reason(cell, dtype=jnp.float16, batch=3, steps=5)
+    assert "1024" in unsupported_reason(GRU(4, 1025, reset=reset), dtype=F32, batch=3, steps=5)
+    assert seqjax.resolve_backend(cell, "pallas", dtype=F32, batch=3, steps=5).name == "pallas"
+    assert seqjax.resolve_backend(cell, "auto", dtype=F32, batch=3, steps=5,
+                                  platform="gpu").name == "pallas"
+    assert seqjax.resolve_backend(cell, "auto", dtype=F32, batch=3, steps=5,
+                                  platform="cpu").name == "scan"
+
+
+def test_block_sizes():
+    cpu = GRUBlockSizes.default((7, 3, 8), F32, "cpu", reset="before")
+    assert (cpu.platform, cpu.interpret, cpu.reset) == ("gpu", True, "before")
+    bs = GRUBlockSizes.default((7, 3, 8), F32, "cuda")
+    assert (bs.platform, bs.block_b, bs.block_h, bs.reset, bs.interpret) == (
+        "gpu", 16, 16, "after", False)
+    assert hash(bs) == hash(GRUBlockSizes.default((7, 3, 8), BF16, "gpu"))
+    before = GRUBlockSizes.default((7, 3, 8), F32, "cuda", reset="before")
+    assert before.reset == "before" and before != bs  # the variant is part of the static key
+    assert (bs.saved_gates, before.saved_gates) == (4, 3)
+    assert bs.padded(3, 8) == (16, 16)
+    assert GRUBlockSizes.default((7, 3, 200), F32, "gpu").block_h == 64
+    tpu = GRUBlockSizes.default((12, 3, 200), F32, "tpu")
+    assert (tpu.block_b, tpu.block_h, tpu.block_t) == (8, 256, 12)
+    big = GRUBlockSizes.default((100, 512, 1024), F32, "tpu", reset="before")
+    assert 100 % big.block_t == 0 and big.vmem_limit_bytes <= 60 * 2**20
+    with pytest.raises(ValueError, match="power of two"):
+        GRUBlockSizes("gpu", block_b=8, block_h=16)
+    with pytest.raises(ValueError, match="multiple of 128"):
+        GRUBlockSizes("tpu", block_b=8, block_h=64)
+    with pytest.raises(ValueError, match="reset='sideways'"):
+        GRUBlockSizes("gpu", block_b=16, block_h=16, reset="sideways")
+    with pytest.raises(TypeError, match="float16"):
+        GRUBlockSizes.default((7, 3, 8), jnp.float16, "gpu")
+    with pytest.raises(ValueError, match="no fused kernels"):
+        GRUBlockSizes.default((7, 3, 8), F32, "metal")
+
+
+def test_argument_errors_name_the_argument():
+    cell, params, xs, h0 = problem(3, 2, 8, "after")
+    w_h, b_h, gx, h0 = kernel_args(cell, params, xs, h0)
+    bs = GRUBlockSizes.default((3, 2, 8), F32, "cpu")
+    with pytest.raises(ValueError, match="b_h.shape"):
+        gru(w_h, b_h[:-1], gx, h0, None, bs)
+    with pytest.raises(ValueError, match="w_h.shape"):
+        gru(w_h[:, :-3], b_h, gx, h0, None, bs)
+    with pytest.raises(ValueError, match="lengths.shape"):
+        gru(w_h, b_h, gx, h0, jnp.array([1, 2, 3]), bs)
