@@ -32,6 +32,14 @@ from seqjax.data.base import (
     pad_batch,
     resolve_data_dir,
 )
+from seqjax.data.corpus import (
+    CORPORA,
+    Corpus,
+    load_corpus,
+    load_vocabulary,
+    save_vocabulary,
+    unigram_entropy_bits,
+)
 from seqjax.data.music import MUSIC_FILES, PolyphonicMusicTask, load_music
 from seqjax.data.pixel import (
     DigitsTask,
@@ -45,6 +53,8 @@ from seqjax.data.synthetic import AddingTask, CopyMemoryTask, adding_problem, co
 from seqjax.data.text import LanguageModelTask, PTBTask, Vocabulary, load_ptb
 
 __all__ = [
+    "CORPORA",
+    "Corpus",
     "DATA_DIR_ENV",
     "TASK_NAMES",
     "AddingTask",
@@ -63,12 +73,16 @@ __all__ = [
     "epoch_indices",
     "fixed_permutation",
     "get_task",
+    "load_corpus",
     "load_mnist",
     "load_music",
     "load_ptb",
+    "load_vocabulary",
     "pad_batch",
     "read_idx",
     "resolve_data_dir",
+    "save_vocabulary",
+    "unigram_entropy_bits",
 ]
 
 

@@ -26,11 +26,22 @@ from seqjax.train.optim import (
 from seqjax.train.plot import plot_curves
 from seqjax.train.state import TrainState
 from seqjax.train.tasks import make_task_evaluator, task_loss_fn
+from seqjax.train.tbptt import (
+    StreamBatch,
+    TokenStreams,
+    evaluate_stream,
+    make_tbptt_loss_fn,
+    make_window_loss_fn,
+    stream_layout,
+    truncated_forward,
+)
 
 __all__ = [
     "OPTIMIZERS",
     "SCHEDULES",
     "FitResult",
+    "StreamBatch",
+    "TokenStreams",
     "LossFn",
     "NonFiniteLossError",
     "TrainState",
@@ -41,9 +52,14 @@ __all__ = [
     "make_eval_fn",
     "make_optimizer",
     "make_schedule",
+    "evaluate_stream",
     "make_task_evaluator",
+    "make_tbptt_loss_fn",
     "make_train_step",
+    "make_window_loss_fn",
     "plot_curves",
     "restore_checkpoint",
+    "stream_layout",
     "task_loss_fn",
+    "truncated_forward",
 ]

@@ -123,6 +123,7 @@ def make_train_step(
     optimizer: optax.GradientTransformation,
     *,
     donate: bool = True,
+    stateful: bool = False,
 ) -> Callable[[TrainState, Any], tuple[TrainState, dict[str, jax.Array]]]:
     """Builds the jitted update ``step_fn(state, batch) -> (state, metrics)``.
 
@@ -142,6 +143,10 @@ def make_train_step(
         the stages that want it (reduce-on-plateau).
       donate: donate the input state's buffers to the output (the input state is unusable
         after the call).
+      stateful: the loss threads state from step to step (truncated BPTT's carry): it is
+        called as ``loss_fn(params, batch, key, train, extra) -> (loss, aux, new_extra)`` with
+        ``extra = state.extra``, and the new state holds ``new_extra`` (not differentiated:
+        gradients are taken with respect to ``params`` only).
 
     Returns:
       ``step_fn``; its metrics are ``loss``, ``grad_norm`` (global L2 norm of the raw gradient,
@@ -158,17 +163,21 @@ def make_train_step(
     def train_step(state: TrainState, batch: Any) -> tuple[TrainState, dict[str, jax.Array]]:
         key = jax.random.fold_in(state.key, state.step)
 
-        def objective(params: Any) -> tuple[jax.Array, dict[str, jax.Array]]:
-            loss, aux = loss_fn(params, batch, key, True)
+        def objective(params: Any) -> tuple[jax.Array, tuple[dict[str, jax.Array], Any]]:
+            if stateful:
+                loss, aux, extra = loss_fn(params, batch, key, True, state.extra)
+            else:
+                (loss, aux), extra = loss_fn(params, batch, key, True), state.extra
             _check_loss_and_aux(loss, aux)
-            return loss, aux
+            return loss, (aux, extra)
 
-        (loss, aux), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+        (loss, (aux, extra)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params, value=loss)
         params = optax.apply_updates(state.params, updates)
         metrics = {"loss": loss, "grad_norm": _global_norm(grads),
                    **learning_rate_of(opt_state), **aux}
-        new_state = state.replace(params=params, opt_state=opt_state, step=state.step + 1)
+        new_state = state.replace(params=params, opt_state=opt_state, step=state.step + 1,
+                                  extra=extra)
         return new_state, metrics
 
     return jax.jit(train_step, donate_argnums=(0,) if donate else ())
@@ -256,6 +265,7 @@ def fit(
     config: Mapping[str, Any] | None = None,
     progress: bool = True,
     desc: str = "",
+    extra: Any = None,
 ) -> FitResult:
     """Trains ``params`` for ``num_steps`` updates, with logs, checkpoints and resume.
 
@@ -296,6 +306,10 @@ def fit(
       config: the resolved configuration, written to ``config.json``.
       progress: show a tqdm progress bar with the live loss.
       desc: the progress bar's label.
+      extra: if not ``None``, the loss is stateful (see :func:`make_train_step`'s
+        ``stateful``): ``loss_fn(params, batch, key, train, extra) -> (loss, aux, new_extra)``,
+        starting from this ``extra`` (e.g. a zero carry); it lives in ``TrainState.extra``, is
+        checkpointed and restored on resume.
 
     Returns:
       A :class:`FitResult`.
@@ -309,10 +323,10 @@ def fit(
     _validate_fit_args(num_steps=num_steps, eval_every=eval_every, log_every=log_every,
                        checkpoint_every=checkpoint_every, max_to_keep=max_to_keep,
                        run_dir=run_dir, resume=resume)
-    step_fn = make_train_step(loss_fn, optimizer)
+    step_fn = make_train_step(loss_fn, optimizer, stateful=extra is not None)
     with contextlib.ExitStack() as stack:
         files = _RunFiles(run_dir, max_to_keep=max_to_keep, t_start=t_start, stack=stack)
-        state = files.start(TrainState.create(params, optimizer, seed), resume=resume,
+        state = files.start(TrainState.create(params, optimizer, seed, extra), resume=resume,
                             overwrite=overwrite, num_steps=num_steps, config=config)
         start = int(state.step)
         pending: tuple[TrainState, Any] | None = None  # updated, not yet checked for finiteness

@@ -65,12 +65,18 @@ class TrainState:
       opt_state: the optax optimiser state for ``params``.
       step: ``int32`` scalar array, the number of completed update steps.
       key: raw ``uint32`` PRNG key of shape ``(2,)``; constant over the run (see module doc).
+      extra: optional state that a stateful loss threads from one step to the next (e.g. the
+        recurrent carry of truncated BPTT, :mod:`seqjax.train.tbptt`); ``None`` for ordinary
+        runs. It is checkpointed with the rest, so a resumed run continues with it. A state
+        with ``extra=None`` has exactly the pytree structure of the four other fields (old
+        checkpoints restore unchanged).
     """
 
     params: Any
     opt_state: Any
     step: jax.Array
     key: jax.Array
+    extra: Any = None
 
     @classmethod
     def create(
@@ -78,6 +84,7 @@ class TrainState:
         params: Any,
         optimizer: optax.GradientTransformation,
         key: int | jax.Array,
+        extra: Any = None,
     ) -> TrainState:
         """Builds the state of a fresh run at step 0.
 
@@ -88,6 +95,7 @@ class TrainState:
           params: the initial parameter pytree.
           optimizer: the optax transformation whose ``init`` builds ``opt_state``.
           key: the run's base key (int seed, raw key or typed key; see :func:`as_raw_key`).
+          extra: the initial :attr:`extra` (copied), or ``None``.
 
         Returns:
           A new :class:`TrainState` with ``step == 0``.
@@ -100,6 +108,7 @@ class TrainState:
             opt_state=_copy_leaves(optimizer.init(params)),
             step=jnp.zeros((), jnp.int32),
             key=as_raw_key(key),
+            extra=None if extra is None else _copy_leaves(extra),
         )
 
     def replace(self, **changes: Any) -> TrainState:
@@ -107,6 +116,21 @@ class TrainState:
         return dataclasses.replace(self, **changes)
 
 
-jax.tree_util.register_dataclass(
-    TrainState, data_fields=["params", "opt_state", "step", "key"], meta_fields=[]
-)
+_FIELDS = ("params", "opt_state", "step", "key")
+
+
+def _flatten_with_keys(state: TrainState) -> tuple[list[tuple[Any, Any]], bool]:
+    # ``extra`` is a child only when set, so that a state without it keeps the structure (and
+    # the checkpoint layout) it had before the field existed.
+    names = _FIELDS + (("extra",) if state.extra is not None else ())
+    children = [(jax.tree_util.GetAttrKey(n), getattr(state, n)) for n in names]
+    return children, state.extra is not None
+
+
+def _unflatten(has_extra: bool, children: Any) -> TrainState:
+    children = list(children)
+    extra = children.pop() if has_extra else None
+    return TrainState(*children, extra=extra)
+
+
+jax.tree_util.register_pytree_with_keys(TrainState, _flatten_with_keys, _unflatten)

@@ -1,0 +1,242 @@
+"""Language models: token embedding -> recurrent stack or TCN -> softmax readout.
+
+A :class:`LanguageModel` is, like the cells, a frozen dataclass of static configuration with
+``init(key) -> params`` and a pure :meth:`LanguageModel.apply`. For token ids
+``x [B, T]`` and a carry,
+
+.. math::
+
+    e_t &= \\mathrm{Drop}_{in}(E[x_t]) \\\\
+    h_t &= \\mathrm{encoder}(e_{\\le t}) \\quad \\text{(stacked cells with dropout between
+           layers, or a causal TCN)} \\\\
+    \\mathrm{logits}_t &= \\mathrm{Drop}_{out}(h_t)\\, W + b, \\qquad W = E^\\top
+           \\text{ when the embeddings are tied.}
+
+Params::
+
+    {"embed": [V, E],
+     "encoder": [per-layer cell params, ...]          # recurrent
+              | {"blocks": [...]},                    # TCN (seqjax.tcn)
+     "readout": {"w": [H_last, V], "b": [V]}}         # no "w" when tied
+
+With ``tie_weights=True`` the last layer's width is ``embed_size`` (the last recurrent layer's
+hidden size, or the TCN's last level's channels, as in locuslab/TCN's word model and Press &
+Wolf 2017), so that the readout can reuse the embedding matrix.
+
+Recurrent models carry state across calls: :meth:`LanguageModel.apply` takes an initial carry
+(one per layer; ``None`` for zeros) and returns the final one, which is what truncated BPTT
+(:mod:`seqjax.train.tbptt`) and sampling (:mod:`seqjax.sample`) run on. A TCN has no carry (its
+"state" is its input window; ``apply`` returns ``None`` for it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from seqjax.cells import make_cell
+from seqjax.layers import stacked
+from seqjax.tcn import TCN
+
+Array = jax.Array
+
+__all__ = ["LanguageModel", "LM_ARCHS", "RECURRENT_LM_ARCHS", "bits_per_token"]
+
+RECURRENT_LM_ARCHS = ("lstm", "gru", "rnn", "rnn_relu", "peephole_lstm", "gru_before")
+LM_ARCHS = RECURRENT_LM_ARCHS + ("tcn",)
+
+
+def _dropout(x: Array, rate: float, key: Array | None) -> Array:
+    """Inverted dropout (identity without a key or at rate 0)."""
+    if rate <= 0.0 or key is None:
+        return x
+    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
+
+
+def bits_per_token(mean_nats: float | Array) -> float | Array:
+    """Mean cross-entropy in nats -> bits (``/ ln 2``): bits per character at char level."""
+    return mean_nats / math.log(2.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class LanguageModel:
+    """A token-level language model.
+
+    Args:
+      arch: ``"tcn"`` or a recurrent cell kind (``"lstm"``, ``"gru"``, ``"rnn"``,
+        ``"rnn_relu"``, ``"peephole_lstm"``, ``"gru_before"``).
+      vocab_size: ``V``.
+      embed_size: ``E``, the embedding width.
+      hidden_size: recurrent hidden size, or TCN channels per level.
+      num_layers: recurrent layers, or TCN levels.
+      kernel_size: TCN kernel size (ignored by recurrent models).
+      dropout_input: dropout on the embeddings.
+      dropout_hidden: recurrent: between layers (as PyTorch's ``dropout``); TCN: inside every
+        block (after each convolution's ReLU).
+      dropout_output: dropout on the last layer's outputs, before the readout.
+      tie_weights: share the embedding matrix with the readout (``W = E^T``); the last layer
+        then has width ``embed_size``.
+      backend: recurrent backend, passed to :func:`seqjax.rnn` (``"auto"``, ``"scan"``,
+        ``"pallas"``).
+      forget_bias: initial LSTM forget-gate bias.
+      init_scale: the embedding and the untied readout weight are ``U(-s, s)`` (Zaremba et al.
+        2014, PyTorch's word_language_model); readout bias 0.
+      tcn_init: TCN conv init (see :meth:`seqjax.tcn.TCN.init`).
+    """
+
+    arch: str
+    vocab_size: int
+    embed_size: int
+    hidden_size: int
+    num_layers: int = 1
+    kernel_size: int = 3
+    dropout_input: float = 0.0
+    dropout_hidden: float = 0.0
+    dropout_output: float = 0.0
+    tie_weights: bool = False
+    backend: str = "auto"
+    forget_bias: float = 1.0
+    init_scale: float = 0.1
+    tcn_init: str = "locuslab"
+
+    def __post_init__(self):
+        if self.arch not in LM_ARCHS:
+            raise ValueError(f"arch={self.arch!r} must be one of {LM_ARCHS}")
+        for name in ("vocab_size", "embed_size", "hidden_size", "num_layers", "kernel_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"LanguageModel.{name} must be a positive int, got {value!r}")
+        for name in ("dropout_input", "dropout_hidden", "dropout_output"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"LanguageModel.{name}={value} must be in [0, 1)")
+        if self.backend not in ("auto", "scan", "pallas"):
+            raise ValueError(f"backend={self.backend!r} must be 'auto', 'scan' or 'pallas'")
+
+    # ---------------------------------------------------------------------------------------
+    @property
+    def is_recurrent(self) -> bool:
+        return self.arch != "tcn"
+
+    @property
+    def output_width(self) -> int:
+        """Width of the last layer (the readout's input): ``embed_size`` when tied."""
+        return self.embed_size if self.tie_weights else self.hidden_size
+
+    @property
+    def cells(self) -> list:
+        """The recurrent cells, one per layer."""
+        if not self.is_recurrent:
+            raise ValueError("a TCN language model has no cells")
+        extra = {"forget_bias": self.forget_bias} if "lstm" in self.arch else {}
+        sizes = [self.hidden_size] * (self.num_layers - 1) + [self.output_width]
+        ins = [self.embed_size] + sizes[:-1]
+        return [make_cell(self.arch, i, h, **extra) for i, h in zip(ins, sizes)]
+
+    @property
+    def tcn(self) -> TCN:
+        channels = (self.hidden_size,) * (self.num_layers - 1) + (self.output_width,)
+        return TCN(self.embed_size, channels, kernel_size=self.kernel_size,
+                   dropout=self.dropout_hidden)
+
+    @property
+    def receptive_field(self) -> int | None:
+        """TCN: input tokens one output sees; recurrent: ``None`` (unbounded)."""
+        return None if self.is_recurrent else self.tcn.receptive_field
+
+    def initial_carry(self, batch: int) -> list | None:
+        """Zero carries, one per layer (``None`` for a TCN)."""
+        if not self.is_recurrent:
+            return None
+        return [cell.initial_carry(batch) for cell in self.cells]
+
+    def init(self, key: Array) -> dict:
+        """Fresh params (see the module docstring for the layout); one jitted computation."""
+        return _jitted_init(self, key)
+
+    def _init(self, key: Array) -> dict:
+        k_emb, k_enc, k_out = jax.random.split(key, 3)
+        s = self.init_scale
+        params: dict[str, Any] = {
+            "embed": jax.random.uniform(k_emb, (self.vocab_size, self.embed_size),
+                                        jnp.float32, -s, s)
+        }
+        if self.is_recurrent:
+            keys = jax.random.split(k_enc, self.num_layers)
+            params["encoder"] = [c.init(k) for c, k in zip(self.cells, keys)]
+        else:
+            params["encoder"] = self.tcn.init(k_enc, weight_init=self.tcn_init)
+        readout: dict[str, Array] = {"b": jnp.zeros((self.vocab_size,), jnp.float32)}
+        if not self.tie_weights:
+            readout["w"] = jax.random.uniform(k_out, (self.output_width, self.vocab_size),
+                                              jnp.float32, -s, s)
+        params["readout"] = readout
+        return params
+
+    def readout_weight(self, params: dict) -> Array:
+        """``W [H_last, V]`` (``E^T`` when tied)."""
+        return params["embed"].T if self.tie_weights else params["readout"]["w"]
+
+    def _check_tokens(self, tokens: Any) -> None:
+        dtype = jnp.result_type(tokens)
+        if not jnp.issubdtype(dtype, jnp.integer):
+            raise TypeError(f"tokens.dtype={dtype} must be integer token ids")
+        if jnp.ndim(tokens) != 2:
+            raise ValueError(f"tokens.shape={jnp.shape(tokens)} must be [B, T] token ids")
+
+    def apply(
+        self,
+        params: dict,
+        tokens: Array,
+        carry: list | None = None,
+        *,
+        train: bool = False,
+        key: Array | None = None,
+        return_hidden: bool = False,
+    ) -> tuple[Array, list | None]:
+        """Logits for a chunk of tokens, starting from ``carry``.
+
+        Args:
+          params: from :meth:`init`.
+          tokens: ``[B, T]`` int token ids.
+          carry: recurrent: one carry per layer (``None``: zeros); ignored by a TCN (whose
+            outputs depend on ``tokens`` only; give it the context as part of ``tokens``).
+          train: apply dropout (needs ``key`` when any rate is > 0).
+          key: PRNG key for dropout.
+          return_hidden: also return the last layer's outputs ``[B, T, H_last]``.
+
+        Returns:
+          ``(logits [B, T, V] float32, final carry)`` (the carry is ``None`` for a TCN); with
+          ``return_hidden``, ``(logits, carry, hidden)``.
+        """
+        self._check_tokens(tokens)
+        rates = (self.dropout_input, self.dropout_hidden, self.dropout_output)
+        if train and max(rates) > 0 and key is None:
+            raise ValueError("LanguageModel.apply(train=True) with dropout > 0 needs a key")
+        keys = jax.random.split(key, 3) if (train and key is not None) else (None,) * 3
+        xs = jnp.take(params["embed"], tokens, axis=0)
+        xs = _dropout(xs, self.dropout_input, keys[0])
+        if self.is_recurrent:
+            hs, carry = stacked(self.cells, params["encoder"], xs, initial_carries=carry,
+                                dropout=self.dropout_hidden, key=keys[1], backend=self.backend)
+        else:
+            hs = self.tcn.apply(params["encoder"], xs, train=train and keys[1] is not None,
+                                key=keys[1])
+            carry = None
+        hidden = hs
+        hs = _dropout(hs, self.dropout_output, keys[2])
+        logits = hs @ self.readout_weight(params) + params["readout"]["b"]
+        logits = logits.astype(jnp.float32)
+        return (logits, carry, hidden) if return_hidden else (logits, carry)
+
+    def to_config(self) -> dict:
+        """A JSON-able dict; ``LanguageModel(**config)`` rebuilds the model."""
+        return dataclasses.asdict(self)
+
+
+_jitted_init = jax.jit(LanguageModel._init, static_argnums=0)
