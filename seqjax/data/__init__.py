@@ -51,8 +51,28 @@ from seqjax.data.pixel import (
 )
 from seqjax.data.synthetic import AddingTask, CopyMemoryTask, adding_problem, copy_memory
 from seqjax.data.text import LanguageModelTask, PTBTask, Vocabulary, load_ptb
+from seqjax.data.translation import (
+    TRANSLATION_TASKS,
+    ParallelData,
+    Vocab,
+    date_examples,
+    date_pairs,
+    load_tsv,
+    make_translation_data,
+    number_pairs,
+    split_pairs,
+)
 
 __all__ = [
+    "TRANSLATION_TASKS",
+    "ParallelData",
+    "Vocab",
+    "date_examples",
+    "date_pairs",
+    "load_tsv",
+    "make_translation_data",
+    "number_pairs",
+    "split_pairs",
     "CORPORA",
     "Corpus",
     "DATA_DIR_ENV",

@@ -1,6 +1,7 @@
 """Flax NNX modules: thin stateful wrappers over the functional core."""
 
 from seqjax.nn.recurrent import GRU, LSTM, RNN, Recurrent
+from seqjax.nn.seq2seq import Seq2Seq
 from seqjax.nn.tcn import TCN
 
-__all__ = ["GRU", "LSTM", "RNN", "Recurrent", "TCN"]
+__all__ = ["GRU", "LSTM", "RNN", "Recurrent", "Seq2Seq", "TCN"]
