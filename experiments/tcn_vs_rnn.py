@@ -37,6 +37,7 @@ from seqjax.data import TASK_NAMES, get_task
 from seqjax.models import ARCHS, SequenceModel, hidden_for_params, param_count
 from seqjax.train import (
     fit,
+    make_mesh,
     make_optimizer,
     make_task_evaluator,
     plot_curves,
@@ -237,6 +238,7 @@ def run_model(name, model, task, preset, args, run_dir: Path, resume: bool) -> d
         config=config,
         progress=not args.no_progress and sys.stderr.isatty(),
         desc=f"{task.name} {name}",
+        mesh=None if args.devices == 1 else make_mesh(args.devices or None),
     )
     test = make_task_evaluator(model, task, preset.eval_batch_size)(result.state.params, "test")
     valid = [r for r in result.history if r.get("split") == "valid"]
@@ -294,7 +296,12 @@ def parse_args(argv=None):
     ap.add_argument("--resume", default=None, metavar="RUN_DIR",
                     help="continue an interrupted comparison in RUN_DIR (its config wins)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars")
+    ap.add_argument("--devices", type=int, default=1,
+                    help="data-parallel over the first N devices (0: all); the batch size "
+                         "must be divisible by N (default 1: a single device)")
     args = ap.parse_args(argv)
+    if args.devices < 0:
+        ap.error(f"--devices must be >= 0; got {args.devices}")
     names = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = [m for m in names if m not in ARCHS]
     if unknown or not names:

@@ -23,6 +23,13 @@ from seqjax.train.optim import (
     make_optimizer,
     make_schedule,
 )
+from seqjax.train.parallel import (
+    host_local_batch_to_global,
+    initialize_distributed,
+    make_mesh,
+    replicate,
+    shard_batch,
+)
 from seqjax.train.plot import plot_curves
 from seqjax.train.state import TrainState
 from seqjax.train.tasks import make_task_evaluator, task_loss_fn
@@ -46,6 +53,11 @@ __all__ = [
     "NonFiniteLossError",
     "TrainState",
     "fit",
+    "host_local_batch_to_global",
+    "initialize_distributed",
+    "make_mesh",
+    "replicate",
+    "shard_batch",
     "latest_step",
     "learning_rate_of",
     "load_history",

@@ -124,6 +124,7 @@ def make_train_step(
     *,
     donate: bool = True,
     stateful: bool = False,
+    mesh: Any = None,
 ) -> Callable[[TrainState, Any], tuple[TrainState, dict[str, jax.Array]]]:
     """Builds the jitted update ``step_fn(state, batch) -> (state, metrics)``.
 
@@ -147,6 +148,11 @@ def make_train_step(
         called as ``loss_fn(params, batch, key, train, extra) -> (loss, aux, new_extra)`` with
         ``extra = state.extra``, and the new state holds ``new_extra`` (not differentiated:
         gradients are taken with respect to ``params`` only).
+      mesh: a :class:`jax.sharding.Mesh` for data parallelism (see
+        :mod:`seqjax.train.parallel`), or ``None``. The maths is the same; the new state and
+        the metrics come out replicated over the mesh (the batch is expected sharded on its
+        leading axis, e.g. by :func:`~seqjax.train.parallel.shard_batch`, and XLA all-reduces
+        the gradients).
 
     Returns:
       ``step_fn``; its metrics are ``loss``, ``grad_norm`` (global L2 norm of the raw gradient,
@@ -180,7 +186,14 @@ def make_train_step(
                                   extra=extra)
         return new_state, metrics
 
-    return jax.jit(train_step, donate_argnums=(0,) if donate else ())
+    donate_argnums = (0,) if donate else ()
+    if mesh is None:
+        return jax.jit(train_step, donate_argnums=donate_argnums)
+    from seqjax.train.parallel import replicated_sharding
+
+    replicated = replicated_sharding(mesh)
+    return jax.jit(train_step, donate_argnums=donate_argnums,
+                   out_shardings=(replicated, replicated))
 
 
 def _global_norm(tree: Any) -> jax.Array:
@@ -266,6 +279,7 @@ def fit(
     progress: bool = True,
     desc: str = "",
     extra: Any = None,
+    mesh: Any = None,
 ) -> FitResult:
     """Trains ``params`` for ``num_steps`` updates, with logs, checkpoints and resume.
 
@@ -310,6 +324,13 @@ def fit(
         ``stateful``): ``loss_fn(params, batch, key, train, extra) -> (loss, aux, new_extra)``,
         starting from this ``extra`` (e.g. a zero carry); it lives in ``TrainState.extra``, is
         checkpointed and restored on resume.
+      mesh: a :class:`jax.sharding.Mesh` (e.g. :func:`~seqjax.train.parallel.make_mesh`) to
+        train data-parallel: the state is replicated over it and each batch split on its
+        leading axis over the ``data`` axis (the batch size must be divisible by the device
+        count). With several processes, ``train_batches`` returns this process's slice of the
+        global batch. Only process 0 writes ``config.json`` and ``metrics.jsonl``; checkpoints
+        are written through orbax's multi-process support. ``None``: today's single-device
+        behaviour.
 
     Returns:
       A :class:`FitResult`.
@@ -323,16 +344,25 @@ def fit(
     _validate_fit_args(num_steps=num_steps, eval_every=eval_every, log_every=log_every,
                        checkpoint_every=checkpoint_every, max_to_keep=max_to_keep,
                        run_dir=run_dir, resume=resume)
-    step_fn = make_train_step(loss_fn, optimizer, stateful=extra is not None)
+    step_fn = make_train_step(loss_fn, optimizer, stateful=extra is not None, mesh=mesh)
+    if mesh is not None:
+        from seqjax.train.parallel import host_local_batch_to_global, replicate
+
+        user_batches = train_batches
+
+        def train_batches(i: int) -> Any:
+            return host_local_batch_to_global(user_batches(i), mesh)
     with contextlib.ExitStack() as stack:
         files = _RunFiles(run_dir, max_to_keep=max_to_keep, t_start=t_start, stack=stack)
         state = files.start(TrainState.create(params, optimizer, seed, extra), resume=resume,
                             overwrite=overwrite, num_steps=num_steps, config=config)
+        if mesh is not None:
+            state = replicate(state, mesh)
         start = int(state.step)
         pending: tuple[TrainState, Any] | None = None  # updated, not yet checked for finiteness
         t_first = t_loop_end = time.perf_counter()
         valid_postfix: dict[str, str] = {}
-        with _progress_bar(num_steps, start, desc, progress) as bar:
+        with _progress_bar(num_steps, start, desc, progress and jax.process_index() == 0) as bar:
             try:
                 next_batch = train_batches(start) if start < num_steps else None
                 for i in range(start, num_steps):
@@ -425,6 +455,7 @@ class _RunFiles:
         self.last_saved: int | None = None
         self._stack = stack
         self._metrics_file: Any = None
+        self.primary = jax.process_index() == 0  # only process 0 writes config and metrics
 
     def start(self, state: TrainState, *, resume: bool, overwrite: bool, num_steps: int,
               config: Mapping[str, Any] | None) -> TrainState:
@@ -432,7 +463,7 @@ class _RunFiles:
         if self.run_path is None:
             return state
         self.run_path.mkdir(parents=True, exist_ok=True)
-        if not resume:
+        if not resume and self.primary:
             _clear_previous_run(self.run_path, overwrite)
         self.manager = open_manager(self.run_path, max_to_keep=self.max_to_keep)
         self._stack.callback(self.manager.close)
@@ -447,6 +478,10 @@ class _RunFiles:
             self.last_saved = restored
             logger.info("resumed %s from step %d", self.run_path, restored)
         metrics_path = self.run_path / METRICS_FILE
+        if not self.primary:  # history in memory only; process 0 owns the files
+            self.history = [r for r in load_history(self.run_path)
+                            if int(r.get("step", 0)) <= (restored or 0)]
+            return state
         self.history = _truncate_history(metrics_path, restored or 0)
         self.time_offset = max((row.get("time", 0.0) for row in self.history), default=0.0)
         _write_config(self.run_path / CONFIG_FILE, config, check_against_previous=resume)
