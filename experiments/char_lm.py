@@ -53,6 +53,7 @@ from seqjax.train import (
     fit,
     latest_step,
     load_history,
+    make_mesh,
     make_optimizer,
     make_tbptt_loss_fn,
     make_window_loss_fn,
@@ -184,6 +185,11 @@ def default_prime(vocab, valid_ids) -> str:
 # train
 
 
+def _mesh(devices: int):
+    """``None`` for one device, else a data-parallel mesh over ``devices`` (0: all)."""
+    return None if devices == 1 else make_mesh(devices or None)
+
+
 def train(args: argparse.Namespace, level: str = "char") -> dict[str, Any]:
     out = Path(args.out)
     if args.resume:
@@ -252,7 +258,8 @@ def train(args: argparse.Namespace, level: str = "char") -> dict[str, Any]:
                  checkpoint_every=eval_every, log_every=max(1, min(50, eval_every // 5)),
                  resume=args.resume, overwrite=args.overwrite, config=cfg,
                  progress=not args.no_progress and sys.stderr.isatty(),
-                 desc=f"{corpus.name} {model.arch}", extra=extra)
+                 desc=f"{corpus.name} {model.arch}", extra=extra,
+                 mesh=_mesh(getattr(args, "devices", 1)))
 
     t0 = time.perf_counter()
     final_params = result.state.params
@@ -381,6 +388,8 @@ def train_parser(level: str, doc: str) -> argparse.ArgumentParser:
     ap.add_argument("--sample-prime", default=None,
                     help="prime of the checkpoint samples (default: the start of the valid split)")
     ap.add_argument("--backend", default="auto", choices=("auto", "scan", "pallas"))
+    ap.add_argument("--devices", type=int, default=1,
+                    help="data-parallel over this many devices (0: all); streams B must divide")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--resume", action="store_true",
                     help="continue the run in --out from its newest checkpoint")

@@ -219,3 +219,32 @@ def test_two_processes_on_localhost_train_identically(tmp_path):
     assert a["step"] == b["step"] == 3
     assert a["params"] == b["params"]
     assert a["loss"] == b["loss"] and len(a["loss"]) == 3
+
+
+def test_tbptt_language_model_on_4_devices_equals_1_device(tmp_path):
+    """fit(mesh=...) with a stateful loss: the TBPTT carry is sharded with the batch (each
+    device keeps the carry of its own streams) and 4 steps equal the 1-device run."""
+    out = run_child(tmp_path, """
+    from seqjax.lm import LanguageModel
+    from seqjax.train.tbptt import TokenStreams, make_tbptt_loss_fn
+    ids = np.random.default_rng(0).integers(0, 11, 4000)
+    model = LanguageModel("lstm", 11, embed_size=6, hidden_size=8, num_layers=2, backend="scan")
+    params = model.init(jax.random.PRNGKey(0))
+    streams = TokenStreams(ids, 8, 12)
+    runs = {}
+    for n in (1, 4):
+        res = fit(params=params, loss_fn=make_tbptt_loss_fn(model),
+                  optimizer=make_optimizer("adam", 1e-2, clip_norm=1.0),
+                  train_batches=streams.batch, num_steps=4, run_dir=None, progress=False,
+                  extra=model.initial_carry(8), mesh=None if n == 1 else make_mesh(n))
+        runs[n] = res.state
+    carry_leaf = jax.tree.leaves(runs[4].extra)[0]
+    print(json.dumps({
+        "param_diff": max_diff(runs[1].params, runs[4].params),
+        "carry_diff": max_diff(runs[1].extra, runs[4].extra),
+        "carry_devices": len(carry_leaf.sharding.device_set),
+        "carry_shard_rows": carry_leaf.addressable_shards[0].data.shape[0],
+    }))
+    """)
+    assert out["param_diff"] < 1e-5 and out["carry_diff"] < 1e-5, out
+    assert out["carry_devices"] == 4 and out["carry_shard_rows"] == 2, out

@@ -27,6 +27,7 @@ from seqjax.train.parallel import (
     host_local_batch_to_global,
     initialize_distributed,
     make_mesh,
+    place_state,
     replicate,
     shard_batch,
 )
@@ -56,6 +57,7 @@ __all__ = [
     "host_local_batch_to_global",
     "initialize_distributed",
     "make_mesh",
+    "place_state",
     "replicate",
     "shard_batch",
     "latest_step",

@@ -189,11 +189,14 @@ def make_train_step(
     donate_argnums = (0,) if donate else ()
     if mesh is None:
         return jax.jit(train_step, donate_argnums=donate_argnums)
-    from seqjax.train.parallel import replicated_sharding
+    from seqjax.train.parallel import constrain_state, replicated_sharding
 
-    replicated = replicated_sharding(mesh)
-    return jax.jit(train_step, donate_argnums=donate_argnums,
-                   out_shardings=(replicated, replicated))
+    def sharded_step(state: TrainState, batch: Any) -> tuple[TrainState, dict[str, jax.Array]]:
+        new_state, metrics = train_step(state, batch)
+        metrics = jax.lax.with_sharding_constraint(metrics, replicated_sharding(mesh))
+        return constrain_state(new_state, mesh), metrics
+
+    return jax.jit(sharded_step, donate_argnums=donate_argnums)
 
 
 def _global_norm(tree: Any) -> jax.Array:
@@ -346,7 +349,7 @@ def fit(
                        run_dir=run_dir, resume=resume)
     step_fn = make_train_step(loss_fn, optimizer, stateful=extra is not None, mesh=mesh)
     if mesh is not None:
-        from seqjax.train.parallel import host_local_batch_to_global, replicate
+        from seqjax.train.parallel import host_local_batch_to_global, place_state
 
         user_batches = train_batches
 
@@ -357,7 +360,7 @@ def fit(
         state = files.start(TrainState.create(params, optimizer, seed, extra), resume=resume,
                             overwrite=overwrite, num_steps=num_steps, config=config)
         if mesh is not None:
-            state = replicate(state, mesh)
+            state = place_state(state, mesh)
         start = int(state.step)
         pending: tuple[TrainState, Any] | None = None  # updated, not yet checked for finiteness
         t_first = t_loop_end = time.perf_counter()

@@ -78,10 +78,7 @@ def replicated_sharding(mesh: Mesh) -> NamedSharding:
 def _check_divisible(batch: Any, n: int, what: str) -> None:
     for path, leaf in jax.tree_util.tree_leaves_with_path(batch):
         shape = np.shape(leaf)
-        if not shape:
-            raise ValueError(f"batch leaf {jax.tree_util.keystr(path)} is a scalar; every "
-                             "leaf needs a leading batch axis to shard over the devices")
-        if shape[0] % n:
+        if shape and shape[0] % n:  # scalars (e.g. TBPTT's reset flag) are replicated
             raise ValueError(
                 f"batch size {shape[0]} (leaf {jax.tree_util.keystr(path)}) is not divisible "
                 f"by the {what} {n}; use a batch size that is a multiple of {n}"
@@ -89,7 +86,8 @@ def _check_divisible(batch: Any, n: int, what: str) -> None:
 
 
 def shard_batch(batch: Any, mesh: Mesh) -> Any:
-    """Places every leaf of ``batch`` split on its leading axis over the mesh's devices.
+    """Places every leaf of ``batch`` split on its leading axis over the mesh's devices
+    (scalar leaves, such as truncated BPTT's per-chunk reset flag, are replicated).
 
     Raises:
       ValueError: if a leaf's leading (batch) size is not divisible by the device count; the
@@ -97,12 +95,40 @@ def shard_batch(batch: Any, mesh: Mesh) -> Any:
     """
     n = mesh.shape[mesh.axis_names[0]]
     _check_divisible(batch, n, "device count")
-    return jax.device_put(batch, batch_sharding(mesh))
+    return jax.tree.map(lambda x: jax.device_put(x, _leaf_sharding(x, mesh)), batch)
+
+
+def _leaf_sharding(x: Any, mesh: Mesh) -> NamedSharding:
+    """Batch-sharded on the leading axis; a scalar (a per-batch flag) is replicated."""
+    return batch_sharding(mesh) if np.ndim(x) else replicated_sharding(mesh)
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
     """Places a full copy of every leaf of ``tree`` on every device of ``mesh``."""
     return jax.device_put(tree, replicated_sharding(mesh))
+
+
+def place_state(state: Any, mesh: Mesh) -> Any:
+    """Places a :class:`~seqjax.train.TrainState` on ``mesh``: params, optimiser state, step and
+    key replicated; ``extra`` (the truncated-BPTT carry, batch-major leaves) sharded with the
+    batch on its leading axis, so each device keeps the carry of its own streams.
+
+    Raises:
+      ValueError: if an ``extra`` leaf's leading size is not divisible by the device count.
+    """
+    if state.extra is None:
+        return replicate(state, mesh)
+    _check_divisible(state.extra, mesh.shape[mesh.axis_names[0]], "device count")
+    extra = jax.device_put(state.extra, batch_sharding(mesh))
+    return replicate(state.replace(extra=None), mesh).replace(extra=extra)
+
+
+def constrain_state(state: Any, mesh: Mesh) -> Any:
+    """Inside ``jit``: the sharding :func:`place_state` gives, as constraints on a new state."""
+    core = jax.lax.with_sharding_constraint(state.replace(extra=None), replicated_sharding(mesh))
+    if state.extra is None:
+        return core
+    return core.replace(extra=jax.lax.with_sharding_constraint(state.extra, batch_sharding(mesh)))
 
 
 def host_local_batch_to_global(batch: Any, mesh: Mesh) -> Any:
@@ -120,9 +146,9 @@ def host_local_batch_to_global(batch: Any, mesh: Mesh) -> Any:
         return shard_batch(batch, mesh)
     local = sum(d.process_index == jax.process_index() for d in mesh.devices.flat)
     _check_divisible(batch, local, "local device count")
-    sharding = batch_sharding(mesh)
     return jax.tree.map(
-        lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch)
+        lambda x: jax.make_array_from_process_local_data(_leaf_sharding(x, mesh), np.asarray(x)),
+        batch)
 
 
 def initialize_distributed(
