@@ -53,10 +53,10 @@ from seqjax.train import (
     fit,
     latest_step,
     load_history,
-    make_mesh,
     make_optimizer,
     make_tbptt_loss_fn,
     make_window_loss_fn,
+    mesh_for,
     plot_curves,
     restore_checkpoint,
 )
@@ -185,11 +185,6 @@ def default_prime(vocab, valid_ids) -> str:
 # train
 
 
-def _mesh(devices: int):
-    """``None`` for one device, else a data-parallel mesh over ``devices`` (0: all)."""
-    return None if devices == 1 else make_mesh(devices or None)
-
-
 def train(args: argparse.Namespace, level: str = "char") -> dict[str, Any]:
     out = Path(args.out)
     if args.resume:
@@ -259,7 +254,7 @@ def train(args: argparse.Namespace, level: str = "char") -> dict[str, Any]:
                  resume=args.resume, overwrite=args.overwrite, config=cfg,
                  progress=not args.no_progress and sys.stderr.isatty(),
                  desc=f"{corpus.name} {model.arch}", extra=extra,
-                 mesh=_mesh(getattr(args, "devices", 1)))
+                 mesh=mesh_for(getattr(args, "devices", 1)))
 
     t0 = time.perf_counter()
     final_params = result.state.params

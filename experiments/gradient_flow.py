@@ -57,7 +57,7 @@ from seqjax.cells import SimpleRNN
 from seqjax.data import get_task
 from seqjax.data.base import softmax_cross_entropy
 from seqjax.models import SequenceModel, param_count
-from seqjax.train import fit, make_optimizer, task_loss_fn
+from seqjax.train import fit, make_optimizer, mesh_for, task_loss_fn
 
 COLOURS = {"rnn": "tab:red", "lstm": "tab:blue", "gru": "tab:green", "tcn": "tab:purple",
            "rnn_relu": "tab:orange", "peephole_lstm": "tab:cyan", "gru_before": "tab:olive"}
@@ -120,7 +120,7 @@ def flow_part(task: Any, args: argparse.Namespace, out: Path) -> dict:
         res = fit(params=params, loss_fn=task_loss_fn(model, task), optimizer=opt,
                   train_batches=lambda i: task.train_batch(i, args.batch, seed=args.seed),
                   num_steps=args.steps, run_dir=None, log_every=max(1, args.steps // 50),
-                  progress=False, seed=args.seed)
+                  progress=False, seed=args.seed, mesh=mesh_for(args.devices))
         trained = res.state.params
         flows["trained"] = model_gradient_flow(model, trained, batch.inputs, loss_last)
         summaries["trained"] = _model_summary(model, trained, batch)
@@ -392,6 +392,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--clip-lr", type=float, default=0.1, help="SGD learning rate of part 3")
     p.add_argument("--clip-radius", type=float, default=1.0,
                    help="scale of the orthogonal recurrent weight in part 3")
+    p.add_argument("--devices", type=int, default=1,
+                    help="data-parallel over this many devices (0: all); the batch must divide")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]

@@ -38,7 +38,7 @@ from seqjax.analysis import char_features, hidden_states, html_page, render_png,
 from seqjax.analysis.hidden import unit_correlations
 from seqjax.data import LanguageModelTask, Vocabulary, resolve_data_dir
 from seqjax.models import SequenceModel, param_count
-from seqjax.train import fit, make_optimizer, make_task_evaluator, task_loss_fn
+from seqjax.train import fit, make_optimizer, make_task_evaluator, mesh_for, task_loss_fn
 
 SHAKESPEARE = Path("tinyshakespeare") / "input.txt"
 
@@ -116,6 +116,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--png-chars", type=int, default=800, help="characters drawn in each PNG")
     p.add_argument("--quotes", default='"', help="quote characters for inside_quotes")
     p.add_argument("--top", type=int, default=3, help="units reported per feature")
+    p.add_argument("--devices", type=int, default=1,
+                    help="data-parallel over this many devices (0: all); the batch must divide")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     if args.text is None:
@@ -137,7 +139,7 @@ def main(argv: list[str] | None = None) -> dict:
               optimizer=make_optimizer("adam", args.lr, clip_norm=args.clip),
               train_batches=lambda i: task.train_batch(i, args.batch, seed=args.seed),
               num_steps=args.steps, run_dir=None, log_every=max(1, args.steps // 20),
-              progress=False, seed=args.seed)
+              progress=False, seed=args.seed, mesh=mesh_for(args.devices))
     params = res.state.params
     valid = make_task_evaluator(model, task, args.batch, max_batches=8)(params, "valid")
     print(f"trained {args.steps} steps in {res.wall_s:.0f}s: valid bpc {valid['bpc']:.3f} "

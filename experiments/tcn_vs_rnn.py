@@ -37,9 +37,9 @@ from seqjax.data import TASK_NAMES, get_task
 from seqjax.models import ARCHS, SequenceModel, hidden_for_params, param_count
 from seqjax.train import (
     fit,
-    make_mesh,
     make_optimizer,
     make_task_evaluator,
+    mesh_for,
     plot_curves,
     task_loss_fn,
 )
@@ -238,7 +238,7 @@ def run_model(name, model, task, preset, args, run_dir: Path, resume: bool) -> d
         config=config,
         progress=not args.no_progress and sys.stderr.isatty(),
         desc=f"{task.name} {name}",
-        mesh=None if args.devices == 1 else make_mesh(args.devices or None),
+        mesh=mesh_for(args.devices),
     )
     test = make_task_evaluator(model, task, preset.eval_batch_size)(result.state.params, "test")
     valid = [r for r in result.history if r.get("split") == "valid"]

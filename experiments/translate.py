@@ -35,7 +35,7 @@ import numpy as np
 from seqjax.data.translation import ParallelData, make_translation_data, tokenize
 from seqjax.models import param_count
 from seqjax.seq2seq import Seq2Seq
-from seqjax.train import fit, make_eval_fn, make_optimizer, plot_curves
+from seqjax.train import fit, make_eval_fn, make_optimizer, mesh_for, plot_curves
 
 ATTENTION_CHOICES = ("bahdanau", "luong", "dot", "general", "none")
 
@@ -188,6 +188,7 @@ def run_model(name: str, model: Seq2Seq, data: ParallelData, args, run_dir: Path
         checkpoint_every=0, log_every=max(1, args.eval_every // 5), overwrite=True,
         config={"model": dataclasses.asdict(model), "args": vars(args)},
         progress=not args.no_progress and sys.stderr.isatty(), desc=f"{data.name} {name}",
+        mesh=mesh_for(args.devices),
     )
     t0 = time.time()
     out = decode(model, result.state.params, data, "test", args)
@@ -236,6 +237,8 @@ def parse_args(argv=None):
     ap.add_argument("--lowercase", action="store_true", help="lowercase a TSV corpus")
     ap.add_argument("--backend", default="auto", choices=("auto", "scan", "pallas"))
     ap.add_argument("--out", default="results", help="root of the run directories")
+    ap.add_argument("--devices", type=int, default=1,
+                    help="data-parallel over this many devices (0: all); the batch must divide")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)

@@ -85,6 +85,14 @@ def _check_divisible(batch: Any, n: int, what: str) -> None:
             )
 
 
+def mesh_for(devices: int) -> Mesh | None:
+    """What an experiment's ``--devices N`` means: ``None`` (no mesh) for 1, a data-parallel
+    mesh over the first ``N`` devices otherwise, all of them for 0."""
+    if devices < 0:
+        raise ValueError(f"devices={devices} must be >= 0 (0: all devices)")
+    return None if devices == 1 else make_mesh(devices or None)
+
+
 def shard_batch(batch: Any, mesh: Mesh) -> Any:
     """Places every leaf of ``batch`` split on its leading axis over the mesh's devices
     (scalar leaves, such as truncated BPTT's per-chunk reset flag, are replicated).
