@@ -254,7 +254,7 @@ def train(args: argparse.Namespace, level: str = "char") -> dict[str, Any]:
                  resume=args.resume, overwrite=args.overwrite, config=cfg,
                  progress=not args.no_progress and sys.stderr.isatty(),
                  desc=f"{corpus.name} {model.arch}", extra=extra,
-                 mesh=mesh_for(getattr(args, "devices", 1)))
+                 mesh=mesh_for(getattr(args, "devices", 1), getattr(args, "model_parallel", 1)))
 
     t0 = time.perf_counter()
     final_params = result.state.params
@@ -385,6 +385,8 @@ def train_parser(level: str, doc: str) -> argparse.ArgumentParser:
     ap.add_argument("--backend", default="auto", choices=("auto", "scan", "pallas"))
     ap.add_argument("--devices", type=int, default=1,
                     help="data-parallel over this many devices (0: all); streams B must divide")
+    ap.add_argument("--model-parallel", type=int, default=1,
+                    help="split large embedding/output matrices over this many of the devices")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--resume", action="store_true",
                     help="continue the run in --out from its newest checkpoint")

@@ -248,3 +248,33 @@ def test_tbptt_language_model_on_4_devices_equals_1_device(tmp_path):
     """)
     assert out["param_diff"] < 1e-5 and out["carry_diff"] < 1e-5, out
     assert out["carry_devices"] == 4 and out["carry_shard_rows"] == 2, out
+
+
+def test_model_axis_splits_large_matrices_and_matches_1_device(tmp_path):
+    """A (data=2, model=2) mesh: the embedding and output matrices (and their Adam moments) are
+    split on the model axis, the rest replicated, and a step equals the 1-device step."""
+    out = run_child(tmp_path, """
+    from seqjax.lm import LanguageModel
+    from seqjax.train.tbptt import TokenStreams, make_tbptt_loss_fn
+    ids = np.random.default_rng(0).integers(0, 512, 5000)
+    model = LanguageModel("gru", 512, embed_size=128, hidden_size=16, backend="scan")
+    params = model.init(jax.random.PRNGKey(0))
+    streams = TokenStreams(ids, 8, 10)
+    runs = {}
+    for mesh in (None, make_mesh(4, model=2)):
+        res = fit(params=params, loss_fn=make_tbptt_loss_fn(model),
+                  optimizer=make_optimizer("adam", 1e-2), train_batches=streams.batch,
+                  num_steps=3, run_dir=None, progress=False, extra=model.initial_carry(8),
+                  mesh=mesh)
+        runs[mesh is None] = res.state
+    state = runs[False]
+    split = {jax.tree_util.keystr(p): list(x.addressable_shards[0].data.shape)
+             for p, x in jax.tree_util.tree_leaves_with_path(state.params)
+             if x.addressable_shards[0].data.shape != x.shape}
+    print(json.dumps({"param_diff": max_diff(runs[True].params, state.params),
+                      "split": split, "mesh": dict(make_mesh(4, model=2).shape)}))
+    """)
+    assert out["mesh"] == {"data": 2, "model": 2}
+    assert out["param_diff"] < 1e-5, out
+    assert out["split"] and all(512 // 2 in shape for shape in out["split"].values()), out
+    assert any("embed" in k for k in out["split"]), out

@@ -42,17 +42,23 @@ __all__ = [
     "shard_batch",
 ]
 
+MODEL_AXIS = "model"
 DATA_AXIS = "data"
 ENV_COORDINATOR = "SEQJAX_COORDINATOR"
 ENV_NUM_PROCESSES = "SEQJAX_NUM_PROCESSES"
 ENV_PROCESS_ID = "SEQJAX_PROCESS_ID"
 
 
-def make_mesh(num_devices: int | None = None, axis: str = DATA_AXIS) -> Mesh:
-    """A one-axis mesh over ``jax.devices()[:num_devices]`` (all devices if ``None`` or 0).
+def make_mesh(num_devices: int | None = None, axis: str = DATA_AXIS, *, model: int = 1) -> Mesh:
+    """A mesh over ``jax.devices()[:num_devices]`` (all devices if ``None`` or 0).
+
+    With ``model == 1`` it has one axis, ``axis`` (data parallelism). With ``model > 1`` it is
+    ``(num_devices // model, model)`` with axes ``(axis, "model")``: batches split on the first,
+    large matrices (embeddings, output layers) on the second (see :func:`param_sharding`).
 
     Raises:
-      ValueError: if ``num_devices`` is negative or exceeds the number of available devices.
+      ValueError: if ``num_devices`` is negative or exceeds the number of available devices,
+        or ``model`` does not divide it.
     """
     devices = jax.devices()
     n = len(devices) if not num_devices else int(num_devices)
@@ -62,7 +68,33 @@ def make_mesh(num_devices: int | None = None, axis: str = DATA_AXIS) -> Mesh:
             f"({devices[0].platform}); on CPU, force more with "
             f"XLA_FLAGS=--xla_force_host_platform_device_count=N before importing jax"
         )
-    return Mesh(np.asarray(devices[:n]), (axis,))
+    if model < 1 or n % model:
+        raise ValueError(f"model={model} must be a positive divisor of the device count {n}")
+    if model == 1:
+        return Mesh(np.asarray(devices[:n]), (axis,))
+    return Mesh(np.asarray(devices[:n]).reshape(n // model, model), (axis, MODEL_AXIS))
+
+
+#: Matrices with at least this many elements are split on the ``model`` axis, if there is one.
+MODEL_SHARD_MIN_SIZE = 2**16
+
+
+def param_sharding(x: Any, mesh: Mesh, min_size: int = MODEL_SHARD_MIN_SIZE) -> NamedSharding:
+    """Sharding of one parameter (or optimiser-state) leaf: replicated, except on a mesh with a
+    ``model`` axis, where a matrix of ``>= min_size`` elements is split along its largest
+    dimension that the axis divides (an embedding ``[V, E]`` along ``V``, an output layer
+    ``[H, V]`` along ``V``). Decided by shape alone, so Adam's moments follow their params."""
+    shape = np.shape(x)
+    if MODEL_AXIS not in mesh.axis_names or len(shape) < 2 or int(np.prod(shape)) < min_size:
+        return replicated_sharding(mesh)
+    m = mesh.shape[MODEL_AXIS]
+    dims = sorted(range(len(shape)), key=lambda d: -shape[d])
+    for d in dims:
+        if shape[d] % m == 0:
+            spec = [None] * len(shape)
+            spec[d] = MODEL_AXIS
+            return NamedSharding(mesh, P(*spec))
+    return replicated_sharding(mesh)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
@@ -85,12 +117,15 @@ def _check_divisible(batch: Any, n: int, what: str) -> None:
             )
 
 
-def mesh_for(devices: int) -> Mesh | None:
-    """What an experiment's ``--devices N`` means: ``None`` (no mesh) for 1, a data-parallel
-    mesh over the first ``N`` devices otherwise, all of them for 0."""
+def mesh_for(devices: int, model: int = 1) -> Mesh | None:
+    """What an experiment's ``--devices N`` (and ``--model-parallel M``) mean: ``None`` (no mesh)
+    for one device, else a mesh over the first ``N`` devices (all of them for 0), with a
+    ``model`` axis of size ``M`` when ``M > 1``."""
     if devices < 0:
         raise ValueError(f"devices={devices} must be >= 0 (0: all devices)")
-    return None if devices == 1 else make_mesh(devices or None)
+    if devices == 1 and model == 1:
+        return None
+    return make_mesh(devices or None, model=model)
 
 
 def shard_batch(batch: Any, mesh: Mesh) -> Any:
@@ -116,24 +151,30 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
     return jax.device_put(tree, replicated_sharding(mesh))
 
 
+def _place_core(tree: Any, mesh: Mesh, put: Any) -> Any:
+    return jax.tree.map(lambda x: put(x, param_sharding(x, mesh)), tree)
+
+
 def place_state(state: Any, mesh: Mesh) -> Any:
-    """Places a :class:`~seqjax.train.TrainState` on ``mesh``: params, optimiser state, step and
-    key replicated; ``extra`` (the truncated-BPTT carry, batch-major leaves) sharded with the
-    batch on its leading axis, so each device keeps the carry of its own streams.
+    """Places a :class:`~seqjax.train.TrainState` on ``mesh``.
+
+    Params, optimiser state, step and key are replicated (large matrices split on a ``model``
+    axis, :func:`param_sharding`); ``extra`` (the truncated-BPTT carry, batch-major leaves) is
+    sharded with the batch on its leading axis, so each device keeps its own streams' carry.
 
     Raises:
       ValueError: if an ``extra`` leaf's leading size is not divisible by the device count.
     """
+    core = _place_core(state.replace(extra=None), mesh, jax.device_put)
     if state.extra is None:
-        return replicate(state, mesh)
+        return core
     _check_divisible(state.extra, mesh.shape[mesh.axis_names[0]], "device count")
-    extra = jax.device_put(state.extra, batch_sharding(mesh))
-    return replicate(state.replace(extra=None), mesh).replace(extra=extra)
+    return core.replace(extra=jax.device_put(state.extra, batch_sharding(mesh)))
 
 
 def constrain_state(state: Any, mesh: Mesh) -> Any:
     """Inside ``jit``: the sharding :func:`place_state` gives, as constraints on a new state."""
-    core = jax.lax.with_sharding_constraint(state.replace(extra=None), replicated_sharding(mesh))
+    core = _place_core(state.replace(extra=None), mesh, jax.lax.with_sharding_constraint)
     if state.extra is None:
         return core
     return core.replace(extra=jax.lax.with_sharding_constraint(state.extra, batch_sharding(mesh)))
