@@ -51,6 +51,7 @@ from seqjax.train import (
     TrainState,
     evaluate_stream,
     fit,
+    initialize_distributed,
     latest_step,
     load_history,
     make_optimizer,
@@ -429,6 +430,7 @@ def parse_train_args(argv, level: str, doc: str) -> argparse.Namespace:
 
 def main(argv=None, *, level: str = "char", doc: str = __doc__) -> Any:
     argv = list(sys.argv[1:] if argv is None else argv)
+    initialize_distributed()  # multi-host runs: SEQJAX_COORDINATOR etc.; a no-op otherwise
     if argv and argv[0] == "sample":
         return sample_command(sample_parser().parse_args(argv[1:]))
     if argv and argv[0] == "evaluate":

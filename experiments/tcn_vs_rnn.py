@@ -37,6 +37,7 @@ from seqjax.data import TASK_NAMES, get_task
 from seqjax.models import ARCHS, SequenceModel, hidden_for_params, param_count
 from seqjax.train import (
     fit,
+    initialize_distributed,
     make_optimizer,
     make_task_evaluator,
     mesh_for,
@@ -312,6 +313,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    initialize_distributed()  # multi-host runs: SEQJAX_COORDINATOR etc.; a no-op otherwise
     resuming = bool(args.resume)
     if resuming:
         run_root = Path(args.resume)

@@ -35,7 +35,14 @@ import numpy as np
 from seqjax.data.translation import ParallelData, make_translation_data, tokenize
 from seqjax.models import param_count
 from seqjax.seq2seq import Seq2Seq
-from seqjax.train import fit, make_eval_fn, make_optimizer, mesh_for, plot_curves
+from seqjax.train import (
+    fit,
+    initialize_distributed,
+    make_eval_fn,
+    make_optimizer,
+    mesh_for,
+    plot_curves,
+)
 
 ATTENTION_CHOICES = ("bahdanau", "luong", "dot", "general", "none")
 
@@ -260,6 +267,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    initialize_distributed()  # multi-host runs: SEQJAX_COORDINATOR etc.; a no-op otherwise
     data = make_translation_data(args.task, seed=args.seed, num_examples=args.num_examples,
                                  level=args.level, lowercase=args.lowercase,
                                  columns=args.columns)
