@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 STAMP_RUN  := $(VENV)/.installed-run
 STAMP_TEST := $(VENV)/.installed-test
 
-.PHONY: run test test-slow bench clean
+.PHONY: run test test-slow bench docs clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ test-slow: $(STAMP_TEST)
 
 bench: $(STAMP_TEST)
 	$(PY) benchmarks/rnn_cpu.py
+
+## make docs: API docs and results pages with MkDocs + mkdocstrings into build/site (offline).
+docs: $(STAMP_TEST)
+	$(PY) -m mkdocs build --strict
 
 clean:
 	rm -rf $(VENV) build *.egg-info
