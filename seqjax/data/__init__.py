@@ -49,6 +49,7 @@ from seqjax.data.pixel import (
     load_mnist,
     read_idx,
 )
+from seqjax.data.sentiment import MR, bucket_batches, cv_folds, load_mr
 from seqjax.data.synthetic import AddingTask, CopyMemoryTask, adding_problem, copy_memory
 from seqjax.data.text import LanguageModelTask, PTBTask, Vocabulary, load_ptb
 from seqjax.data.translation import (
@@ -64,6 +65,10 @@ from seqjax.data.translation import (
 )
 
 __all__ = [
+    "MR",
+    "bucket_batches",
+    "cv_folds",
+    "load_mr",
     "TRANSLATION_TASKS",
     "ParallelData",
     "Vocab",
