@@ -2,7 +2,8 @@
 
 Every kernel comes in two styles:
 
-* ``"gpu"``: a Triton kernel (``pallas_call`` with :class:`jax.experimental.pallas.triton.CompilerParams`,
+* ``"gpu"``: a Triton kernel (``pallas_call`` with
+  :class:`jax.experimental.pallas.triton.CompilerParams`,
   which selects the Triton lowering instead of Mosaic GPU);
 * ``"tpu"``: a Mosaic TPU kernel (VMEM blocks and scratch, ``pltpu.CompilerParams``).
 
@@ -59,7 +60,8 @@ def kernel_platform(platform: str) -> tuple[str, bool]:
         return TPU, False
     if name == "cpu":
         return GPU, True
-    raise ValueError(f"platform={platform!r} has no fused kernels (expected cpu, gpu/cuda/rocm or tpu)")
+    raise ValueError(
+        f"platform={platform!r} has no fused kernels (expected cpu, gpu/cuda/rocm or tpu)")
 
 
 def interpret_arg(style: str, interpret: bool) -> Any:

@@ -121,7 +121,8 @@ class LSTMBlockSizes:
             if self.block_b <= 0 or self.block_b % 8:
                 raise ValueError(f"block_b={self.block_b} must be a positive multiple of 8 on TPU")
             if self.block_h <= 0 or self.block_h % 128:
-                raise ValueError(f"block_h={self.block_h} must be a positive multiple of 128 on TPU")
+                raise ValueError(
+                    f"block_h={self.block_h} must be a positive multiple of 128 on TPU")
             if self.block_t <= 0:
                 raise ValueError(f"block_t={self.block_t} must be positive")
         else:
@@ -165,7 +166,8 @@ class LSTMBlockSizes:
     def padded(self, batch: int, hidden: int) -> tuple[int, int]:
         """``(B_pad, H_pad)``: the batch and hidden sizes the kernel runs at."""
         if self.platform == common.TPU and hidden > self.block_h:
-            raise ValueError(f"hidden={hidden} > block_h={self.block_h}: on TPU block_h is all of H")
+            raise ValueError(
+                f"hidden={hidden} > block_h={self.block_h}: on TPU block_h is all of H")
         return common.round_up(batch, self.block_b), common.round_up(hidden, self.block_h)
 
 
@@ -247,7 +249,8 @@ def _fwd_kernel_gpu(len_ref, gx_ref, w_ref, h0_ref, c0_ref, hcar_ref, ccar_ref, 
                 rows = tile(k)
                 h = hcar_ref[t, :, rows]
                 return tuple(
-                    z[g] + jnp.dot(h, w_ref[g, rows, cols].astype(_F32), preferred_element_type=_F32)
+                    z[g]
+                    + jnp.dot(h, w_ref[g, rows, cols].astype(_F32), preferred_element_type=_F32)
                     for g in range(4)
                 )
 
@@ -317,7 +320,8 @@ def _bwd_kernel_gpu(len_ref, w_ref, acts_ref, ccar_ref, dhs_ref, dht_ref, dct_re
                     acc = acc + _dot_nt(dz_ref[t, g, :, rows], w_ref[g, cols, rows].astype(_F32))
                 return acc
 
-            dh_prev = lax.fori_loop(0, tiles, contract, jnp.zeros(dh_ref.shape[1:2] + (block_h,), _F32))
+            zeros = jnp.zeros(dh_ref.shape[1:2] + (block_h,), _F32)
+            dh_prev = lax.fori_loop(0, tiles, contract, zeros)
             dh_ref[dst, :, cols] = jnp.where(live, dh_prev, dh_ref[src, :, cols])
 
         lax.fori_loop(0, tiles, hidden_tile, None)
@@ -413,7 +417,8 @@ def _check_args(w_h, gx, carry0, lengths):
     steps, batch, gates = gx.shape
     hidden = gates // 4
     if tuple(w_h.shape) != (hidden, gates):
-        raise ValueError(f"w_h.shape={tuple(w_h.shape)} must be ({hidden}, {gates}) for gx {gx.shape}")
+        raise ValueError(
+            f"w_h.shape={tuple(w_h.shape)} must be ({hidden}, {gates}) for gx {gx.shape}")
     if jnp.dtype(w_h.dtype) not in WEIGHT_DTYPES:
         raise TypeError(f"w_h.dtype={w_h.dtype} must be float32 or bfloat16")
     if gx.dtype != _F32:
@@ -421,7 +426,8 @@ def _check_args(w_h, gx, carry0, lengths):
     h0, c0 = carry0
     for name, x in (("h0", h0), ("c0", c0)):
         if tuple(x.shape) != (batch, hidden) or x.dtype != _F32:
-            raise ValueError(f"carry0 {name}: {x.shape} {x.dtype} must be ({batch}, {hidden}) float32")
+            raise ValueError(
+                f"carry0 {name}: {x.shape} {x.dtype} must be ({batch}, {hidden}) float32")
     if lengths is not None and tuple(jnp.shape(lengths)) != (batch,):
         raise ValueError(f"lengths.shape={tuple(jnp.shape(lengths))} must be ({batch},)")
     if steps == 0 or batch == 0:
@@ -541,7 +547,8 @@ def _bwd_call(bs: LSTMBlockSizes, steps: int, batch_p: int, hidden_p: int):
             gates, seq, seq, seq, state, state,
         ],
         out_specs=[gates, state, state],
-        out_shape=[f32(steps, 4, batch_p, hidden_p), f32(batch_p, hidden_p), f32(batch_p, hidden_p)],
+        out_shape=[f32(steps, 4, batch_p, hidden_p), f32(batch_p, hidden_p),
+                   f32(batch_p, hidden_p)],
         scratch_shapes=[pltpu.VMEM((bb, hidden_p), _F32)] * 2,
         compiler_params=pltpu.CompilerParams(
             dimension_semantics=("parallel", "arbitrary"), vmem_limit_bytes=bs.vmem_limit_bytes

@@ -11,10 +11,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from seqjax.kernels import GRUBlockSizes, gru, gru_reference, unsupported_reason
 
 import seqjax
 from seqjax import GRU, rnn
-from seqjax.kernels import GRUBlockSizes, gru, gru_reference, unsupported_reason
 
 F32, BF16 = jnp.float32, jnp.bfloat16
 TOL = 1e-5

@@ -13,7 +13,6 @@ block size and launch parameter :meth:`GRUBlockSizes.default` picks.
 import jax
 import jax.numpy as jnp
 import pytest
-
 from seqjax.kernels import GRUBlockSizes, LSTMBlockSizes, gru, lstm
 
 S = jax.ShapeDtypeStruct

@@ -12,10 +12,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from seqjax.kernels import LSTMBlockSizes, lstm, lstm_reference, unsupported_reason
 
 import seqjax
 from seqjax import LSTM, PeepholeLSTM, SimpleRNN, rnn
-from seqjax.kernels import LSTMBlockSizes, lstm, lstm_reference, unsupported_reason
 
 F32, BF16 = jnp.float32, jnp.bfloat16
 TOL = 1e-5
