@@ -36,6 +36,7 @@ to the dtype of the carry.
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import math
 from typing import Any, Callable
@@ -106,7 +107,7 @@ def _outer_sum(a: Array, b: Array) -> Array:
     return jnp.dot(a2.T, b2, preferred_element_type=acc)
 
 
-class Cell:
+class Cell(abc.ABC):
     """Interface shared by the cells (documentation and ``isinstance`` checks only)."""
 
     input_size: int
@@ -143,8 +144,9 @@ class Cell:
         """Convenience: project one input ``x_t [B, D]`` and step."""
         return self.step(params, carry, self.project(params, x_t))
 
+    @abc.abstractmethod
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
-        raise NotImplementedError  # pragma: no cover - every cell defines it
+        """Expected shape of every parameter, e.g. LSTM ``{"w_x": (D, 4H), ...}``."""
 
     def check_params(self, params: Any) -> None:
         """Raise ``ValueError`` naming any missing key or wrongly shaped parameter."""
