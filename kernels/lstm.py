@@ -185,13 +185,9 @@ def _tpu_vmem_bytes(block_b: int, block_t: int, hidden_p: int) -> int:
 # ------------------------------------------------------------------------------------------
 
 
-def _sigmoid(x: Array) -> Array:
-    return 0.5 + 0.5 * jnp.tanh(0.5 * x)
-
-
 def _cell(z_i, z_f, z_g, z_o, c_prev):
     """One LSTM step from pre-activations: ``((i, f, g, o), c, h)``."""
-    i, f, g, o = _sigmoid(z_i), _sigmoid(z_f), jnp.tanh(z_g), _sigmoid(z_o)
+    i, f, g, o = common.sigmoid(z_i), common.sigmoid(z_f), jnp.tanh(z_g), common.sigmoid(z_o)
     c = f * c_prev + i * g
     return (i, f, g, o), c, o * jnp.tanh(c)
 
@@ -205,17 +201,6 @@ def _cell_vjp(acts, tanh_c, c_prev, dh, dc):
     return dz, dc * f
 
 
-def _dot_nt(a: Array, b: Array) -> Array:
-    """``a @ b.T`` in float32."""
-    return lax.dot_general(a, b, (((1,), (1,)), ((), ())), preferred_element_type=_F32)
-
-
-def _barrier(interpret: bool):
-    """A block-wide barrier on GPU (global-memory writes become visible to the whole program);
-    a no-op in interpret mode, where a program runs sequentially."""
-    return (lambda: None) if interpret else plgpu.debug_barrier
-
-
 def _fwd_kernel_gpu(len_ref, gx_ref, w_ref, h0_ref, c0_ref, hcar_ref, ccar_ref, *acts_ref,
                     steps: int, tiles: int, block_h: int, interpret: bool):
     """Triton forward for one batch block.
@@ -225,7 +210,7 @@ def _fwd_kernel_gpu(len_ref, gx_ref, w_ref, h0_ref, c0_ref, hcar_ref, ccar_ref, 
     reads; row 0 the initial carry), optionally ``acts [T, 4, bb, Hp]``.
     """
     acts_ref = acts_ref[0] if acts_ref else None
-    barrier = _barrier(interpret)
+    barrier = common.gpu_barrier(interpret)
 
     def tile(n):
         return pl.ds(pl.multiple_of(n * block_h, block_h), block_h)
@@ -279,7 +264,7 @@ def _bwd_kernel_gpu(len_ref, w_ref, acts_ref, ccar_ref, dhs_ref, dht_ref, dct_re
     ``dh, dc [2, bb, Hp]``: ping-pong carry cotangents, row ``t % 2`` holding the cotangent of
     the carry step ``t`` reads once step ``t`` is done (row 0 at the end: ``dh0, dc0``).
     """
-    barrier = _barrier(interpret)
+    barrier = common.gpu_barrier(interpret)
 
     def tile(n):
         return pl.ds(pl.multiple_of(n * block_h, block_h), block_h)
@@ -317,7 +302,8 @@ def _bwd_kernel_gpu(len_ref, w_ref, acts_ref, ccar_ref, dhs_ref, dht_ref, dct_re
             def contract(k, acc):
                 rows = tile(k)
                 for g in range(4):
-                    acc = acc + _dot_nt(dz_ref[t, g, :, rows], w_ref[g, cols, rows].astype(_F32))
+                    w = w_ref[g, cols, rows].astype(_F32)
+                    acc = acc + common.dot_nt(dz_ref[t, g, :, rows], w)
                 return acc
 
             zeros = jnp.zeros(dh_ref.shape[1:2] + (block_h,), _F32)
@@ -394,9 +380,9 @@ def _bwd_kernel_tpu(len_ref, w_ref, acts_ref, cs_ref, cprev_ref, dhs_ref, dht_re
         dz = [jnp.where(live, d, 0.0) for d in dz]
         for g in range(4):
             dz_ref[j, g] = dz[g]
-        dh_prev = _dot_nt(dz[0], w_ref[0])
+        dh_prev = common.dot_nt(dz[0], w_ref[0])
         for g in range(1, 4):
-            dh_prev = dh_prev + _dot_nt(dz[g], w_ref[g])
+            dh_prev = dh_prev + common.dot_nt(dz[g], w_ref[g])
         return jnp.where(live, dh_prev, dh), jnp.where(live, dc_prev, dc)
 
     dh, dc = lax.fori_loop(0, block_t, step, (dh_sc[...], dc_sc[...]))
@@ -440,12 +426,6 @@ def _kernel_weights(bs: LSTMBlockSizes, w_h: Array, hidden_p: int) -> Array:
     w = w_h.reshape(hidden, 4, hidden).transpose(1, 0, 2)
     w = jnp.pad(w, ((0, 0), (0, hidden_p - hidden), (0, hidden_p - hidden)))
     return w.astype(_F32) if bs.platform == common.TPU else w
-
-
-def _pad_bh(x: Array, batch_p: int, hidden_p: int) -> Array:
-    """Zero-pad the last two axes ``[..., B, H]`` to ``[..., Bp, Hp]``."""
-    pad = [(0, 0)] * (x.ndim - 2) + [(0, batch_p - x.shape[-2]), (0, hidden_p - x.shape[-1])]
-    return jnp.pad(x, pad)
 
 
 def _fwd_call(bs: LSTMBlockSizes, steps: int, batch_p: int, hidden_p: int, save: bool):
@@ -569,9 +549,10 @@ def _fwd(w_h, gx, carry0, lengths, block_sizes: LSTMBlockSizes, save: bool = Tru
     batch_p, hidden_p = bs.padded(batch, hidden)
     lens = jnp.full((batch,), steps, jnp.int32) if lengths is None else lengths.astype(jnp.int32)
     lens = jnp.pad(lens, (0, batch_p - batch))  # padding rows: length 0
-    gx4 = _pad_bh(gx.reshape(steps, batch, 4, hidden).transpose(0, 2, 1, 3), batch_p, hidden_p)
+    gates_first = gx.reshape(steps, batch, 4, hidden).transpose(0, 2, 1, 3)
+    gx4 = common.pad_bh(gates_first, batch_p, hidden_p)
     w4 = _kernel_weights(bs, w_h, hidden_p)
-    h0, c0 = (_pad_bh(x, batch_p, hidden_p) for x in carry0)
+    h0, c0 = (common.pad_bh(x, batch_p, hidden_p) for x in carry0)
     call = _fwd_call(bs, steps, batch_p, hidden_p, save)
     if bs.platform == common.GPU:
         hcar, ccar, *acts = call(lens, gx4, w4, h0, c0)
@@ -593,7 +574,8 @@ def _bwd(block_sizes: LSTMBlockSizes, res, cts):
     steps, batch, hidden = dhs.shape
     batch_p, hidden_p = hcar.shape[1:]
     w4 = _kernel_weights(bs, w_h, hidden_p)
-    dhs_p, dht_p, dct_p = (_pad_bh(x.astype(_F32), batch_p, hidden_p) for x in (dhs, dht, dct))
+    dhs_p, dht_p, dct_p = (common.pad_bh(x.astype(_F32), batch_p, hidden_p)
+                           for x in (dhs, dht, dct))
     call = _bwd_call(bs, steps, batch_p, hidden_p)
     if bs.platform == common.GPU:
         dz, dh, dc = call(lens, w4, acts, ccar, dhs_p, dht_p, dct_p)
