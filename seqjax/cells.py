@@ -114,6 +114,10 @@ class Cell(abc.ABC):
     hidden_size: int
     #: Number of gate blocks of width ``hidden_size`` in ``gx``.
     num_gates: int = 1
+    #: Whether the cell has ``_bwd``/``_rgrads`` for the scan backend's hand-written VJP. Cells
+    #: without (the memory cells of :mod:`seqjax.memory`) are differentiated by JAX through the
+    #: same ``_fwd`` (``_fwd`` may then return ``None`` residuals).
+    hand_written_vjp: bool = True
 
     @property
     def gate_size(self) -> int:
@@ -149,19 +153,27 @@ class Cell(abc.ABC):
         """Expected shape of every parameter, e.g. LSTM ``{"w_x": (D, 4H), ...}``."""
 
     def check_params(self, params: Any) -> None:
-        """Raise ``ValueError`` naming any missing key or wrongly shaped parameter."""
-        if not isinstance(params, dict):
-            raise TypeError(f"params must be a dict, got {type(params).__name__}")
-        expected = self.param_shapes()
-        missing = sorted(set(expected) - set(params))
-        if missing:
-            raise ValueError(
-                f"params for {self!r} lack {missing}; expected keys {sorted(expected)}"
-            )
-        for name, shape in expected.items():
-            got = tuple(jnp.shape(params[name]))
-            if got != shape:
-                raise ValueError(f"params[{name!r}].shape={got} must be {shape} for {self!r}")
+        """Raise ``ValueError`` naming any missing key or wrongly shaped parameter.
+
+        ``param_shapes`` may nest (a memory cell's ``{"controller": {...}, ...}``); keys are
+        named by their path, e.g. ``params['controller']['w_h']``.
+        """
+        _check_tree(params, self.param_shapes(), "params", self)
+
+
+def _check_tree(params: Any, expected: dict, where: str, cell: Any) -> None:
+    if not isinstance(params, dict):
+        raise TypeError(f"{where} must be a dict, got {type(params).__name__}")
+    missing = sorted(set(expected) - set(params))
+    if missing:
+        raise ValueError(f"{where} for {cell!r} lack {missing}; expected keys {sorted(expected)}")
+    for name, shape in expected.items():
+        if isinstance(shape, dict):
+            _check_tree(params[name], shape, f"{where}[{name!r}]", cell)
+            continue
+        got = tuple(jnp.shape(params[name]))
+        if got != tuple(shape):
+            raise ValueError(f"{where}[{name!r}].shape={got} must be {tuple(shape)} for {cell!r}")
 
 
 # --------------------------------------------------------------------------------------------

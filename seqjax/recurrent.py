@@ -55,7 +55,12 @@ def reverse_padded(x: Array, lengths: Array | None) -> Array:
 
 
 def _where_tree(m: Array, a: Any, b: Any) -> Any:
-    return jax.tree.map(lambda x, y: jnp.where(m, x, y), a, b)
+    """``where(m, a, b)`` leaf by leaf, ``m [B]`` broadcast over each leaf's trailing axes
+    (carries may hold ``[B, H]`` states or ``[B, N, W]`` memories)."""
+    def pick(x, y):
+        return jnp.where(m.reshape(m.shape + (1,) * (jnp.ndim(x) - 1)), x, y)
+
+    return jax.tree.map(pick, a, b)
 
 
 #: Time steps whose input projection is computed together, right before they run. Hoisting the
@@ -97,7 +102,7 @@ def _scan_forward(cell: Cell, unroll: int, chunk: int, params, xs, carry0, lengt
         t, gx_t = inp
         new, res = cell._fwd(rp, carry, gx_t)
         if lengths is not None:
-            new = _where_tree((t < lengths)[:, None], new, carry)
+            new = _where_tree(t < lengths, new, carry)
         return new, ((new, res) if save else cell.carry_hidden(new))
 
     def block(carry, inp):
@@ -155,9 +160,9 @@ def _scan_bwd(cell, unroll, chunk, saved, cts):
         d_in = cell.with_hidden(dcarry, cell.carry_hidden(dcarry) + dh_t)
         dprev, dgx_t = cell._bwd(rp_bwd, res_t, prev_t, d_in)
         if lengths is not None:  # a padding step is the identity on the carry and outputs 0
-            m = (t < lengths)[:, None]
+            m = t < lengths
             dprev = _where_tree(m, dprev, dcarry)
-            dgx_t = jnp.where(m, dgx_t, 0.0)
+            dgx_t = jnp.where(m[:, None], dgx_t, 0.0)
         return dprev, dgx_t
 
     acc_dtype = dhs.dtype
@@ -201,7 +206,7 @@ def _scan_autodiff(cell: Cell, unroll: int, rp, gx, carry0, lengths, remat: bool
         t, gx_t = inp
         new = step(carry, gx_t)
         if lengths is not None:
-            new = _where_tree((t < lengths)[:, None], new, carry)
+            new = _where_tree(t < lengths, new, carry)
         return new, cell.carry_hidden(new)
 
     steps = gx.shape[0]
@@ -329,7 +334,7 @@ def rnn(
     if reverse:
         xs_tm = reverse_padded(xs_tm, lengths)
     choice = resolve_backend(cell, backend, dtype=xs.dtype, batch=batch, steps=steps)
-    if choice.name == "scan" and not remat:
+    if choice.name == "scan" and not remat and cell.hand_written_vjp:
         hs, carry = _scan(cell, unroll, min(CHUNK, steps), params, xs_tm, carry0, lengths)
     else:
         gx = cell.project(params, xs_tm)  # [T, B, G]: the input projection of all steps at once
@@ -339,7 +344,7 @@ def rnn(
 
             hs, carry = run_kernel(cell, rp, gx, carry0, lengths, choice)
         else:
-            hs, carry = _scan_autodiff(cell, unroll, rp, gx, carry0, lengths, remat=True)
+            hs, carry = _scan_autodiff(cell, unroll, rp, gx, carry0, lengths, remat=remat)
 
     if reverse:
         hs = reverse_padded(hs, lengths)

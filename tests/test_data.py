@@ -503,6 +503,10 @@ def test_unknown_task_lists_valid_names():
         "piano",
         "ptb-char",
         "ptb-word",
+        "ntm-copy",
+        "repeat-copy",
+        "associative-recall",
+        "priority-sort",
     } == set(TASK_NAMES)
 
 

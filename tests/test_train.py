@@ -148,6 +148,7 @@ def test_sgd_step_with_clipping_matches_hand_computation(clip_ratio):
     assert metrics["grad_norm"] == pytest.approx(norm, rel=1e-5)
     assert plain_metrics["grad_norm"] == pytest.approx(norm, rel=1e-5)
     assert metrics["lr"] == pytest.approx(lr)
+
     if clip_ratio < 1:
         assert not np.allclose(clipped.params["w"], plain.params["w"], rtol=1e-3)
         step = np.concatenate([np.asarray(clipped.params["w"]) - w0,
@@ -155,6 +156,25 @@ def test_sgd_step_with_clipping_matches_hand_computation(clip_ratio):
         assert np.linalg.norm(step) == pytest.approx(lr * clip, rel=1e-4)
     else:
         np.testing.assert_array_equal(clipped.params["w"], plain.params["w"])
+
+
+def test_sgd_step_with_value_clipping_matches_hand_computation():
+    # Per-component clipping (the NTM/DNC papers' [-10, 10]), at a bound inside the gradient.
+    w0 = np.array([0.5, -0.25, 1.0, 2.0], np.float32)
+    b0 = np.float32(-1.0)
+    gw, gb = hand_gradient(w0.astype(np.float64), float(b0))
+    bound = 0.5 * float(np.abs(gw).max())
+    assert np.abs(gw).min() < bound  # some components are clipped, some are not
+    lr = 0.1
+    optimizer = make_optimizer("sgd", lr, clip_value=bound)
+    state = TrainState.create({"w": jnp.asarray(w0), "b": jnp.asarray(b0)}, optimizer, 0)
+    state, _ = make_train_step(mse_loss, optimizer)(state, full_batch(0))
+    np.testing.assert_allclose(state.params["w"], w0 - lr * np.clip(gw, -bound, bound),
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(state.params["b"], b0 - lr * np.clip(gb, -bound, bound),
+                               rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="clip_value"):
+        make_optimizer("sgd", clip_value=-1.0)
 
 
 def test_train_step_metrics_and_state():

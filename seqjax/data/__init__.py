@@ -14,6 +14,10 @@ fashion-mnist             :class:`MNISTTask`                    accuracy     idx
 jsb, nottingham, muse,    :class:`PolyphonicMusicTask`          nll          .mat file
 piano
 ptb-char, ptb-word        :class:`PTBTask`                      bpc / ppl    ptb.*.txt
+ntm-copy                  :class:`CopyTask`                     bit_errors   no
+repeat-copy               :class:`RepeatCopyTask`               bit_errors   no
+associative-recall        :class:`AssociativeRecallTask`        bit_errors   no
+priority-sort             :class:`PrioritySortTask`             bit_errors   no
 ========================  ====================================  ===========  ==============
 
 Files are looked up in ``data_dir`` (else the environment variable ``SEQJAX_DATA``).
@@ -24,6 +28,12 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
+from seqjax.data.algorithmic import (
+    AssociativeRecallTask,
+    CopyTask,
+    PrioritySortTask,
+    RepeatCopyTask,
+)
 from seqjax.data.base import (
     DATA_DIR_ENV,
     Batch,
@@ -83,14 +93,18 @@ __all__ = [
     "DATA_DIR_ENV",
     "TASK_NAMES",
     "AddingTask",
+    "AssociativeRecallTask",
     "Batch",
     "CopyMemoryTask",
+    "CopyTask",
     "DigitsTask",
     "ImageSequenceTask",
     "LanguageModelTask",
     "MNISTTask",
     "PTBTask",
     "PolyphonicMusicTask",
+    "PrioritySortTask",
+    "RepeatCopyTask",
     "Task",
     "Vocabulary",
     "adding_problem",
@@ -136,6 +150,30 @@ def _pixel(name: str, cls: type, length: int, **fixed) -> Callable[..., Task]:
     return make
 
 
+def _max_len(cls: type) -> Callable[..., Task]:
+    def make(data_dir, seq_len, **kwargs):
+        # seq_len, when given, is the longest sequence to copy (max_len).
+        if seq_len is not None:
+            if kwargs.get("max_len", seq_len) != seq_len:
+                raise ValueError(f"got both {seq_len=} and max_len={kwargs['max_len']}")
+            kwargs["max_len"] = seq_len
+        return cls(**kwargs)
+
+    return make
+
+
+def _no_seq_len(name: str, cls: type) -> Callable[..., Task]:
+    def make(data_dir, seq_len, **kwargs):
+        if seq_len is not None:
+            raise ValueError(
+                f"task {name!r} takes no seq_len (its lengths follow from its "
+                f"arguments), got {seq_len=}"
+            )
+        return cls(**kwargs)
+
+    return make
+
+
 _REGISTRY: dict[str, Callable[..., Task]] = {
     "adding": lambda data_dir, seq_len, **kw: AddingTask(
         seq_len=200 if seq_len is None else seq_len, **kw
@@ -151,6 +189,10 @@ _REGISTRY: dict[str, Callable[..., Task]] = {
     **{name: _music(name) for name in MUSIC_FILES},
     "ptb-char": lambda data_dir, seq_len, **kw: PTBTask("char", data_dir, seq_len, **kw),
     "ptb-word": lambda data_dir, seq_len, **kw: PTBTask("word", data_dir, seq_len, **kw),
+    "ntm-copy": _max_len(CopyTask),
+    "repeat-copy": _max_len(RepeatCopyTask),
+    "associative-recall": _no_seq_len("associative-recall", AssociativeRecallTask),
+    "priority-sort": _no_seq_len("priority-sort", PrioritySortTask),
 }
 
 #: Names accepted by :func:`get_task`.
@@ -173,7 +215,9 @@ def get_task(
         seq_len: sequence length where the task has one to choose: ``T`` of the adding problem
             (default 200), the blank length of copy memory (default 1000), the window of the PTB
             tasks (default 320 char, 80 word), the training crop (``max_len``) of the music
-            tasks. The pixel tasks accept only their fixed length (64 or 784) or ``None``.
+            tasks, the longest sequence (``max_len``) of ntm-copy and repeat-copy. The pixel
+            tasks accept only their fixed length (64 or 784) or ``None``; associative-recall
+            and priority-sort only ``None``.
         **kwargs: passed to the task's class (e.g. ``eval_size``, ``max_len``, ``standardize``).
 
     Raises:

@@ -136,6 +136,7 @@ def make_optimizer(
     learning_rate: float = 1e-3,
     *,
     clip_norm: float | None = None,
+    clip_value: float | None = None,
     momentum: float | None = None,
     weight_decay: float = 0.0,
     schedule: str | optax.Schedule | None = None,
@@ -153,6 +154,8 @@ def make_optimizer(
       learning_rate: the base (peak) learning rate.
       clip_norm: if set, ``optax.clip_by_global_norm(clip_norm)`` is the first stage: the raw
         gradient ``g`` becomes ``g * min(1, clip_norm / ||g||)``.
+      clip_value: if set, every gradient component is clipped to ``[-clip_value, clip_value]``
+        (``optax.clip``, after ``clip_norm``; the NTM and DNC papers clip to ``[-10, 10]``).
       momentum: momentum of ``"sgd"`` and ``"rmsprop"`` (``None``: none).
       weight_decay: ``"adamw"``: decoupled decay passed to ``optax.adamw`` (0 makes it adam);
         other optimisers: L2 decay ``g + weight_decay * params`` added after clipping, as
@@ -180,6 +183,8 @@ def make_optimizer(
         raise ValueError(f"unknown optimizer {name!r}; valid: {', '.join(OPTIMIZERS)}")
     if clip_norm is not None and not clip_norm > 0:
         raise ValueError(f"{clip_norm=} must be > 0 or None")
+    if clip_value is not None and not clip_value > 0:
+        raise ValueError(f"{clip_value=} must be > 0 or None")
     if weight_decay < 0:
         raise ValueError(f"{weight_decay=} must be >= 0")
     if momentum is not None:
@@ -195,6 +200,8 @@ def make_optimizer(
     stages: list[optax.GradientTransformation] = []
     if clip_norm is not None:
         stages.append(optax.clip_by_global_norm(clip_norm))
+    if clip_value is not None:
+        stages.append(optax.clip(clip_value))
     if weight_decay > 0 and name != "adamw":
         stages.append(optax.add_decayed_weights(weight_decay))
     stages.append(optax.inject_hyperparams(OPTIMIZERS[name])(learning_rate=lr,

@@ -20,6 +20,8 @@ def plot_curves(
     split: str | None = None,
     title: str | None = None,
     baseline_label: str = "baseline",
+    xlabel: str = "step",
+    x_scale: float = 1.0,
 ) -> Path:
     """Plots ``metric`` against ``step``, one line per run, and saves it as an image.
 
@@ -34,6 +36,8 @@ def plot_curves(
         per (run, split) when a run has the metric in several splits.
       title: the figure title (default: the metric name).
       baseline_label: the legend entry of the baseline.
+      xlabel: the x-axis label.
+      x_scale: x = ``step * x_scale`` (e.g. the batch size, to plot against sequences seen).
 
     Returns:
       The path written.
@@ -44,14 +48,14 @@ def plot_curves(
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    lines: list[tuple[str, list[int], list[float]]] = []
+    lines: list[tuple[str, list[float], list[float]]] = []
     for name, rows in histories.items():
-        by_split: dict[str, tuple[list[int], list[float]]] = {}
+        by_split: dict[str, tuple[list[float], list[float]]] = {}
         for row in rows:
             if metric not in row or (split is not None and row.get("split") != split):
                 continue
             steps, values = by_split.setdefault(str(row.get("split", "")), ([], []))
-            steps.append(int(row["step"]))
+            steps.append(int(row["step"]) * x_scale)
             values.append(float(row[metric]))
         for row_split, (steps, values) in by_split.items():
             label = name if len(by_split) == 1 else f"{name} ({row_split})"
@@ -69,7 +73,7 @@ def plot_curves(
         ax.axhline(baseline, linestyle="--", color="gray", linewidth=1.2, label=baseline_label)
     if logy:
         ax.set_yscale("log")
-    ax.set_xlabel("step")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(metric)
     ax.set_title(title if title is not None else metric)
     ax.grid(True, alpha=0.3)
