@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import abc
 import functools
+import math
 from typing import Any
 
 import jax
@@ -54,7 +55,8 @@ class MemoryCell(Cell):
     (a :func:`seqjax.cells.make_cell` kind, ``"lstm"`` by default), ``memory_init`` (the constant
     every memory cell starts at), ``clip_value`` (interface clipping, ``None`` for none).
 
-    Subclasses implement :meth:`interface_size`, :meth:`initial_carry` and :meth:`_memory_step`.
+    Subclasses implement :meth:`_sizes` (the interface layout), :meth:`initial_carry` and
+    :meth:`_memory_step`.
     """
 
     hand_written_vjp = False
@@ -85,8 +87,22 @@ class MemoryCell(Cell):
                          self.controller_size)
 
     @abc.abstractmethod
+    def _sizes(self) -> list[tuple[str, tuple[int, ...]]]:
+        """The interface vector's fields in order, with their shapes (without the batch)."""
+
     def interface_size(self) -> int:
         """Length ``P`` of the interface vector the heads read from."""
+        return sum(math.prod(shape) for _, shape in self._sizes())
+
+    def _split_raw(self, xi: Array) -> dict[str, Array]:
+        """``xi [B, P]`` -> ``{field: [B, *shape]}`` in the order of :meth:`_sizes`, not yet
+        activated."""
+        out, i = {}, 0
+        for name, shape in self._sizes():
+            n = math.prod(shape)
+            out[name] = xi[:, i:i + n].reshape((xi.shape[0],) + shape)
+            i += n
+        return out
 
     def param_shapes(self) -> dict:
         return {

@@ -311,23 +311,12 @@ class DNC(MemoryCell):
                 ("free_gates", (r,)), ("allocation_gate", ()), ("write_gate", ()),
                 ("read_modes", (r, 3))]
 
-    def interface_size(self) -> int:
-        """``P = R W + 3 W + 5 R + 3``."""
-        r, w = self.num_reads, self.word_size
-        return r * w + 3 * w + 5 * r + 3
-
     def split_interface(self, xi: Array) -> dict[str, Array]:
         """``xi [B, P]`` -> the heads' parameters, activated: ``read_keys [B, R, W]``,
         ``read_strengths [B, R]``, ``write_key [B, W]``, ``write_strength [B]``,
         ``erase [B, W]``, ``write_vector [B, W]``, ``free_gates [B, R]``,
         ``allocation_gate [B]``, ``write_gate [B]``, ``read_modes [B, R, 3]``."""
-        raw, i = {}, 0
-        for name, shape in self._sizes():
-            n = 1
-            for d in shape:
-                n *= d
-            raw[name] = xi[:, i:i + n].reshape((xi.shape[0],) + shape)
-            i += n
+        raw = self._split_raw(xi)
         return {
             "read_keys": raw["read_keys"],
             "read_strengths": oneplus(raw["read_strengths"]),

@@ -28,7 +28,6 @@ have a definite start) and the read vectors equal to that row.
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, NamedTuple
 
 import jax
@@ -112,18 +111,11 @@ class NTM(MemoryCell):
         return [("keys", (k, w)), ("strengths", (k,)), ("gates", (k,)), ("shifts", (k, s)),
                 ("gammas", (k,)), ("erase", (e, w)), ("add", (e, w))]
 
-    def interface_size(self) -> int:
-        return sum(math.prod(shape) for _, shape in self._sizes())
-
     def split_interface(self, xi: Array) -> dict[str, Array]:
         """``xi [B, P]`` -> the heads' parameters, activated (read heads first, then write):
         ``keys [B, R+E, W]``, ``strengths``, ``gates``, ``gammas [B, R+E]``,
         ``shifts [B, R+E, 2r+1]``, ``erase``, ``add [B, E, W]``."""
-        out, i = {}, 0
-        for name, shape in self._sizes():
-            n = math.prod(shape)
-            out[name] = xi[:, i:i + n].reshape((xi.shape[0],) + shape)
-            i += n
+        out = self._split_raw(xi)
         return {
             "keys": jnp.tanh(out["keys"]),
             "strengths": jax.nn.softplus(out["strengths"]),
