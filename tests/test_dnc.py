@@ -148,41 +148,63 @@ def random_weightings(rng, shape, total=None):
 # ---------------------------------------------------------------------------------------------
 
 
-def test_allocation_matches_numpy():
+METHODS = pytest.mark.parametrize("method", ["sort", "pairwise"])
+
+
+@METHODS
+def test_allocation_matches_numpy(method):
     rng = np.random.default_rng(0)
     u = rng.uniform(0, 1, (4, 9))
     u[1, [2, 5, 7]] = 0.3  # ties
     u[2] = 0.0
     u[3, :4] = 1.0
-    got = allocation_weighting(jnp.asarray(u, jnp.float32))
+    got = allocation_weighting(jnp.asarray(u, jnp.float32), method=method)
     want = np.stack([np_allocation(row) for row in u])
     np.testing.assert_allclose(got, want, atol=ATOL)
     assert np.all(np.asarray(got).sum(-1) <= 1 + 1e-6)
 
 
-def test_allocation_ties_go_to_the_lower_index():
+@METHODS
+def test_allocation_ties_go_to_the_lower_index(method):
     u = np.array([[0.5, 0.2, 0.2, 0.9]])
-    a = np.asarray(allocation_weighting(jnp.asarray(u, jnp.float32)))[0]
+    a = np.asarray(allocation_weighting(jnp.asarray(u, jnp.float32), method=method))[0]
     np.testing.assert_allclose(a, np_allocation(u[0]), atol=1e-6)
     # free list 1, 2, 0, 3: a = (0.8, 0.8 * 0.2, 0.5 * 0.2 * 0.2, 0.1 * 0.5 * 0.04)
     np.testing.assert_allclose(a, [0.02, 0.8, 0.16, 0.002], atol=1e-5)
     assert a[1] > a[2]
 
 
-def test_allocation_of_an_empty_memory_is_row_zero():
+@METHODS
+def test_allocation_of_an_empty_memory_is_row_zero(method):
     n = 6
-    a = np.asarray(allocation_weighting(jnp.zeros((2, n))), np.float64)
+    a = np.asarray(allocation_weighting(jnp.zeros((2, n)), method=method), np.float64)
     want = (1 - EPS_ALLOC) * EPS_ALLOC ** np.arange(n)  # eps form: 1-eps, (1-eps) eps, ...
     np.testing.assert_allclose(a, np.broadcast_to(want, (2, n)), rtol=1e-5, atol=1e-12)
     assert np.all(np.argmax(a, -1) == 0)
 
 
+@METHODS
 @pytest.mark.parametrize("fill", [0.0, 0.5, 1.0])
-def test_allocation_gradient_is_finite_on_a_large_uniform_memory(fill):
+def test_allocation_gradient_is_finite_on_a_large_uniform_memory(fill, method):
     """32 rows: the exclusive products underflow, the gradient must not turn into NaN."""
     u = jnp.full((2, 32), fill)
-    g = jax.grad(lambda u: jnp.sum(allocation_weighting(u) * jnp.arange(32.0)))(u)
+    g = jax.grad(lambda u: jnp.sum(allocation_weighting(u, method=method)
+                                   * jnp.arange(32.0)))(u)
     assert np.all(np.isfinite(np.asarray(g)))
+
+
+def test_allocation_methods_agree_with_gradients_on_a_large_memory():
+    u = jax.random.uniform(jax.random.PRNGKey(0), (3, 300))
+    u = u.at[:, 10].set(u[:, 20])  # a tie
+    np.testing.assert_allclose(allocation_weighting(u, method="pairwise"),
+                               allocation_weighting(u, method="sort"), atol=1e-7)
+    weights = jnp.arange(300.0)
+    g_sort, g_pair = (jax.grad(lambda u, m=m: jnp.sum(allocation_weighting(u, method=m)
+                                                      * weights))(u)
+                      for m in ("sort", "pairwise"))
+    np.testing.assert_allclose(g_pair, g_sort, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="method"):
+        allocation_weighting(u, method="heap")
 
 
 def test_usage_update_matches_numpy_and_frees():
