@@ -3,7 +3,8 @@
 The functional core: cells (:mod:`seqjax.cells`), :func:`rnn` and the layers built on it
 (:mod:`seqjax.layers`), weight conversion from PyTorch (:mod:`seqjax.interop`). Flax NNX
 modules live in :mod:`seqjax.nn`, data in :mod:`seqjax.data`, training in :mod:`seqjax.train`,
-fused kernels in :mod:`seqjax.kernels`.
+fused kernels in :mod:`seqjax.kernels`, the memory-augmented cells (NTM, DNC) in
+:mod:`seqjax.memory`.
 """
 
 from seqjax.backend import BackendChoice, resolve_backend

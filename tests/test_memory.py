@@ -330,3 +330,29 @@ def test_backend_auto_and_pallas_fall_back_to_scan_for_memory_cells():
     choice = seqjax.resolve_backend(cell, "auto", dtype=jnp.float32, batch=2, steps=3,
                                     platform="gpu")
     assert choice.name == "scan" and "NTM" in choice.reason
+
+
+def test_truncated_bptt_carries_the_memory_across_chunks():
+    from seqjax.train.tbptt import truncated_forward
+
+    cell = NTM(3, **SMALL)
+    params = cell.init(jax.random.PRNGKey(0))
+    xs = jax.random.normal(jax.random.PRNGKey(1), (2, 12, 3))
+
+    def apply_fn(x, carry, part):
+        return seqjax.rnn(cell, params, x, initial_carry=carry)
+
+    full, final = seqjax.rnn(cell, params, xs)
+    first, carry = truncated_forward(apply_fn, cell.initial_carry(2), xs[:, :5])
+    second, carry = truncated_forward(apply_fn, carry, xs[:, 5:])
+    np.testing.assert_allclose(jnp.concatenate([first, second], 1), full, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(carry.memory, final.memory, rtol=1e-5, atol=1e-6)
+
+    def chunk_loss(xs):  # the loss of the second chunk, the first chunk's memory carried in
+        _, c = truncated_forward(apply_fn, cell.initial_carry(2), xs[:, :5])
+        ys, _ = truncated_forward(apply_fn, c, xs[:, 5:])
+        return jnp.sum(ys ** 2)
+
+    g = jax.grad(chunk_loss)(xs)
+    np.testing.assert_array_equal(g[:, :5], 0.0)  # no gradient into the earlier chunk
+    assert float(jnp.abs(g[:, 5:]).sum()) > 0
