@@ -244,11 +244,12 @@ def test_rnn_with_lengths_matches_a_loop_of_steps():
     xs = jax.random.normal(jax.random.PRNGKey(1), (3, 7, 4))
     lengths = jnp.array([7, 4, 0])
     ys, final = seqjax.rnn(cell, params, xs, seq_lengths=lengths)
+    step = jax.jit(lambda carry, x: cell(params, carry, x))
     for b, n in enumerate([7, 4, 0]):
         carry = cell.initial_carry(1)
         for t in range(7):
             if t < n:
-                carry, y = cell(params, carry, xs[b:b + 1, t])
+                carry, y = step(carry, xs[b:b + 1, t])
                 np.testing.assert_allclose(ys[b, t], y[0], rtol=1e-5, atol=1e-6)
             else:
                 np.testing.assert_array_equal(ys[b, t], 0.0)
@@ -353,6 +354,6 @@ def test_truncated_bptt_carries_the_memory_across_chunks():
         ys, _ = truncated_forward(apply_fn, c, xs[:, 5:])
         return jnp.sum(ys ** 2)
 
-    g = jax.grad(chunk_loss)(xs)
+    g = jax.jit(jax.grad(chunk_loss))(xs)
     np.testing.assert_array_equal(g[:, :5], 0.0)  # no gradient into the earlier chunk
     assert float(jnp.abs(g[:, 5:]).sum()) > 0

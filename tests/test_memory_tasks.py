@@ -35,30 +35,37 @@ def test_ntm_learns_a_short_copy():
     assert after["seq_accuracy"] > 0.3, after
 
 
-def test_script_end_to_end_and_resume(tmp_path):
-    argv = ["--task", "copy", "--models", "ntm,dnc,lstm", "--steps", "4", "--eval-every", "2",
+def test_script_end_to_end_with_generalisation_and_heat_maps(tmp_path):
+    argv = ["--task", "copy", "--models", "ntm,dnc", "--steps", "2", "--eval-every", "1",
             "--eval-size", "8", "--eval-lengths", "24", "--out", str(tmp_path), "--no-progress"]
-    results = memory_tasks.main(argv)
+    memory_tasks.main(argv)
     run_dir = next((tmp_path / "memory" / "copy").iterdir())
     saved = json.loads((run_dir / "results.json").read_text())
-    assert saved["task"] == "ntm-copy" and saved["steps"] == 4 and saved["batch_size"] == 16
-    for name in ("ntm", "dnc", "lstm"):
+    assert saved["task"] == "ntm-copy" and saved["steps"] == 2 and saved["batch_size"] == 16
+    for name in ("ntm", "dnc"):
         entry = saved["models"][name]
         assert set(entry["test"]) >= {"bit_errors", "cost_bits", "seq_accuracy"}
         assert set(entry["generalisation"]) == {"24"}
-        assert entry["params"] > 0 and entry["sequences"] == 64
-        assert (run_dir / name / "metrics.jsonl").is_file()
-    for name in ("ntm", "dnc"):
+        assert entry["params"] > 0 and entry["sequences"] == 32
+        valid = [json.loads(line) for line in (run_dir / name / "metrics.jsonl").open()
+                 if '"valid"' in line]
+        assert [row["step"] for row in valid] == [1, 2]
         for length in (20, 24):
             assert (run_dir / name / f"heatmap_{length}.png").stat().st_size > 1000
-    assert not (run_dir / "lstm" / "heatmap_20.png").exists()
     table = (run_dir / "table.md").read_text()
-    assert "| ntm |" in table and "L=24" in table
+    assert "| ntm |" in table and "| dnc |" in table and "L=24" in table
     assert (run_dir / "curves.png").stat().st_size > 1000
-    # resuming a finished run reproduces its numbers from the checkpoints
-    again = memory_tasks.main(["--resume", str(run_dir)])
-    for name in ("ntm", "dnc", "lstm"):
-        assert again["models"][name]["test"] == pytest.approx(results["models"][name]["test"])
+
+
+def test_script_resumes_to_the_same_numbers(tmp_path):
+    argv = ["--task", "recall", "--models", "lstm", "--steps", "4", "--eval-every", "2",
+            "--eval-size", "8", "--out", str(tmp_path), "--no-progress"]
+    results = memory_tasks.main(argv)
+    run_dir = next((tmp_path / "memory" / "recall").iterdir())
+    entry = json.loads((run_dir / "results.json").read_text())["models"]["lstm"]
+    assert "generalisation" not in entry and not (run_dir / "lstm" / "heatmap_20.png").exists()
+    again = memory_tasks.main(["--resume", str(run_dir)])  # a finished run: from its checkpoint
+    assert again["models"]["lstm"]["test"] == pytest.approx(results["models"]["lstm"]["test"])
 
 
 @pytest.mark.parametrize("argv, message", [
