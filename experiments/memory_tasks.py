@@ -10,13 +10,13 @@ Every model trains on the same deterministic batches. The run directory
 ``<out>/memory/<task>/<timestamp>/`` gets
 
 * ``curves.png``: validation bits of error per sequence against training sequences seen (the
-  NTM paper's Figures 3, 6, 10 and 16 plot the cost per sequence the same way);
+  NTM paper plots its learning curves against sequences seen too);
 * ``table.md`` and ``results.json``: test metrics, the number of training sequences each model
   needed to get below ``--threshold`` bits of error per sequence, parameters and wall time;
 * on ``copy``, a length-generalisation table: models trained on lengths 1-20 tested on exactly
   ``--eval-lengths`` (default 40, 80, 120), in ``table.md`` and ``results.json``;
 * ``<model>/heatmap_<L>.png`` for NTM and DNC: inputs, outputs and the write and read
-  weightings over memory rows of one test sequence per length (the paper's Figures 6 and 7);
+  weightings over memory rows of one test sequence per length (as the NTM paper shows them);
 * one sub-directory per model with ``config.json``, ``metrics.jsonl`` and orbax checkpoints:
   ``--resume`` continues an interrupted run from them.
 
