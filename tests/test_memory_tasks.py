@@ -88,3 +88,16 @@ def test_sequences_to_threshold_reads_the_first_valid_row_below():
     assert memory_tasks.sequences_to_threshold(history, 0.1, 16) == 320
     assert memory_tasks.sequences_to_threshold(history, 0.01, 16) == 480
     assert memory_tasks.sequences_to_threshold(history[:2], 0.1, 16) is None
+
+
+@pytest.mark.slow
+def test_memory_benchmark_runs(tmp_path):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import memory as bench
+
+    out = bench.main(["--reps", "1", "--T", "3", "--N", "8", "--alloc-sizes", "8",
+                      "--json", str(tmp_path / "b.json")])
+    assert {r["model"] for r in out["models"]} == {"lstm 3x256", "ntm", "dnc", "ntm remat",
+                                                    "dnc remat"}
+    assert out["allocation"][0]["N"] == 8 and out["allocation"][0]["fwd_speedup"] > 0
+    assert json.loads((tmp_path / "b.json").read_text())["config"]["N"] == 8
