@@ -211,7 +211,10 @@ def write_table(results: dict, path: Path) -> str:
         f"# {results['task']}: bits of error per test sequence (lower is better)",
         "",
         f"Preset {results['preset']}: {results['steps']} steps of {results['batch_size']} "
-        f"sequences. Always-zero predictor: {results['baseline']:.3g} bits.",
+        f"sequences, {results['optimizer']} at {results['lr']:g}"
+        + (f", 10x lower from step {round(results['decay_at'] * results['steps']) + 1}"
+           if results["decay_at"] else "")
+        + f". Always-zero predictor: {results['baseline']:.3g} bits.",
         "",
         f"| model | bit errors / seq | cost (bits) / seq | exact sequences | params "
         f"| sequences to < {thr} | wall s |",
@@ -311,6 +314,7 @@ def main(argv=None) -> dict:
     results: dict[str, Any] = {
         "task": task.name, "metric": task.metric_name, "baseline": task.baseline,
         "preset": args.preset, "steps": preset.steps, "batch_size": preset.batch_size,
+        "optimizer": preset.optimizer, "lr": preset.lr, "decay_at": preset.decay_at,
         "threshold": args.threshold, "seed": args.seed, "models": {}}
     histories = {}
     t0 = time.time()
