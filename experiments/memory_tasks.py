@@ -343,7 +343,7 @@ def main(argv=None) -> dict:
 
     (run_root / "results.json").write_text(json.dumps(results, indent=2))
     plot_curves(histories, "bit_errors", run_root / "curves.png", baseline=task.baseline,
-                split="valid", logy=True, xlabel="training sequences",
+                split="valid", logy="symlog", xlabel="training sequences",
                 x_scale=preset.batch_size, baseline_label="always 0",
                 title=f"{task.name}: validation bits of error per sequence")
     print("\n" + write_table(results, run_root / "table.md"))

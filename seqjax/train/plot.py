@@ -15,7 +15,7 @@ def plot_curves(
     metric: str,
     path: str | os.PathLike,
     baseline: float | None = None,
-    logy: bool = False,
+    logy: bool | str = False,
     *,
     split: str | None = None,
     title: str | None = None,
@@ -31,7 +31,8 @@ def plot_curves(
       metric: the metric to plot; rows without it are skipped.
       path: the output file (format from its suffix, usually ``.png``); parents are created.
       baseline: if given, a dashed horizontal line at this value (e.g. a task's trivial loss).
-      logy: logarithmic y axis.
+      logy: logarithmic y axis; ``"symlog"``: logarithmic down to 0.01 and linear below, so
+        that zeros (a solved task's error) stay on the plot.
       split: only rows of this split (``"train"``, ``"valid"``); ``None``: every split, one line
         per (run, split) when a run has the metric in several splits.
       title: the figure title (default: the metric name).
@@ -71,7 +72,11 @@ def plot_curves(
         ax.plot(steps, values, label=label, linewidth=1.5)
     if baseline is not None:
         ax.axhline(baseline, linestyle="--", color="gray", linewidth=1.2, label=baseline_label)
-    if logy:
+    if logy == "symlog":
+        ax.set_yscale("symlog", linthresh=1e-2)
+        top = max([max(v) for _, _, v in lines] + ([baseline] if baseline is not None else []))
+        ax.set_ylim(0.0, 2.0 * top)
+    elif logy:
         ax.set_yscale("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(metric)
