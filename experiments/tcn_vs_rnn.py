@@ -118,6 +118,11 @@ QUICK: dict[str, Preset] = {
                        tcn=_tcn(hidden=128, layers=3, kernel=3, embed=64, dropout=0.2,
                                 lr=2e-3, clip=0.5),
                        rnn=Arch(embed=64, lr=2e-3, clip=0.5)),
+    # The NTM paper's tasks (seqjax.data.algorithmic): receptive field 187 >= the longest
+    # sequence (repeat copy, 113 steps); experiments/memory_tasks.py adds NTM and DNC.
+    "algorithmic": Preset(steps=3000, batch_size=16, eval_every=250,
+                          tcn=_tcn(hidden=32, layers=5, kernel=4, lr=2e-3, clip=1.0),
+                          rnn=Arch(lr=1e-3, clip=1.0), task_kwargs=(("eval_size", 256),)),
 }
 
 # Epochs of the paper / locuslab scripts turned into steps: epochs * train size / batch size.
@@ -169,7 +174,9 @@ PAPER_NOTES = (
     "position of a window (the paper scores only the last validseqlen)."
 )
 _ALIASES = {"pdigits": "digits", "pmnist": "mnist", "fashion-mnist": "mnist", "jsb": "music",
-            "nottingham": "music", "muse": "music", "piano": "music"}
+            "nottingham": "music", "muse": "music", "piano": "music",
+            "ntm-copy": "algorithmic", "repeat-copy": "algorithmic",
+            "associative-recall": "algorithmic", "priority-sort": "algorithmic"}
 
 
 def preset_for(task: str, name: str) -> Preset:

@@ -88,7 +88,15 @@ def test_bad_input():
         SequenceModel("transformer", 2, 1, 8)
 
 
-@pytest.mark.parametrize("task", ["copy", "digits", "jsb", "ptb-char"])
+def test_every_task_has_a_quick_preset():
+    from seqjax.data import TASK_NAMES
+
+    for name in TASK_NAMES:
+        assert isinstance(tcn_vs_rnn.preset_for(name, "quick"), tcn_vs_rnn.Preset), name
+
+
+@pytest.mark.parametrize("task", ["copy", "digits", "jsb", "ptb-char", "ntm-copy",
+                                  "repeat-copy"])
 def test_quick_preset_builds_for_every_task_family(task, data_dir):
     preset = tcn_vs_rnn.preset_for(task, "quick")
     t = get_task(task, data_dir=data_dir, seq_len=preset.seq_len, **dict(preset.task_kwargs))
@@ -97,5 +105,7 @@ def test_quick_preset_builds_for_every_task_family(task, data_dir):
     for m in models.values():
         out = m.apply(m.init(jax.random.PRNGKey(0)), batch.inputs, batch.lengths)
         assert out.shape[:2] == batch.inputs.shape[:2] and out.shape[-1] == t.output_size
+        if m.arch == "tcn" and hasattr(t, "max_steps"):  # sees a whole algorithmic sequence
+            assert m.receptive_field >= t.max_steps
         assert np.isfinite(float(task_loss_fn(m, t)(m.init(jax.random.PRNGKey(0)), batch,
                                                      None, False)[0]))

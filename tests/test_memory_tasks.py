@@ -101,3 +101,14 @@ def test_memory_benchmark_runs(tmp_path):
                                                     "dnc remat"}
     assert out["allocation"][0]["N"] == 8 and out["allocation"][0]["fwd_speedup"] > 0
     assert json.loads((tmp_path / "b.json").read_text())["config"]["N"] == 8
+
+
+@pytest.mark.parametrize("run", sorted((Path(__file__).resolve().parents[1] / "docs"
+                                        / "memory_results").glob("*/results.json")),
+                         ids=lambda p: p.parent.name)
+def test_documented_tables_are_the_scripts_output_for_the_committed_json(run, tmp_path):
+    results = json.loads(run.read_text())
+    text = memory_tasks.write_table(results, tmp_path / "table.md")
+    assert text == (run.parent / "table.md").read_text()
+    page = (run.parents[2] / "memory.md").read_text()
+    assert text.replace("# ", "### ", 1) in page
