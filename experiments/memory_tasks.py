@@ -15,8 +15,9 @@ Every model trains on the same deterministic batches. The run directory
   needed to get below ``--threshold`` bits of error per sequence, parameters and wall time;
 * on ``copy``, a length-generalisation table: models trained on lengths 1-20 tested on exactly
   ``--eval-lengths`` (default 40, 80, 120), in ``table.md`` and ``results.json``;
-* ``<model>/heatmap_<L>.png`` for NTM and DNC: inputs, outputs and the write and read
-  weightings over memory rows of one test sequence per length (as the NTM paper shows them);
+* for NTM and DNC, ``<model>/heatmap.png`` (copy: ``heatmap_<L>.png`` for ``L`` = 20 and each
+  ``--eval-lengths``): inputs, outputs and the write and read weightings over memory rows of one
+  test sequence (as the NTM paper shows them);
 * one sub-directory per model with ``config.json``, ``metrics.jsonl`` and orbax checkpoints:
   ``--resume`` continues an interrupted run from them.
 
@@ -117,7 +118,8 @@ def sequences_to_threshold(history: list[dict], threshold: float, batch_size: in
 
 
 def run_model(name: str, model: Any, task: Any, preset: Preset, args: Any, run_dir: Path,
-              resume: bool) -> dict[str, Any]:
+              resume: bool) -> tuple[dict[str, Any], list[dict], Any]:
+    """Trains ``model``; returns ``(summary, history rows, final params)``."""
     decay = {} if not preset.decay_at else {
         "schedule": "step", "decay_rate": 0.1,
         "decay_steps": max(1, round(preset.decay_at * preset.steps))}
@@ -153,10 +155,8 @@ def run_model(name: str, model: Any, task: Any, preset: Preset, args: Any, run_d
         "sequences": preset.steps * preset.batch_size,
         "sequences_to_threshold": sequences_to_threshold(result.history, args.threshold,
                                                          preset.batch_size),
-        "history": result.history,
-        "_params": params,
     }
-    return out
+    return out, result.history, params
 
 
 def generalisation(model: Any, params: Any, task_name: str, lengths: list[int],
@@ -320,20 +320,17 @@ def main(argv=None) -> dict:
     t0 = time.time()
     for name in args.model_names:
         model = build_model(name, task, remat=args.remat)
-        r = run_model(name, model, task, preset, args, run_root / name, resume=resuming)
-        params = r.pop("_params")
-        histories[name] = r.pop("history")
+        r, histories[name], params = run_model(name, model, task, preset, args,
+                                               run_root / name, resume=resuming)
         if args.task == "copy" and args.lengths:
             r["generalisation"] = generalisation(model, params, task_name, args.lengths, preset)
         if name in ("ntm", "dnc"):
-            for length in [20] + (args.lengths if args.task == "copy" else []):
-                eval_task = (get_task(task_name, eval_len=length, eval_size=1)
-                             if args.task == "copy" else task)
-                plot_heatmap(model, params, eval_task, run_root / name / f"heatmap_{length}.png",
-                             f"{name.upper()} on {task.name}"
-                             + (f", length {length}" if args.task == "copy" else ""))
-                if args.task != "copy":
-                    break
+            maps = ({f"heatmap_{n}.png": (get_task(task_name, eval_len=n, eval_size=1),
+                                          f", length {n}") for n in [20] + args.lengths}
+                    if args.task == "copy" else {"heatmap.png": (task, "")})
+            for file, (eval_task, suffix) in maps.items():
+                plot_heatmap(model, params, eval_task, run_root / name / file,
+                             f"{name.upper()} on {task.name}{suffix}")
         results["models"][name] = r
         t = r["test"]
         print(f"{name}: test {t['bit_errors']:.3g} bit errors / sequence, "

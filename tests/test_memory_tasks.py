@@ -58,14 +58,17 @@ def test_script_end_to_end_with_generalisation_and_heat_maps(tmp_path):
 
 
 def test_script_resumes_to_the_same_numbers(tmp_path):
-    argv = ["--task", "recall", "--models", "lstm", "--steps", "4", "--eval-every", "2",
+    argv = ["--task", "recall", "--models", "ntm,lstm", "--steps", "4", "--eval-every", "2",
             "--eval-size", "8", "--out", str(tmp_path), "--no-progress"]
     results = memory_tasks.main(argv)
     run_dir = next((tmp_path / "memory" / "recall").iterdir())
-    entry = json.loads((run_dir / "results.json").read_text())["models"]["lstm"]
-    assert "generalisation" not in entry and not (run_dir / "lstm" / "heatmap_20.png").exists()
+    saved = json.loads((run_dir / "results.json").read_text())["models"]
+    assert "generalisation" not in saved["ntm"]  # copy only
+    assert (run_dir / "ntm" / "heatmap.png").stat().st_size > 1000
+    assert not list((run_dir / "lstm").glob("heatmap*.png"))  # NTM and DNC only
     again = memory_tasks.main(["--resume", str(run_dir)])  # a finished run: from its checkpoint
-    assert again["models"]["lstm"]["test"] == pytest.approx(results["models"]["lstm"]["test"])
+    for name in ("ntm", "lstm"):
+        assert again["models"][name]["test"] == pytest.approx(results["models"][name]["test"])
 
 
 @pytest.mark.parametrize("argv, message", [
