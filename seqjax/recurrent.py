@@ -298,7 +298,9 @@ def rnn(
       seq_lengths: optional ``[B]`` ints in ``[0, T]``. Outputs at ``t >= seq_lengths[b]`` are
         zero and the final carry is the carry after step ``seq_lengths[b] - 1`` (the initial
         carry for length 0).
-      initial_carry: optional carry (``h [B, H]``; LSTMs ``(h, c)``); zeros by default.
+      initial_carry: optional carry (``h [B, H]``; LSTMs ``(h, c)``; memory cells their state,
+        e.g. :class:`seqjax.memory.NTMState`); by default ``cell.initial_carry(B)``: zeros, or a
+        memory cell's starting memory.
       reverse: run each sequence backwards within its own length; outputs stay aligned with the
         inputs (PyTorch's reverse direction over packed sequences).
       backend: ``"scan"`` (reference), ``"pallas"`` (fused kernels) or ``"auto"``; see
