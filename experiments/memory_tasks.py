@@ -49,13 +49,7 @@ import numpy as np
 from seqjax.data import get_task
 from seqjax.memory import DNC, NTM, MemoryModel
 from seqjax.models import SequenceModel, param_count
-from seqjax.train import (
-    fit,
-    make_optimizer,
-    make_task_evaluator,
-    plot_curves,
-    task_loss_fn,
-)
+from seqjax.train import fit_task, make_optimizer, make_task_evaluator, plot_curves
 
 #: ``--task`` -> the task's registry name in :func:`seqjax.data.get_task`.
 TASKS = {
@@ -128,18 +122,16 @@ def run_model(name: str, model: Any, task: Any, preset: Preset, args: Any, run_d
     evaluate = make_task_evaluator(model, task, preset.eval_batch_size)
     config = {"model": name, "task": task.name, "preset": dataclasses.asdict(preset),
               "seed": args.seed}
-    result = fit(
+    result = fit_task(
+        model, task,
         params=model.init(jax.random.PRNGKey(args.seed)),
-        loss_fn=task_loss_fn(model, task),
         optimizer=optimizer,
-        train_batches=lambda i: task.train_batch(i, preset.batch_size, args.seed),
+        batch_size=preset.batch_size,
         num_steps=preset.steps,
         run_dir=run_dir,
         seed=args.seed,
-        eval_fn=lambda p: evaluate(p, "valid"),
+        evaluate=evaluate,
         eval_every=preset.eval_every,
-        checkpoint_every=preset.eval_every,
-        log_every=max(1, preset.eval_every // 5),
         resume=resume,
         config=config,
         progress=not args.no_progress and sys.stderr.isatty(),

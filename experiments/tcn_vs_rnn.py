@@ -36,13 +36,12 @@ import jax
 from seqjax.data import TASK_NAMES, get_task
 from seqjax.models import ARCHS, SequenceModel, hidden_for_params, param_count
 from seqjax.train import (
-    fit,
+    fit_task,
     initialize_distributed,
     make_optimizer,
     make_task_evaluator,
     mesh_for,
     plot_curves,
-    task_loss_fn,
 )
 
 
@@ -230,18 +229,16 @@ def run_model(name, model, task, preset, args, run_dir: Path, resume: bool) -> d
     config = {"model": dataclasses.asdict(model), "arch": dataclasses.asdict(a),
               "task": task.name, "seq_len": preset.seq_len, "steps": preset.steps,
               "batch_size": preset.batch_size, "seed": args.seed}
-    result = fit(
+    result = fit_task(
+        model, task,
         params=params,
-        loss_fn=task_loss_fn(model, task),
         optimizer=optimizer,
-        train_batches=lambda i: task.train_batch(i, preset.batch_size, args.seed),
+        batch_size=preset.batch_size,
         num_steps=preset.steps,
         run_dir=run_dir,
         seed=args.seed,
-        eval_fn=lambda p: evaluate(p, "valid"),
+        evaluate=evaluate,
         eval_every=preset.eval_every,
-        checkpoint_every=preset.eval_every,
-        log_every=max(1, preset.eval_every // 5),
         resume=resume,
         config=config,
         progress=not args.no_progress and sys.stderr.isatty(),

@@ -34,7 +34,7 @@ from seqjax.train.parallel import (
 )
 from seqjax.train.plot import plot_curves
 from seqjax.train.state import TrainState
-from seqjax.train.tasks import make_task_evaluator, task_loss_fn
+from seqjax.train.tasks import fit_task, make_task_evaluator, task_loss_fn
 from seqjax.train.tbptt import (
     StreamBatch,
     TokenStreams,
@@ -55,6 +55,7 @@ __all__ = [
     "NonFiniteLossError",
     "TrainState",
     "fit",
+    "fit_task",
     "host_local_batch_to_global",
     "initialize_distributed",
     "make_mesh",

@@ -11,7 +11,9 @@ from typing import Any, Callable
 
 import jax
 
-__all__ = ["task_loss_fn", "make_task_evaluator"]
+from seqjax.train.loop import FitResult, fit
+
+__all__ = ["task_loss_fn", "make_task_evaluator", "fit_task"]
 
 
 def task_loss_fn(model: Any, task: Any) -> Callable:
@@ -54,3 +56,41 @@ def make_task_evaluator(
         return task.metrics(totals)
 
     return evaluate
+
+
+def fit_task(
+    model: Any,
+    task: Any,
+    *,
+    params: Any,
+    optimizer: Any,
+    batch_size: int,
+    num_steps: int,
+    run_dir: Any,
+    seed: int = 0,
+    evaluate: Callable[[Any, str], dict[str, float]] | None = None,
+    eval_every: int = 0,
+    **fit_kwargs: Any,
+) -> FitResult:
+    """:func:`seqjax.train.fit` of ``model`` on ``task``, the experiments' common protocol.
+
+    The loss is :func:`task_loss_fn`, step ``i`` trains on ``task.train_batch(i, batch_size,
+    seed)``, every ``eval_every`` steps ``evaluate(params, "valid")`` (a
+    :func:`make_task_evaluator`) gives a validation row and the state is checkpointed, and a
+    training row is logged five times per evaluation period. ``fit_kwargs`` go to ``fit``
+    (``resume``, ``config``, ``progress``, ``desc``, ``mesh``, ...).
+    """
+    return fit(
+        params=params,
+        loss_fn=task_loss_fn(model, task),
+        optimizer=optimizer,
+        train_batches=lambda i: task.train_batch(i, batch_size, seed),
+        num_steps=num_steps,
+        run_dir=run_dir,
+        seed=seed,
+        eval_fn=None if evaluate is None else (lambda p: evaluate(p, "valid")),
+        eval_every=eval_every,
+        checkpoint_every=eval_every,
+        log_every=max(1, eval_every // 5),
+        **fit_kwargs,
+    )
