@@ -1,7 +1,7 @@
 """Character-level language models: train with truncated BPTT (or the TCN's windows), sample.
 
     python experiments/char_lm.py --corpus tinyshakespeare --model lstm \\
-        --data-dir ../shared/data --steps 3000 --out runs/shakespeare-lstm
+        --steps 3000 --out runs/shakespeare-lstm
     python experiments/char_lm.py --out runs/shakespeare-lstm --resume        # after a crash
     python experiments/char_lm.py sample --run runs/shakespeare-lstm --prime "ROMEO:" \\
         --temperature 0.8 -n 500

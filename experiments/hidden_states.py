@@ -44,8 +44,8 @@ SHAKESPEARE = Path("tinyshakespeare") / "input.txt"
 
 
 def default_text() -> Path:
-    """``$SEQJAX_DATA/tinyshakespeare/input.txt``, else the ``shared/data`` beside the checkout."""
-    root = resolve_data_dir(None) or Path(__file__).resolve().parents[2] / "shared" / "data"
+    """``$SEQJAX_DATA/tinyshakespeare/input.txt``, else the repository's ``data/``."""
+    root = resolve_data_dir(None) or Path(__file__).resolve().parents[1] / "data"
     return root / SHAKESPEARE
 
 

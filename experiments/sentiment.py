@@ -81,7 +81,8 @@ def run_fold(cfg, emb, ids, labels, tr, te, args, fold):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--data-dir", default=os.environ.get("SEQJAX_DATA", "../shared/data"))
+    p.add_argument("--data-dir", default=None,
+                   help="data directory (default: $SEQJAX_DATA, else the repository's data/)")
     p.add_argument("--models", default="bilstm")
     p.add_argument("--embeddings", default="rand")
     p.add_argument("--folds", type=int, default=10, help="folds to run (of 10)")

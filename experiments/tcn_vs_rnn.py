@@ -2,7 +2,7 @@
 
     python experiments/tcn_vs_rnn.py                      # adding problem, T=200, quick preset
     python experiments/tcn_vs_rnn.py --task copy --models tcn,lstm --steps 500
-    python experiments/tcn_vs_rnn.py --task jsb --preset paper --data-dir ../shared/data
+    python experiments/tcn_vs_rnn.py --task jsb --preset paper
     python experiments/tcn_vs_rnn.py --resume results/adding/20261123-101500   # after a crash
 
 Every model trains on the same deterministic batches; the recurrent models get the hidden size
@@ -290,7 +290,7 @@ def parse_args(argv=None):
     ap.add_argument("--models", default="tcn,lstm,gru,rnn",
                     help=f"comma-separated, from {', '.join(ARCHS)}")
     ap.add_argument("--preset", default="quick", choices=("quick", "paper"))
-    ap.add_argument("--data-dir", default=None, help="data directory (else $SEQJAX_DATA)")
+    ap.add_argument("--data-dir", default=None, help="data directory (default: $SEQJAX_DATA, else the repository's data/)")
     ap.add_argument("--out", default="results", help="root of the run directories")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--steps", type=int, default=None, help="override the preset's steps")

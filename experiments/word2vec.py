@@ -1,6 +1,6 @@
 """Train word2vec on PTB (or any whitespace-tokenised text); print neighbours and analogies.
 
-    python experiments/word2vec.py --data-dir ../shared/data --mode skipgram --epochs 10
+    python experiments/word2vec.py --mode skipgram --epochs 10
 
 Writes ``<out>/vectors.txt`` (word2vec text format) and ``<out>/results.json``.
 """
@@ -38,7 +38,8 @@ ANALOGIES = [
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--data-dir", default=os.environ.get("SEQJAX_DATA", "../shared/data"))
+    p.add_argument("--data-dir", default=None,
+                   help="data directory (default: $SEQJAX_DATA, else the repository's data/)")
     p.add_argument("--text", default=None, help="any text file instead of PTB train")
     p.add_argument("--mode", default="skipgram", choices=["skipgram", "cbow"])
     p.add_argument("--dim", type=int, default=100)

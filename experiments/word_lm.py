@@ -1,6 +1,6 @@
 """Word-level language models on Penn Treebank (or any text file), reporting perplexity.
 
-    python experiments/word_lm.py --model lstm --data-dir ../shared/data --steps 2000 \\
+    python experiments/word_lm.py --model lstm --steps 2000 \\
         --out runs/ptb-word-lstm
     python experiments/word_lm.py --model lstm --preset paper --data-dir DIR --out runs/ptb-paper
     python experiments/word_lm.py --out runs/ptb-word-lstm --resume

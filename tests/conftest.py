@@ -1,8 +1,8 @@
 """Shared test configuration.
 
-The offline data sets live in the ``shared/data`` folder beside the checkout (CI has it there
-too); ``SEQJAX_DATA`` overrides. Tests that need it fail loudly when it is missing: a data test
-that skips proves nothing.
+The offline data sets ship in the repository's ``data/`` folder (PTB, tiny-shakespeare, the
+music ``.mat`` files, MR); ``SEQJAX_DATA`` overrides. A fresh clone has everything the suite
+reads: nothing beside the checkout is needed.
 """
 
 import os
@@ -12,14 +12,14 @@ import pytest
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-_SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-DATA_DIR = Path(os.environ.get("SEQJAX_DATA", _SHARED))
+REPO_DATA = Path(__file__).resolve().parents[1] / "data"
+DATA_DIR = Path(os.environ.get("SEQJAX_DATA") or REPO_DATA)
 
 
 @pytest.fixture
 def data_dir() -> Path:
     assert DATA_DIR.is_dir(), (
-        f"data directory {DATA_DIR} not found: tests read the offline data sets from the "
-        "shared/data folder beside the checkout, or from $SEQJAX_DATA"
+        f"data directory {DATA_DIR} not found: the data sets ship in the repository's data/ "
+        "folder ($SEQJAX_DATA overrides)"
     )
     return DATA_DIR

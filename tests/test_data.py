@@ -7,6 +7,7 @@ import gzip
 import hashlib
 import itertools
 import math
+import re
 import struct
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.io
-from conftest import DATA_DIR  # noqa: E402
+from conftest import DATA_DIR, REPO_DATA  # noqa: E402
 
 from seqjax.data import (
     TASK_NAMES,
@@ -30,6 +31,7 @@ from seqjax.data import (
     pad_batch,
     read_idx,
 )
+from seqjax.data import base as data_base
 from seqjax.data.pixel import FASHION_SYSTEM_DIR
 
 needs_data = pytest.mark.usefixtures("data_dir")  # fails loudly if the data folder is missing
@@ -520,6 +522,7 @@ def test_missing_files_name_the_expected_path(tmp_path, monkeypatch):
     assert str(tmp_path / "ptb" / "ptb.train.txt") in str(err.value)
     assert "simple-examples" in str(err.value)
     monkeypatch.delenv("SEQJAX_DATA", raising=False)
+    monkeypatch.setattr(data_base, "SHIPPED_DATA_DIR", tmp_path / "not-installed")
     with pytest.raises(FileNotFoundError, match="SEQJAX_DATA") as err:
         get_task("piano")
     assert "<data_dir>/music/Piano_midi.mat" in str(err.value)
@@ -529,6 +532,31 @@ def test_missing_files_name_the_expected_path(tmp_path, monkeypatch):
 def test_data_dir_from_environment(monkeypatch):
     monkeypatch.setenv("SEQJAX_DATA", str(DATA_DIR))
     assert len(get_task("jsb").splits["train"]) == 229
+
+
+def test_default_data_dir_is_the_repository_data_folder(monkeypatch, tmp_path):
+    """A fresh clone reads data/ with no flag and no environment; a given directory wins."""
+    monkeypatch.delenv("SEQJAX_DATA", raising=False)
+    assert data_base.resolve_data_dir(None) == REPO_DATA
+    assert len(get_task("jsb").splits["train"]) == 229
+    assert data_base.resolve_data_dir(tmp_path) == tmp_path
+    monkeypatch.setenv("SEQJAX_DATA", str(tmp_path))
+    assert data_base.resolve_data_dir(None) == tmp_path
+    with pytest.raises(NotADirectoryError, match="data_dir"):
+        data_base.resolve_data_dir(REPO_DATA / "README.md")
+    with pytest.raises(TypeError, match="data_dir"):
+        data_base.resolve_data_dir(3)
+
+
+def test_shipped_data_checksums():
+    """Every file listed in data/README.md is there with the md5 written beside it."""
+    readme = (REPO_DATA / "README.md").read_text()
+    listed = re.findall(r"^([0-9a-f]{32})  (\S+)$", readme, flags=re.M)
+    assert len(listed) == 10, listed
+    for digest, name in listed:
+        assert hashlib.md5((REPO_DATA / name).read_bytes()).hexdigest() == digest, name
+    on_disk = {p.relative_to(REPO_DATA).as_posix() for p in REPO_DATA.rglob("*") if p.is_file()}
+    assert on_disk - {"README.md"} == {name for _, name in listed}
 
 
 def test_bad_arguments():

@@ -14,7 +14,7 @@ CELL_TIMEOUT_S = 120
 
 
 def _data_dir() -> str | None:
-    for d in (os.environ.get("SEQJAX_DATA"), ROOT.parent / "shared" / "data"):
+    for d in (os.environ.get("SEQJAX_DATA"), ROOT / "data"):
         if d and Path(d).is_dir():
             return str(d)
     return None

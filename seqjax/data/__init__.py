@@ -20,7 +20,8 @@ associative-recall        :class:`AssociativeRecallTask`        bit_errors   no
 priority-sort             :class:`PrioritySortTask`             bit_errors   no
 ========================  ====================================  ===========  ==============
 
-Files are looked up in ``data_dir`` (else the environment variable ``SEQJAX_DATA``).
+Files are looked up in ``data_dir``, else the environment variable ``SEQJAX_DATA``, else the
+repository's ``data/`` folder, which ships PTB, tiny-shakespeare, the music files and MR.
 """
 
 from __future__ import annotations

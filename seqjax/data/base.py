@@ -250,11 +250,27 @@ def pad_batch(
 # ---------------------------------------------------------------------------------------------
 
 
+#: The ``data/`` folder of the repository (PTB, tiny-shakespeare, the music ``.mat`` files, MR),
+#: the default data directory of a source checkout or an editable install.
+SHIPPED_DATA_DIR = Path(__file__).resolve().parents[2] / "data"
+
+
 def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path | None:
-    """``data_dir``, else the environment variable ``SEQJAX_DATA``, else ``None``."""
+    """The data directory to read: ``data_dir``, else ``$SEQJAX_DATA``, else the shipped one.
+
+    The shipped one is :data:`SHIPPED_DATA_DIR` (the repository's ``data/``); ``None`` only when
+    none is given and the package was installed without the repository beside it.
+    """
     if data_dir is None:
         data_dir = os.environ.get(DATA_DIR_ENV) or None
-    return None if data_dir is None else Path(data_dir).expanduser()
+    if data_dir is None:
+        return SHIPPED_DATA_DIR if SHIPPED_DATA_DIR.is_dir() else None
+    if not isinstance(data_dir, (str, os.PathLike)):
+        raise TypeError(f"data_dir must be a path (str or os.PathLike), got {type(data_dir).__name__}")
+    path = Path(data_dir).expanduser()
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"data_dir {str(path)!r} is a file, not a directory")
+    return path
 
 
 def find_file(
