@@ -266,7 +266,8 @@ def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path | None:
     if data_dir is None:
         return SHIPPED_DATA_DIR if SHIPPED_DATA_DIR.is_dir() else None
     if not isinstance(data_dir, (str, os.PathLike)):
-        raise TypeError(f"data_dir must be a path (str or os.PathLike), got {type(data_dir).__name__}")
+        raise TypeError(
+            f"data_dir must be a path (str or os.PathLike), got {type(data_dir).__name__}")
     path = Path(data_dir).expanduser()
     if path.exists() and not path.is_dir():
         raise NotADirectoryError(f"data_dir {str(path)!r} is a file, not a directory")

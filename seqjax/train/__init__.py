@@ -33,6 +33,7 @@ from seqjax.train.parallel import (
     shard_batch,
 )
 from seqjax.train.plot import plot_curves
+from seqjax.train.provenance import run_provenance
 from seqjax.train.state import TrainState
 from seqjax.train.tasks import fit_task, make_task_evaluator, task_loss_fn
 from seqjax.train.tbptt import (
@@ -58,6 +59,7 @@ __all__ = [
     "fit_task",
     "host_local_batch_to_global",
     "initialize_distributed",
+    "run_provenance",
     "make_mesh",
     "mesh_for",
     "place_state",
