@@ -116,6 +116,8 @@ def torch_contender(torch, kind, D, H, B, T, dtype):
     tdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
     module = (torch.nn.LSTM if kind == "lstm" else torch.nn.GRU)(D, H)
     module = module.to(device="cuda", dtype=tdtype)
+    module.flatten_parameters()  # one contiguous weight buffer: cuDNN's fast path, no warning
+    torch.backends.cudnn.benchmark = True
     x = torch.randn(T, B, D, device="cuda", dtype=tdtype)
     xg = x.clone().requires_grad_(True)
 
@@ -145,6 +147,16 @@ def max_abs_diff(a, b) -> float:
     diffs = jax.tree.map(lambda x, y: float(jnp.max(jnp.abs(
         jnp.asarray(x, jnp.float32) - jnp.asarray(y, jnp.float32)))), a, b)
     return max(jax.tree.leaves(diffs))
+
+
+def max_rel_diff(a, b) -> float:
+    """Largest ``max|x - y| / max|y|`` over the leaves (``y`` the reference; 0/0 counts 0)."""
+    def rel(x, y):
+        x, y = jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32)
+        scale = float(jnp.max(jnp.abs(y)))
+        err = float(jnp.max(jnp.abs(x - y)))
+        return err / scale if scale > 0 else err
+    return max(jax.tree.leaves(jax.tree.map(rel, a, b)))
 
 
 def time_interleaved(runners: dict, modes, reps: int, warmup: int) -> dict:
@@ -212,11 +224,13 @@ def bench_config(kind, dtype, B, T, H, D, modes, impls, args, torch, on_gpu) -> 
             if backend in impls:
                 runners[backend] = run
     if "pallas" in fns and "scan" in fns:  # correctness on this device before any timing
-        check["max_abs_err_out"] = max_abs_diff(fns["pallas"][0](params, xs),
-                                                fns["scan"][0](params, xs))
+        out = fns["pallas"][0](params, xs), fns["scan"][0](params, xs)
+        check["max_abs_err_out"] = max_abs_diff(*out)
+        check["max_rel_err_out"] = max_rel_diff(*out)
         if "fwd_bwd" in modes:
-            check["max_abs_err_grad"] = max_abs_diff(fns["pallas"][1](params, xs),
-                                                     fns["scan"][1](params, xs))
+            grad = fns["pallas"][1](params, xs), fns["scan"][1](params, xs)
+            check["max_abs_err_grad"] = max_abs_diff(*grad)
+            check["max_rel_err_grad"] = max_rel_diff(*grad)
     if "jax-cudnn" in impls:
         if not on_gpu:
             skipped["jax-cudnn"] = "needs a GPU"
@@ -273,9 +287,10 @@ def markdown(rows: list[dict], modes, header: str) -> str:
     for m in modes:
         cols += [f"{m} ms", f"{m} us/step", f"{m} TFLOP/s", f"{m} / scan", f"{m} / torch-cuDNN",
                  f"{m} / jax-cuDNN"]
-    cols.append("max err vs scan (out, grad)")
+    cols.append("max abs err vs scan (out, grad)")
+    cols.append("max rel err vs scan (out, grad)")
     lines.append("| " + " | ".join(cols) + " |")
-    lines.append("|" + "|".join(["---"] * 6 + ["---:"] * (6 * len(modes)) + ["---"]) + "|")
+    lines.append("|" + "|".join(["---"] * 6 + ["---:"] * (6 * len(modes)) + ["---"] * 2) + "|")
     for r in rows:
         cells = [r["cell"], r["dtype"], str(r["B"]), str(r["T"]), str(r["H"]), r["impl"]]
         for m in modes:
@@ -283,8 +298,10 @@ def markdown(rows: list[dict], modes, header: str) -> str:
                       fmt(r[f"{m}_tflops"], 3), fmt(r[f"{m}_ratio_to_scan"]),
                       fmt(r[f"{m}_ratio_to_torch-cudnn"]), fmt(r[f"{m}_ratio_to_jax-cudnn"])]
         chk = r["check_vs_scan"]
-        cells.append("" if not chk else ", ".join(
-            f"{chk[k]:.1e}" for k in ("max_abs_err_out", "max_abs_err_grad") if k in chk))
+        for kind in ("abs", "rel"):
+            cells.append("" if not chk else ", ".join(
+                f"{chk[k]:.1e}" for k in (f"max_{kind}_err_out", f"max_{kind}_err_grad")
+                if k in chk))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -301,10 +318,11 @@ def main(argv=None) -> int:
     ap.add_argument("--impls", default=",".join(IMPLS))
     ap.add_argument("--reps", type=int, default=None, help="timed rounds (GPU 20, CPU 3)")
     ap.add_argument("--warmup", type=int, default=None, help="untimed rounds (GPU 3, CPU 1)")
-    ap.add_argument("--json", default=None, help="default results/bench_rnn_gpu.json (CPU: "
-                    "results/bench_rnn_gpu_cpu.json, so a CPU run never overwrites GPU numbers); "
-                    "'' to skip")
-    ap.add_argument("--markdown", default="", help="also write the table to this file")
+    ap.add_argument("--json", default=None, help="default docs/results/gpu/bench_rnn_gpu.json "
+                    "on a GPU (committed figures), results/bench_rnn_gpu_cpu.json on CPU (so a "
+                    "CPU run never overwrites GPU numbers); '' to skip")
+    ap.add_argument("--markdown", default=None, help="default: the --json path with .md on a "
+                    "GPU, none on CPU; '' to skip")
     args = ap.parse_args(argv)
 
     backend = jax.default_backend()
@@ -320,7 +338,10 @@ def main(argv=None) -> int:
     args.reps = args.reps if args.reps is not None else (20 if on_gpu else 3)
     args.warmup = args.warmup if args.warmup is not None else (3 if on_gpu else 1)
     if args.json is None:
-        args.json = "results/bench_rnn_gpu.json" if on_gpu else "results/bench_rnn_gpu_cpu.json"
+        args.json = ("docs/results/gpu/bench_rnn_gpu.json" if on_gpu
+                     else "results/bench_rnn_gpu_cpu.json")
+    if args.markdown is None:
+        args.markdown = str(Path(args.json).with_suffix(".md")) if on_gpu and args.json else ""
     if args.reps < 1 or args.warmup < 0:
         raise SystemExit("--reps must be >= 1 and --warmup >= 0")
     torch = torch_cuda() if on_gpu and "torch-cudnn" in impls else None

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 
-from . import common
 from . import gru as _gru
 from . import lstm as _lstm
 from .gru import GRUBlockSizes, gru, gru_reference
@@ -75,8 +75,15 @@ def _kernels() -> dict:
     return {LSTM: ("LSTM", _lstm), GRU: ("GRU", _gru)}
 
 
-def run_kernel(cell, rp, gx, carry0, lengths, choice):
+def run_kernel(cell, rp, gx, carry0, lengths, choice=None):
     """Run ``cell``'s fused kernel for :func:`seqjax.rnn`.
+
+    The kernel is chosen per platform when the computation is lowered
+    (:func:`jax.lax.platform_dependent`): Triton on ``cuda``/``rocm``, Mosaic on ``tpu``, the
+    GPU-style kernel in Pallas interpret mode on ``cpu``. So a function lowered ahead of time for
+    ``cuda`` or ``tpu`` on a CPU host (``jit(f).trace(...).lower(lowering_platforms=...)``)
+    holds the compiled kernel, never the interpret-mode one, and lowering for a platform with no
+    kernel raises.
 
     Args:
       cell: a cell for which :func:`unsupported_reason` returned ``None``.
@@ -86,30 +93,44 @@ def run_kernel(cell, rp, gx, carry0, lengths, choice):
         length for ``reverse=True``).
       carry0: ``(h0, c0)`` for an LSTM, ``h0`` for a GRU, ``[B, H]`` float32.
       lengths: ``[B]`` int32 or ``None``.
-      choice: the :class:`seqjax.BackendChoice`; ``choice.platform == "cpu"`` runs the kernel in
-        interpret mode.
+      choice: the :class:`seqjax.BackendChoice` (for the record; the platform is resolved at
+        lowering, not from it).
 
     Returns:
       ``(hs [T, B, H] float32, final carry)``, as ``seqjax.recurrent._scan`` does.
     """
     from seqjax.cells import GRU
 
+    del choice
     steps, batch, _ = gx.shape
     reason = unsupported_reason(cell, dtype=jnp.float32, batch=batch, steps=steps)
     if reason is not None:
         raise ValueError(f"no fused kernel for {cell!r}: {reason}")
-    w_h = _kernel_dtype(rp["w_h"])
-    style, interpret = common.kernel_platform(choice.platform)
     shape = (steps, batch, cell.hidden_size)
+    w_h = _kernel_dtype(rp["w_h"])
+    gx = gx.astype(jnp.float32)
+    carry0 = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), carry0)
+
     if type(cell) is GRU:
-        block_sizes = GRUBlockSizes.default(shape, w_h.dtype, style, reset=cell.reset,
-                                            interpret=interpret)
-        h0 = jnp.asarray(carry0, jnp.float32)
-        return gru(w_h, _kernel_dtype(rp["b_h"]), gx.astype(jnp.float32), h0, lengths,
-                   block_sizes)
-    block_sizes = LSTMBlockSizes.default(shape, w_h.dtype, style, interpret=interpret)
-    h0, c0 = (jnp.asarray(x, jnp.float32) for x in carry0)
-    return lstm(w_h, gx.astype(jnp.float32), (h0, c0), lengths, block_sizes)
+        b_h = _kernel_dtype(rp["b_h"])
+
+        def on(platform):
+            def run(w_h, b_h, gx, h0, lengths):
+                bs = GRUBlockSizes.default(shape, w_h.dtype, platform, reset=cell.reset)
+                return gru(w_h, b_h, gx, h0, lengths, bs)
+            return run
+
+        args = (w_h, b_h, gx, carry0, lengths)
+    else:
+        def on(platform):
+            def run(w_h, gx, carry0, lengths):
+                bs = LSTMBlockSizes.default(shape, w_h.dtype, platform)
+                return lstm(w_h, gx, carry0, lengths, bs)
+            return run
+
+        args = (w_h, gx, carry0, lengths)
+    return jax.lax.platform_dependent(*args, cpu=on("cpu"), cuda=on("cuda"), rocm=on("rocm"),
+                                      tpu=on("tpu"))
 
 
 def _kernel_dtype(x):

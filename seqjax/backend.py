@@ -1,10 +1,16 @@
 """The one place where the recurrent backend is chosen.
 
 ``"scan"`` is the reference (:func:`jax.lax.scan` with a hand-written VJP); ``"pallas"`` is the
-fused kernels of :mod:`seqjax.kernels`; ``"auto"`` takes a kernel where one exists for the cell,
-dtype and shape and the platform is GPU or TPU, the scan otherwise. Nothing else in seqjax
-branches on the platform. A request for ``"pallas"`` that cannot be served falls back to the
-scan with a one-time warning saying why: never silently, never wrong.
+fused kernels of :mod:`seqjax.kernels`; ``"auto"`` takes a kernel only where a measurement on
+the device showed it faster than the scan (:data:`MEASURED_FASTER`), the scan everywhere else.
+Nothing else in seqjax branches on the platform. A request for ``"pallas"`` that cannot be
+served falls back to the scan with a one-time warning saying why: never silently, never wrong.
+
+Why ``auto`` is conservative: the first kernels, measured on an H200 (JAX 0.11.2,
+``benchmarks/rnn_gpu.py``), were correct but 3-20x slower than the scan at every shape tried
+(LSTM bf16 B=16 T=1024 H=768: 653 ms fwd+bwd against the scan's 34.7), so a kernel is chosen
+only for the cell family, platform, dtype and shape range of a row of :data:`MEASURED_FASTER`,
+filled from ``benchmarks/gpu_check.sh`` runs (``docs/results/gpu/``).
 """
 
 from __future__ import annotations
@@ -15,8 +21,10 @@ import warnings
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 
-__all__ = ["BackendChoice", "resolve_backend"]
+__all__ = ["MEASURED_FASTER", "BackendChoice", "Measurement", "explain_backend",
+           "resolve_backend"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,6 +34,41 @@ class BackendChoice:
     name: str
     platform: str
     reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Measurement:
+    """A shape range where a fused kernel was measured faster than the scan (fwd+bwd).
+
+    Attributes:
+      cell: ``"LSTM"`` or ``"GRU"`` (the kernel family, the cell class's name).
+      platform: ``"gpu"`` or ``"tpu"``.
+      dtype: the input dtype name, e.g. ``"bfloat16"``.
+      max_batch: largest batch the row covers (the kernels' advantage shrinks with the batch).
+      hidden: ``(lo, hi)`` hidden sizes covered, inclusive.
+      speedup: scan time / kernel time at the measured point.
+      source: where the figure comes from (a file under ``docs/results/gpu/``).
+    """
+
+    cell: str
+    platform: str
+    dtype: str
+    max_batch: int
+    hidden: tuple[int, int]
+    speedup: float
+    source: str
+
+    def covers(self, cell: str, platform: str, dtype: str, batch: int, hidden: int) -> bool:
+        return (self.cell == cell and self.platform == platform and self.dtype == dtype
+                and batch <= self.max_batch and self.hidden[0] <= hidden <= self.hidden[1])
+
+
+#: Where ``auto`` picks a kernel. Empty: no GPU/TPU run has shown a kernel faster than the scan
+#: (the v1 kernels were 3-20x slower on an H200, 2026-11-29). Add a row only from a committed
+#: ``benchmarks/gpu_check.sh`` result.
+MEASURED_FASTER: tuple[Measurement, ...] = ()
+
+_GPU = ("gpu", "cuda", "rocm")
 
 
 @functools.lru_cache(maxsize=None)
@@ -43,8 +86,16 @@ def resolve_backend(
       backend: ``"auto"``, ``"scan"`` or ``"pallas"``.
       dtype: the input dtype.
       batch, steps: the batch size and sequence length.
-      platform: ``jax.default_backend()`` unless given (tests pass it).
+      platform: ``jax.default_backend()`` unless given (tests pass it). With ``"pallas"`` the
+        kernel itself is chosen per platform when the computation is lowered, so a function
+        lowered ahead of time for ``cuda`` or ``tpu`` on a CPU host holds the compiled kernel.
+
+    Returns:
+      The :class:`BackendChoice`; its ``reason`` says why (``"auto: ..."`` names the table row
+      or its absence).
     """
+    if backend not in ("auto", "scan", "pallas"):
+        raise ValueError(f"backend={backend!r} must be 'auto', 'scan' or 'pallas'")
     platform = platform or jax.default_backend()
     if backend == "scan":
         return BackendChoice("scan", platform, "requested")
@@ -56,8 +107,26 @@ def resolve_backend(
             return BackendChoice("pallas", platform, "requested")
         _warn_once(f"backend='pallas' unavailable for {cell!r}: {why_not}; using the scan backend")
         return BackendChoice("scan", platform, f"pallas unavailable: {why_not}")
-    if platform not in ("gpu", "cuda", "rocm", "tpu"):
+    kind = "gpu" if platform in _GPU else platform
+    if kind not in ("gpu", "tpu"):
         return BackendChoice("scan", platform, f"auto: platform {platform!r} has no fused kernels")
     if why_not is not None:
         return BackendChoice("scan", platform, f"auto: {why_not}")
-    return BackendChoice("pallas", platform, f"auto: fused kernel on {platform}")
+    name = type(cell).__name__
+    dtype_name = jnp.dtype(dtype).name
+    for row in MEASURED_FASTER:
+        if row.covers(name, kind, dtype_name, batch, cell.hidden_size):
+            return BackendChoice("pallas", platform,
+                                 f"auto: the fused {name} kernel was measured {row.speedup:.2f}x "
+                                 f"faster than the scan here ({row.source})")
+    return BackendChoice(
+        "scan", platform,
+        f"auto: no {kind} measurement shows the fused {name} kernel faster than the scan at "
+        f"B={batch}, H={cell.hidden_size}, {dtype_name} (seqjax.backend.MEASURED_FASTER); "
+        "backend='pallas' forces it")
+
+
+def explain_backend(cell: Any, backend: str, *, dtype: Any, batch: int, steps: int) -> str:
+    """One line saying which backend ``rnn`` runs for these arguments and why (for logs)."""
+    choice = resolve_backend(cell, backend, dtype=dtype, batch=batch, steps=steps)
+    return f"{type(cell).__name__}: backend={backend!r} -> {choice.name} ({choice.reason})"

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
+import subprocess
 from pathlib import Path
 
 import jax
@@ -44,9 +46,28 @@ def test_benchmark_main_writes_expected_rows(tmp_path, capsys):
         if r["impl"] == "pallas":  # checked against the scan backend before timing
             check = r["check_vs_scan"]
             assert check["max_abs_err_out"] < 1e-5 and check["max_abs_err_grad"] < 1e-4
+            assert check["max_rel_err_out"] < 1e-5 and check["max_rel_err_grad"] < 1e-5
     text = out_md.read_text()
     assert "| lstm | float32 | 2 | 8 | 16 | pallas |" in text
     if jax.default_backend() == "cpu":
         assert data["config"]["note"] == bench.CPU_BANNER
         assert "only prove the script runs" in text
         assert "INTERPRET" in capsys.readouterr().out
+
+
+def test_gpu_check_script_is_ready():
+    """benchmarks/gpu_check.sh parses, every file it names exists, and every flag it passes to a
+    Python script is one that script defines."""
+    script = SCRIPT.parent / "gpu_check.sh"
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    text = script.read_text()
+    root = SCRIPT.parents[1]
+    for path in re.findall(r"(?:benchmarks|experiments|tests)/[\w/.]*\w", text):
+        assert (root / path).exists(), path
+    for name in ("benchmarks/rnn_gpu.py", "experiments/tcn_vs_rnn.py"):
+        defined = set(re.findall(r'add_argument\("(--[a-z-]+)"', (root / name).read_text()))
+        calls = re.findall(re.escape(name) + r"([^\n]*(?:\\\n[^\n]*)*)", text)
+        passed = [set(re.findall(r"\s(--[a-z-]+)", call)) for call in calls]
+        assert any(passed), name
+        for flags in passed:
+            assert flags <= defined, (name, flags - defined)

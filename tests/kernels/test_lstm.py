@@ -207,8 +207,9 @@ def test_unsupported_reason():
     assert "1024" in unsupported_reason(LSTM(4, 1025), dtype=F32, batch=3, steps=5)
     choice = seqjax.resolve_backend(lstm_cell, "pallas", dtype=F32, batch=3, steps=5)
     assert choice.name == "pallas"
+    # auto takes a kernel only where a GPU run measured it faster (seqjax.backend): none yet
     assert seqjax.resolve_backend(lstm_cell, "auto", dtype=F32, batch=3, steps=5,
-                                  platform="gpu").name == "pallas"
+                                  platform="gpu").name == "scan"
     assert seqjax.resolve_backend(lstm_cell, "auto", dtype=F32, batch=3, steps=5,
                                   platform="cpu").name == "scan"
 
