@@ -2,6 +2,7 @@
 
     python docs/results_table.py results/adding/20261123-163758            # print the table
     python docs/results_table.py RUN_DIR [RUN_DIR ...] --out docs/results.md
+    python docs/results_table.py --table1 docs/results/table1           # Table 1, ours vs paper
 
 Every number comes from the run's ``results.json``; nothing is typed by hand.
 """
@@ -9,8 +10,12 @@ Every number comes from the run's ``results.json``; nothing is typed by hand.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import statistics
 from pathlib import Path
+
+MODELS = ("tcn", "lstm", "gru", "rnn")
 
 
 def load(run_dir: str | Path) -> dict:
@@ -53,13 +58,68 @@ def table(results: dict, *, heading_level: int = 3) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _paper_rows() -> dict:
+    """``experiments/table1.py``'s ``PAPER`` (the paper's numbers), loaded from the script."""
+    path = Path(__file__).resolve().parents[1] / "experiments" / "table1.py"
+    spec = importlib.util.spec_from_file_location("table1", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.PAPER
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.2e}" if abs(x) < 1e-2 else f"{x:.4g}" if abs(x) < 10 else f"{x:.2f}"
+
+
+def table1(root: str | Path) -> str:
+    """Table 1 of Bai et al. (2018), ours beside the paper's, from ``<root>/<row>/seed*/``.
+
+    Each cell is the mean test metric over the seeds run (``± std`` from two seeds on) with the
+    paper's number in brackets; the last columns give the seeds, the steps per model and the
+    compute (summed wall time of the four models per seed, and the device of the first seed).
+    """
+    paper = _paper_rows()
+    root = Path(root)
+    lines = ["| task (metric) | TCN | LSTM | GRU | RNN | seeds | steps | compute per seed |",
+             "|---|---:|---:|---:|---:|---|---:|---|"]
+    for row, (title, metric, theirs) in paper.items():
+        runs = [json.loads(p.read_text()) for p in sorted(root.glob(f"{row}/seed*/results.json"))]
+        if not runs:
+            continue
+        cells = []
+        for model in MODELS:
+            values = [r["models"][model]["test_metric"] for r in runs if model in r["models"]]
+            if not values:
+                cells.append("-")
+                continue
+            cell = _fmt(statistics.fmean(values))
+            if len(values) > 1:
+                cell += f" ± {_fmt(statistics.stdev(values))}"
+            if model in theirs:
+                cell += f" ({_fmt(theirs[model])})"
+            cells.append(cell)
+        minutes = statistics.fmean(r.get("total_wall_s", 0.0) for r in runs) / 60
+        device = (runs[0].get("provenance") or {}).get("devices", "?")
+        seeds = ", ".join(str(r["seed"]) for r in runs)
+        lines.append(f"| {title} ({metric}) | " + " | ".join(cells)
+                     + f" | {seeds} | {runs[0]['steps']:,} | {minutes:.0f} min, {device} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> str:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("runs", nargs="+", help="run directories (or results.json files)")
+    ap.add_argument("runs", nargs="*", help="run directories (or results.json files)")
+    ap.add_argument("--table1", default=None, metavar="DIR",
+                    help="render Table 1 from DIR/<row>/seed*/results.json instead")
     ap.add_argument("--out", default=None, help="write the markdown here (else print it)")
     ap.add_argument("--heading-level", type=int, default=3)
     args = ap.parse_args(argv)
-    text = "\n".join(table(load(r), heading_level=args.heading_level) for r in args.runs)
+    if args.table1 is None and not args.runs:
+        ap.error("give run directories, or --table1 DIR")
+    if args.table1 is not None:
+        text = table1(args.table1)
+    else:
+        text = "\n".join(table(load(r), heading_level=args.heading_level) for r in args.runs)
     if args.out:
         Path(args.out).write_text(text)
     else:

@@ -1,0 +1,137 @@
+"""Bai, Kolter & Koltun (2018), Table 1: the rows that run here, resumable, one at a time.
+
+    python experiments/table1.py run --rows jsb,nottingham --seeds 0,1,2
+    python experiments/table1.py status
+    python docs/results_table.py --table1 docs/results/table1     # the README's table
+
+Each (row, seed) is one ``experiments/tcn_vs_rnn.py --preset paper`` comparison (TCN, LSTM, GRU,
+RNN) in its own process, its run directory under ``--runs`` (default ``runs/table1``). A row
+whose run was cut (the session ended, kill -9) is continued with ``--resume`` from its last
+checkpoint, to the same numbers as an uninterrupted run. A finished row's ``results.json``,
+``run.json`` (provenance: commit, packages, device), ``table.md`` and ``curves.png`` are copied
+to ``docs/results/table1/<row>/seed<k>/``, where the renderer and the README read them; a row
+already there is skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "docs" / "results" / "table1"
+
+#: Table 1 of the paper: (task, metric, {model: value}) per row.
+PAPER = {
+    "adding": ("adding problem T=600", "mse",
+               {"tcn": 5.8e-5, "lstm": 0.164, "gru": 5.3e-5, "rnn": 0.177}),
+    "copy": ("copy memory T=1000", "loss",
+             {"tcn": 3.5e-5, "lstm": 0.0204, "gru": 0.0197, "rnn": 0.0202}),
+    "jsb": ("JSB Chorales", "nll", {"tcn": 8.10, "lstm": 8.45, "gru": 8.43, "rnn": 8.91}),
+    "nottingham": ("Nottingham", "nll", {"tcn": 3.07, "lstm": 3.29, "gru": 3.46, "rnn": 4.05}),
+    "ptb-char": ("char PTB", "bpc", {"tcn": 1.31, "lstm": 1.36, "gru": 1.37, "rnn": 1.48}),
+    "ptb-word": ("word PTB", "ppl", {"tcn": 88.68, "lstm": 78.93, "gru": 92.48, "rnn": 114.5}),
+    "digits": ("sequential digits (stands in for seq. MNIST: 99.0 / 87.2 / 96.2 / 21.5)",
+               "accuracy", {}),
+    "pdigits": ("permuted digits (stands in for P-MNIST: 97.2 / 85.7 / 87.3 / 25.3)",
+                "accuracy", {}),
+}
+
+#: The comparison's arguments per row (beyond ``--seed``): the paper preset, and for the PTB
+#: rows the step budget this machine affords (the renderer reports steps run vs the preset's).
+ROWS: dict[str, list[str]] = {
+    "adding": ["--task", "adding", "--preset", "paper"],
+    "copy": ["--task", "copy", "--preset", "paper"],
+    "jsb": ["--task", "jsb", "--preset", "paper"],
+    "nottingham": ["--task", "nottingham", "--preset", "paper"],
+    "ptb-char": ["--task", "ptb-char", "--preset", "paper", "--steps", "3000"],
+    "ptb-word": ["--task", "ptb-word", "--preset", "paper", "--steps", "3000"],
+    "digits": ["--task", "digits", "--preset", "paper"],
+    "pdigits": ["--task", "pdigits", "--preset", "paper"],
+}
+COPIED = ("results.json", "run.json", "table.md", "curves.png")
+
+
+def done_dir(row: str, seed: int) -> Path:
+    return RESULTS / row / f"seed{seed}"
+
+
+def find_unfinished(runs: Path, row: str, seed: int) -> Path | None:
+    """The newest run directory of this row and seed without a ``results.json``, if any."""
+    argv = ROWS[row] + ["--seed", str(seed)]
+    task = argv[argv.index("--task") + 1]
+    candidates = []
+    for run_json in sorted((runs / task).glob("*/run.json")):
+        try:
+            saved = json.loads(run_json.read_text())
+        except json.JSONDecodeError:
+            continue
+        if saved.get("argv", [])[: len(argv)] == argv and not (
+                run_json.parent / "results.json").exists():
+            candidates.append(run_json.parent)
+    return candidates[-1] if candidates else None
+
+
+def run_row(row: str, seed: int, runs: Path) -> Path:
+    """Run (or resume) one row and seed; returns the finished run directory."""
+    script = str(ROOT / "experiments" / "tcn_vs_rnn.py")
+    unfinished = find_unfinished(runs, row, seed)
+    if unfinished is not None:
+        cmd = [sys.executable, script, "--resume", str(unfinished), "--no-progress"]
+    else:
+        cmd = [sys.executable, script, *ROWS[row], "--seed", str(seed), "--out", str(runs),
+               "--no-progress"]
+    print("$ " + " ".join(cmd), flush=True)
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    print(out, flush=True)
+    run_dir = next(line.split(": ", 1)[1] for line in out.splitlines()
+                   if line.startswith("run directory: "))
+    return Path(run_dir) if Path(run_dir).is_absolute() else Path.cwd() / run_dir
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the given rows and seeds that are not done yet")
+    run.add_argument("--rows", default="jsb,nottingham,adding,copy",
+                     help=f"comma-separated, from {', '.join(ROWS)}")
+    run.add_argument("--seeds", default="0", help="comma-separated seeds")
+    run.add_argument("--runs", default=str(ROOT / "runs" / "table1"),
+                     help="where the run directories (with checkpoints) go")
+    sub.add_parser("status", help="which rows and seeds are done")
+    args = ap.parse_args(argv)
+    if args.command == "status":
+        for row in ROWS:
+            seeds = sorted(p.name for p in (RESULTS / row).glob("seed*/results.json"))
+            print(f"{row:12s} {', '.join(s.removesuffix('/results.json') for s in seeds) or '-'}")
+        return
+    rows = [r.strip() for r in args.rows.split(",") if r.strip()]
+    unknown = [r for r in rows if r not in ROWS]
+    if unknown or not rows:
+        ap.error(f"--rows {args.rows!r}: unknown {unknown}; choose from {', '.join(ROWS)}")
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        ap.error(f"--seeds {args.seeds!r} must be comma-separated ints")
+    runs = Path(args.runs)
+    runs.mkdir(parents=True, exist_ok=True)
+    for seed in seeds:
+        for row in rows:
+            target = done_dir(row, seed)
+            if (target / "results.json").exists():
+                print(f"{row} seed {seed}: done ({target})", flush=True)
+                continue
+            run_dir = run_row(row, seed, runs)
+            target.mkdir(parents=True, exist_ok=True)
+            for name in COPIED:
+                if (run_dir / name).exists():
+                    shutil.copy2(run_dir / name, target / name)
+            print(f"{row} seed {seed}: copied to {target}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
