@@ -38,11 +38,13 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import functools
 import math
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
 Params = dict[str, Array]
@@ -107,8 +109,201 @@ def _outer_sum(a: Array, b: Array) -> Array:
     return jnp.dot(a2.T, b2, preferred_element_type=acc)
 
 
+# --------------------------------------------------------------------------------------------
+# Validation helpers shared by the functional core (Python-level, on static shapes only)
+# --------------------------------------------------------------------------------------------
+
+
+def shape_of(x: Any, name: str) -> tuple[int, ...]:
+    """The shape of an array-like ``x``, or a ``TypeError`` naming ``name``."""
+    shape = getattr(x, "shape", None)
+    if shape is not None:
+        return tuple(shape)
+    try:
+        return tuple(np.shape(x))
+    except Exception as err:  # ragged lists, objects without a shape
+        raise TypeError(f"{name} must be an array, got {type(x).__name__}") from err
+
+
+def dtype_of(x: Any, name: str) -> Any:
+    """The dtype of an array-like ``x`` as given (not canonicalised: a numpy float64 stays
+    float64 in messages), or a ``TypeError`` naming ``name``."""
+    dtype = getattr(x, "dtype", None)
+    if dtype is not None:
+        return dtype
+    try:
+        return np.asarray(x).dtype
+    except Exception as err:
+        raise TypeError(f"{name} must be an array, got {type(x).__name__}") from err
+
+
+def check_array(x: Any, name: str, expected: tuple[Any, ...], *,
+                floating: bool = False) -> tuple[int, ...]:
+    """Raise unless ``x`` is an array of shape ``expected``; returns its shape.
+
+    ``expected`` holds ints (that size), ``None`` (any size) or a string naming a free axis
+    (any size; only used in the message, e.g. ``("B", "T", 3)``). ``floating=True`` also
+    requires a floating dtype (``TypeError``).
+    """
+    shape = shape_of(x, name)
+    want = "[" + ", ".join(str(e) for e in expected) + "]"
+    if len(shape) != len(expected):
+        raise ValueError(f"{name}.shape={shape} must be {want} (rank {len(expected)})")
+    for got, exp in zip(shape, expected):
+        if isinstance(exp, int) and got != exp:
+            raise ValueError(f"{name}.shape={shape} must be {want}")
+    if floating:
+        dtype = dtype_of(x, name)
+        if not jnp.issubdtype(dtype, jnp.floating):
+            raise TypeError(f"{name}.dtype={dtype} must be floating")
+    return shape
+
+
+def check_key(key: Any, name: str = "key") -> None:
+    """``TypeError`` unless ``key`` is one PRNG key (``jax.random.key`` or ``PRNGKey``)."""
+    dtype = getattr(key, "dtype", None)
+    shape = getattr(key, "shape", None)
+    if dtype is not None and jnp.issubdtype(dtype, jax.dtypes.prng_key) and shape == ():
+        return
+    if dtype == jnp.uint32 and shape == (2,):
+        return
+    got = f"shape={tuple(shape)} dtype={dtype}" if shape is not None else type(key).__name__
+    raise TypeError(f"{name} must be one PRNG key (jax.random.key(seed) or "
+                    f"jax.random.PRNGKey(seed)), got {got}")
+
+
+def _is_shape(spec: Any) -> bool:
+    return isinstance(spec, tuple) and all(isinstance(e, int) for e in spec)
+
+
+def check_tree(tree: Any, expected: Any, where: str = "params", owner: Any = None, *,
+               allow_extra: bool = True) -> None:
+    """Raise ``ValueError`` naming the first path of ``tree`` that does not match ``expected``.
+
+    ``expected`` nests dicts and lists; its leaves are shapes (tuples of ints) or anything with
+    a ``.shape`` (arrays, ``jax.ShapeDtypeStruct`` from :func:`jax.eval_shape`). Paths are
+    written as they are indexed, e.g. ``params['blocks'][0]['conv1']['b']``. With
+    ``allow_extra=False`` a dict key that ``expected`` lacks is an error too.
+    """
+    suffix = f" for {owner!r}" if owner is not None else ""
+    if isinstance(expected, dict):
+        if not isinstance(tree, dict):
+            raise TypeError(f"{where} must be a dict, got {type(tree).__name__}{suffix}")
+        missing = sorted(set(expected) - set(tree), key=str)
+        if missing:
+            raise ValueError(f"{where}{suffix} lack {missing}; expected keys "
+                             f"{sorted(expected, key=str)}")
+        extra = sorted(set(tree) - set(expected), key=str)
+        if extra and not allow_extra:
+            raise ValueError(f"{where}{suffix} has unexpected keys {extra}; expected keys "
+                             f"{sorted(expected, key=str)}")
+        for name, sub in expected.items():
+            check_tree(tree[name], sub, f"{where}[{name!r}]", owner, allow_extra=allow_extra)
+        return
+    if isinstance(expected, list) or (isinstance(expected, tuple) and not _is_shape(expected)):
+        if not isinstance(tree, (list, tuple)):
+            raise TypeError(f"{where} must be a list of {len(expected)} entries, got "
+                            f"{type(tree).__name__}{suffix}")
+        if len(tree) != len(expected):
+            raise ValueError(f"len({where})={len(tree)} must be {len(expected)}{suffix}")
+        for i, (t, e) in enumerate(zip(tree, expected)):
+            check_tree(t, e, f"{where}[{i}]", owner, allow_extra=allow_extra)
+        return
+    want = tuple(expected) if _is_shape(expected) else tuple(expected.shape)
+    if isinstance(tree, (dict, list, tuple, str)) or tree is None:
+        raise TypeError(f"{where} must be an array of shape {want}, got "
+                        f"{type(tree).__name__}{suffix}")
+    got = shape_of(tree, where)
+    if got != want:
+        raise ValueError(f"{where}.shape={got} must be {want}{suffix}")
+
+
+def check_dims(**args: tuple[Any, str]) -> dict[str, int]:
+    """Check several arrays against named axes that must agree, e.g.
+    ``check_dims(memory=(memory, "B N W"), keys=(keys, "B K W"))``.
+
+    A pattern is space-separated axis names (a name used twice must have one size; an int
+    literal fixes the size); a leading ``...`` stands for any leading axes, which must then be
+    the same for every argument using ``...``. Returns the sizes bound to the names.
+
+    Raises:
+      ValueError: naming the first argument whose rank or an axis disagrees, with its expected
+        (symbolic and bound) and received shapes.
+      TypeError: an argument that is not an array.
+    """
+    sizes: dict[str, Any] = {}
+    for name, (x, pattern) in args.items():
+        shape = shape_of(x, name)
+        tokens = pattern.split()
+        lead = tokens[0] == "..."
+        tokens = tokens[1:] if lead else tokens
+        rank_ok = len(shape) >= len(tokens) if lead else len(shape) == len(tokens)
+        bound = dict(sizes)  # the sizes known so far, this argument's earlier axes included
+
+        def expected() -> str:
+            parts = (["..."] if lead else []) + [
+                f"{t}={bound[t]}" if t in bound and not t.isdigit() else t for t in tokens]
+            return "[" + ", ".join(parts) + "]"
+
+        if not rank_ok:
+            raise ValueError(f"{name}.shape={shape} must be {expected()} "
+                             f"(rank {'>= ' if lead else ''}{len(tokens)})")
+        tail = shape[len(shape) - len(tokens):]
+        if lead:
+            head = shape[: len(shape) - len(tokens)]
+            if sizes.setdefault("...", head) != head:
+                raise ValueError(f"{name}.shape={shape} must be {expected()} with leading axes "
+                                 f"{sizes['...']}")
+        for tok, got in zip(tokens, tail):
+            want = int(tok) if tok.isdigit() else bound.get(tok, got)
+            if got != want:
+                raise ValueError(f"{name}.shape={shape} must be {expected()}")
+            if not tok.isdigit():
+                bound[tok] = got
+        sizes.update(bound)
+    return sizes
+
+
+@functools.lru_cache(maxsize=512)
+def _carry_spec(cell: Any, batch: int) -> Any:
+    return jax.eval_shape(lambda: cell.initial_carry(batch))
+
+
+def check_carry(cell: Any, carry: Any, batch: int, name: str = "carry") -> None:
+    """Raise ``ValueError`` unless ``carry`` has the structure and leaf shapes of
+    ``cell.initial_carry(batch)`` (naming ``name``, the received and the expected shapes)."""
+    try:
+        expected = _carry_spec(cell, batch)
+    except TypeError:  # an unhashable (user-defined) cell: no cache
+        expected = jax.eval_shape(lambda: cell.initial_carry(batch))
+    ok = jax.tree.structure(carry) == jax.tree.structure(expected)
+    if ok:
+        try:
+            ok = all(shape_of(a, name) == b.shape
+                     for a, b in zip(jax.tree.leaves(carry), jax.tree.leaves(expected)))
+        except TypeError:
+            ok = False
+    if not ok:
+        def describe(a):
+            try:
+                return shape_of(a, name)
+            except TypeError:
+                return type(a).__name__
+
+        got = jax.tree.map(describe, carry)
+        want = jax.tree.map(lambda a: a.shape, expected)
+        raise ValueError(f"{name} shapes {got} must be {want} for {cell!r} (batch {batch})")
+
+
 class Cell(abc.ABC):
-    """Interface shared by the cells (documentation and ``isinstance`` checks only)."""
+    """Interface shared by the cells (documentation and ``isinstance`` checks only).
+
+    The public methods (``init``, ``initial_carry``, ``project``, ``step``, ``__call__``,
+    ``check_params``) validate their arguments on static shapes (so also under ``jit``, at trace
+    time, at no run-time cost) and raise ``ValueError``/``TypeError`` naming the argument;
+    the underscored ones (``_input_projection``, ``_fwd``, ``_bwd``, ``_rgrads``) that the time
+    loop calls do not.
+    """
 
     input_size: int
     hidden_size: int
@@ -125,6 +320,7 @@ class Cell(abc.ABC):
 
     def initial_carry(self, batch: int, dtype: Any = _F32) -> Any:
         """Zero state: ``h [B, H]`` (LSTMs: ``(h, c)``)."""
+        check_batch(batch)
         return jnp.zeros((batch, self.hidden_size), dtype)
 
     def carry_hidden(self, carry: Any) -> Array:
@@ -135,8 +331,36 @@ class Cell(abc.ABC):
         """``carry`` with its hidden state replaced by ``h``."""
         return h
 
+    def project(self, params: Params, xs: Array) -> Array:
+        """The input projection of any number of steps: ``xs [..., D] -> gx [..., G]``.
+
+        Raises:
+          ValueError / TypeError: if ``params`` do not match :meth:`param_shapes` or
+            ``xs.shape[-1] != input_size``.
+        """
+        self.check_params(params)
+        shape = shape_of(xs, "xs")
+        if not shape or shape[-1] != self.input_size:
+            raise ValueError(f"xs.shape={shape} must be [..., {self.input_size}] "
+                             f"(input_size of {self!r})")
+        return self._input_projection(params, xs)
+
+    def _input_projection(self, params: Params, xs: Array) -> Array:
+        raise NotImplementedError(f"{type(self).__name__} defines no input projection")
+
     def step(self, params: Params, carry: Any, gx_t: Array) -> tuple[Any, Array]:
-        """One time step: ``gx_t [B, G]`` -> ``(carry, h_t [B, H])``."""
+        """One time step: ``gx_t [B, G]`` (from :meth:`project`) -> ``(carry, h_t [B, H])``.
+
+        Raises:
+          ValueError / TypeError: if ``params``, ``gx_t`` or ``carry`` (which must look like
+            ``initial_carry(B)``) have the wrong shapes.
+        """
+        self.check_params(params)
+        shape = shape_of(gx_t, "gx_t")
+        if len(shape) != 2 or shape[1] != self.gate_size:
+            raise ValueError(f"gx_t.shape={shape} must be [B, {self.gate_size}] (the "
+                             f"projection of one step's inputs, G = gate_size of {self!r})")
+        check_carry(self, carry, shape[0], "carry")
         new, _ = self._fwd(self.recurrent_params(params), carry, gx_t)
         return new, self.carry_hidden(new)
 
@@ -146,6 +370,7 @@ class Cell(abc.ABC):
 
     def __call__(self, params: Params, carry: Any, x_t: Array) -> tuple[Any, Array]:
         """Convenience: project one input ``x_t [B, D]`` and step."""
+        check_array(x_t, "x_t", ("B", self.input_size))
         return self.step(params, carry, self.project(params, x_t))
 
     @abc.abstractmethod
@@ -156,24 +381,15 @@ class Cell(abc.ABC):
         """Raise ``ValueError`` naming any missing key or wrongly shaped parameter.
 
         ``param_shapes`` may nest (a memory cell's ``{"controller": {...}, ...}``); keys are
-        named by their path, e.g. ``params['controller']['w_h']``.
+        named by their path, e.g. ``params['controller']['w_h']``. Keys that ``param_shapes``
+        does not name are ignored.
         """
-        _check_tree(params, self.param_shapes(), "params", self)
+        check_tree(params, self.param_shapes(), "params", self)
 
 
-def _check_tree(params: Any, expected: dict, where: str, cell: Any) -> None:
-    if not isinstance(params, dict):
-        raise TypeError(f"{where} must be a dict, got {type(params).__name__}")
-    missing = sorted(set(expected) - set(params))
-    if missing:
-        raise ValueError(f"{where} for {cell!r} lack {missing}; expected keys {sorted(expected)}")
-    for name, shape in expected.items():
-        if isinstance(shape, dict):
-            _check_tree(params[name], shape, f"{where}[{name!r}]", cell)
-            continue
-        got = tuple(jnp.shape(params[name]))
-        if got != tuple(shape):
-            raise ValueError(f"{where}[{name!r}].shape={got} must be {tuple(shape)} for {cell!r}")
+def check_batch(batch: Any) -> None:
+    if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 0:
+        raise ValueError(f"batch={batch!r} must be an int >= 0")
 
 
 # --------------------------------------------------------------------------------------------
@@ -191,8 +407,8 @@ class SimpleRNN(Cell):
     input_size: int
     hidden_size: int
     activation: str = "tanh"
-    input_init: Initializer = glorot_uniform
-    recurrent_init: Initializer = orthogonal
+    input_init: Initializer = dataclasses.field(default=glorot_uniform, repr=False)
+    recurrent_init: Initializer = dataclasses.field(default=orthogonal, repr=False)
 
     num_gates = 1
 
@@ -206,6 +422,7 @@ class SimpleRNN(Cell):
         return {"w_x": (d, h), "w_h": (h, h), "b": (h,)}
 
     def init(self, key: Array, dtype: Any = _F32) -> Params:
+        check_key(key)
         kx, kh = jax.random.split(key)
         d, h = self.input_size, self.hidden_size
         return {
@@ -214,7 +431,7 @@ class SimpleRNN(Cell):
             "b": jnp.zeros((h,), dtype),
         }
 
-    def project(self, params: Params, xs: Array) -> Array:
+    def _input_projection(self, params: Params, xs: Array) -> Array:
         return _project(xs, params["w_x"], params["b"])
 
     def _fwd(self, rp, h, gx_t):
@@ -263,8 +480,8 @@ class LSTM(Cell):
     input_size: int
     hidden_size: int
     forget_bias: float = 1.0
-    input_init: Initializer = glorot_uniform
-    recurrent_init: Initializer = orthogonal
+    input_init: Initializer = dataclasses.field(default=glorot_uniform, repr=False)
+    recurrent_init: Initializer = dataclasses.field(default=orthogonal, repr=False)
 
     num_gates = 4
 
@@ -276,6 +493,7 @@ class LSTM(Cell):
         return {"w_x": (d, 4 * h), "w_h": (h, 4 * h), "b": (4 * h,)}
 
     def init(self, key: Array, dtype: Any = _F32) -> Params:
+        check_key(key)
         kx, kh = jax.random.split(key)
         d, h = self.input_size, self.hidden_size
         b = jnp.zeros((4 * h,), dtype).at[h : 2 * h].set(self.forget_bias)
@@ -286,6 +504,7 @@ class LSTM(Cell):
         }
 
     def initial_carry(self, batch: int, dtype: Any = _F32):
+        check_batch(batch)
         z = jnp.zeros((batch, self.hidden_size), dtype)
         return (z, z)
 
@@ -295,7 +514,7 @@ class LSTM(Cell):
     def with_hidden(self, carry, h):
         return (h, carry[1])
 
-    def project(self, params: Params, xs: Array) -> Array:
+    def _input_projection(self, params: Params, xs: Array) -> Array:
         return _project(xs, params["w_x"], params["b"])
 
     def _gates(self, pre):
@@ -438,8 +657,8 @@ class GRU(Cell):
     input_size: int
     hidden_size: int
     reset: str = "after"
-    input_init: Initializer = glorot_uniform
-    recurrent_init: Initializer = orthogonal
+    input_init: Initializer = dataclasses.field(default=glorot_uniform, repr=False)
+    recurrent_init: Initializer = dataclasses.field(default=orthogonal, repr=False)
 
     num_gates = 3
 
@@ -453,6 +672,7 @@ class GRU(Cell):
         return {"w_x": (d, 3 * h), "w_h": (h, 3 * h), "b_x": (3 * h,), "b_h": (3 * h,)}
 
     def init(self, key: Array, dtype: Any = _F32) -> Params:
+        check_key(key)
         kx, kh = jax.random.split(key)
         d, h = self.input_size, self.hidden_size
         return {
@@ -462,7 +682,7 @@ class GRU(Cell):
             "b_h": jnp.zeros((3 * h,), dtype),
         }
 
-    def project(self, params: Params, xs: Array) -> Array:
+    def _input_projection(self, params: Params, xs: Array) -> Array:
         return _project(xs, params["w_x"], params["b_x"])
 
     def recurrent_params(self, params):
@@ -535,6 +755,8 @@ def make_cell(kind: str, input_size: int, hidden_size: int, **kwargs: Any) -> Ce
     ``"gru"`` (reset after) or ``"gru_before"``."""
     aliases = {"rnn_tanh": ("rnn", {}), "rnn_relu": ("rnn", {"activation": "relu"}),
                "gru_before": ("gru", {"reset": "before"})}
+    if not isinstance(kind, str):
+        raise TypeError(f"kind={kind!r} must be a str such as 'lstm'")
     name, extra = aliases.get(kind, (kind, {}))
     if name not in CELLS:
         valid = sorted(set(CELLS) | set(aliases))

@@ -19,18 +19,87 @@ import jax.numpy as jnp
 import numpy as np
 
 from seqjax.backend import resolve_backend
-from seqjax.cells import Cell, state_dtype
+from seqjax.cells import Cell, check_carry, shape_of, state_dtype
 
 Array = jax.Array
 
-__all__ = ["rnn", "reverse_padded", "length_mask"]
+__all__ = ["rnn", "reverse_padded", "length_mask", "check_lengths"]
+
+
+def _concrete(x: Any) -> np.ndarray | None:
+    """``x`` as a numpy array if its value is known now (not a tracer), else ``None``."""
+    if isinstance(x, jax.core.Tracer):
+        return None
+    try:
+        return np.asarray(x)
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+        return None
+
+
+def check_lengths(lengths: Any, batch: int, steps: int, name: str = "seq_lengths",
+                  steps_name: str = "T") -> Array | None:
+    """Validate per-sequence lengths and return them as an ``int32 [B]`` array (``None`` stays
+    ``None``). Every public entry point that takes lengths calls this.
+
+    Accepts any array-like of integers (a ``jax.Array``, a numpy array, a list or tuple).
+
+    Raises:
+      TypeError: ``lengths`` is not an array of integers (floats and bools included).
+      ValueError: its shape is not ``(batch,)``, or (only when its values are concrete, i.e.
+        not under ``jit``) a value lies outside ``[0, steps]``; the message names the offending
+        entries. Under ``jit`` only the shape and dtype are checked: out-of-range lengths then
+        act as clipped to ``[0, steps]`` (a length ``> steps`` masks nothing, ``< 0``
+        everything).
+    """
+    if lengths is None:
+        return None
+    if not hasattr(lengths, "dtype"):  # a list, a tuple, a Python int
+        try:
+            arr = np.asarray(lengths)
+        except Exception as err:  # ragged lists, or a list holding tracers
+            try:
+                arr = jnp.asarray(lengths)
+            except Exception:
+                raise TypeError(f"{name} must be an array of {batch} integers, got "
+                                f"{type(lengths).__name__}") from err
+        if arr.dtype == object:
+            raise TypeError(f"{name} must be an array of {batch} integers, got {lengths!r}")
+        if arr.size == 0 and arr.dtype.kind == "f":  # [] -> float64 in numpy
+            arr = arr.astype(np.int32)
+        lengths = arr
+    shape = tuple(lengths.shape)
+    if shape != (batch,):
+        raise ValueError(f"{name}.shape={shape} must be ({batch},) (one length per sequence)")
+    dtype = lengths.dtype
+    if not jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.bool_):
+        raise TypeError(f"{name}.dtype={dtype} must be an integer dtype")
+    values = _concrete(lengths)
+    if values is None:  # traced: unknown values act as clipped to [0, steps] (documented)
+        return jnp.clip(jnp.asarray(lengths, jnp.int32), 0, steps)
+    if values.size:
+        bad = np.flatnonzero((values < 0) | (values > steps))
+        if bad.size:
+            shown = ", ".join(f"{name}[{i}]={values[i]}" for i in bad[:8])
+            more = f" (and {bad.size - 8} more)" if bad.size > 8 else ""
+            raise ValueError(f"{name} must lie in [0, {steps_name}={steps}], got {shown}{more}"
+                             if steps_name else
+                             f"{name} must lie in [0, {steps}], got {shown}{more}")
+    return jnp.asarray(lengths, jnp.int32)
 
 
 def length_mask(lengths: Array | None, steps: int, batch: int) -> Array:
-    """``[T, B]`` bool mask, ``True`` where ``t < lengths[b]`` (all ``True`` if ``None``)."""
+    """``[T, B]`` bool mask, ``True`` where ``t < lengths[b]`` (all ``True`` if ``None``).
+
+    ``lengths``: ``[B]`` integers in ``[0, T]`` (validated as :func:`check_lengths` does; under
+    ``jit`` only their shape and dtype).
+    """
+    for nm, v in (("steps", steps), ("batch", batch)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
+            raise ValueError(f"{nm}={v!r} must be an int >= 0")
     t = jnp.arange(steps)[:, None]
     if lengths is None:
         return jnp.ones((steps, batch), bool)
+    lengths = check_lengths(lengths, batch, steps, "lengths")
     return t < lengths[None, :]
 
 
@@ -38,8 +107,23 @@ def reverse_padded(x: Array, lengths: Array | None) -> Array:
     """Reverse time-major ``x [T, B, ...]`` within each sequence's own length.
 
     Step ``t < lengths[b]`` goes to ``lengths[b] - 1 - t``; padding steps stay where they are.
-    Its own inverse. With ``lengths=None`` it is ``x[::-1]``.
+    Its own inverse. With ``lengths=None`` it is ``x[::-1]``. ``lengths``: ``[B]`` integers in
+    ``[0, T]`` (validated as :func:`check_lengths` does).
     """
+    shape = shape_of(x, "x")
+    if len(shape) < 2 and lengths is not None:
+        raise ValueError(f"x.shape={shape} must be time-major [T, B, ...] (rank >= 2)")
+    if lengths is None:
+        if len(shape) < 1:
+            raise ValueError(f"x.shape={shape} must be time-major [T, ...] (rank >= 1)")
+        return x[::-1]
+    steps = shape[0]
+    lengths = check_lengths(lengths, shape[1], steps, "lengths")
+    return _reverse_padded(x, lengths)
+
+
+def _reverse_padded(x: Array, lengths: Array | None) -> Array:
+    """:func:`reverse_padded` without validation (``lengths`` an ``int32 [B]`` array)."""
     if lengths is None:
         return x[::-1]
     steps = x.shape[0]
@@ -212,21 +296,13 @@ def _scan_autodiff(cell: Cell, unroll: int, rp, gx, carry0, lengths, remat: bool
     steps = gx.shape[0]
     carry, hs = jax.lax.scan(body, carry0, (jnp.arange(steps), gx), unroll=unroll)
     if lengths is not None:
-        hs = jnp.where(length_mask(lengths, steps, gx.shape[1])[..., None], hs, 0.0)
+        hs = jnp.where((jnp.arange(steps)[:, None] < lengths)[..., None], hs, 0.0)
     return hs, carry
 
 
 # ------------------------------------------------------------------------------------------
 # Validation
 # ------------------------------------------------------------------------------------------
-
-
-def _concrete(x: Any) -> np.ndarray | None:
-    """``x`` as a numpy array if its value is known now (not a tracer), else ``None``."""
-    try:
-        return np.asarray(x)
-    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
-        return None
 
 
 def _validate(cell, params, xs, seq_lengths, initial_carry, time_major):
@@ -246,29 +322,10 @@ def _validate(cell, params, xs, seq_lengths, initial_carry, time_major):
         )
     cell.check_params(params)
     steps, batch = (xs.shape[0], xs.shape[1]) if time_major else (xs.shape[1], xs.shape[0])
-    if seq_lengths is not None:
-        shape = tuple(jnp.shape(seq_lengths))
-        if shape != (batch,):
-            raise ValueError(f"seq_lengths.shape={shape} must be ({batch},) for xs {layout}")
-        dtype = jnp.result_type(seq_lengths)
-        if not jnp.issubdtype(dtype, jnp.integer):
-            raise TypeError(f"seq_lengths.dtype={dtype} must be an integer dtype")
-        values = _concrete(seq_lengths)
-        if values is not None and values.size and (values.min() < 0 or values.max() > steps):
-            raise ValueError(
-                f"seq_lengths must lie in [0, T={steps}], got min {values.min()} max {values.max()}"
-            )
+    lengths = check_lengths(seq_lengths, batch, steps)
     if initial_carry is not None:
-        expected = jax.eval_shape(lambda: cell.initial_carry(batch))
-        ok = jax.tree.structure(initial_carry) == jax.tree.structure(expected) and all(
-            tuple(jnp.shape(a)) == b.shape
-            for a, b in zip(jax.tree.leaves(initial_carry), jax.tree.leaves(expected))
-        )
-        if not ok:
-            got = jax.tree.map(lambda a: tuple(jnp.shape(a)), initial_carry)
-            want = jax.tree.map(lambda a: a.shape, expected)
-            raise ValueError(f"initial_carry shapes {got} must be {want} for {cell!r}")
-    return steps, batch
+        check_carry(cell, initial_carry, batch, "initial_carry")
+    return steps, batch, lengths
 
 
 # ------------------------------------------------------------------------------------------
@@ -295,9 +352,13 @@ def rnn(
       cell: a cell from :mod:`seqjax.cells`.
       params: its parameter dict (``cell.init(key)``).
       xs: inputs ``[B, T, D]`` (``[T, B, D]`` if ``time_major``), float32 or bfloat16.
-      seq_lengths: optional ``[B]`` ints in ``[0, T]``. Outputs at ``t >= seq_lengths[b]`` are
+      seq_lengths: optional ``[B]`` ints in ``[0, T]`` (any array-like of integers: a
+        ``jax.Array``, numpy array, list or tuple). Outputs at ``t >= seq_lengths[b]`` are
         zero and the final carry is the carry after step ``seq_lengths[b] - 1`` (the initial
-        carry for length 0).
+        carry for length 0). The padding of ``xs`` is replaced by zeros before the input
+        projection, so whatever it holds (NaN and inf included) changes neither the outputs nor
+        any gradient. Values are checked when concrete; under ``jit`` only the shape and dtype
+        are, and out-of-range values act as clipped to ``[0, T]``.
       initial_carry: optional carry (``h [B, H]``; LSTMs ``(h, c)``; memory cells their state,
         e.g. :class:`seqjax.memory.NTMState`); by default ``cell.initial_carry(B)``: zeros, or a
         memory cell's starting memory.
@@ -315,9 +376,13 @@ def rnn(
       float32 (state is at least float32, float64 for float64 inputs).
 
     Raises:
-      TypeError / ValueError: naming the argument and the expected and received shape or dtype.
+      TypeError / ValueError: naming the argument and the expected and received shape or dtype
+        (``xs``, ``params`` by key, ``seq_lengths`` with the offending entries,
+        ``initial_carry``); the checks are Python-level on static shapes, so they run under
+        ``jit`` too, at trace time.
     """
-    steps, batch = _validate(cell, params, xs, seq_lengths, initial_carry, time_major)
+    steps, batch, lengths = _validate(cell, params, xs, seq_lengths, initial_carry,
+                                      time_major)
     if backend not in ("auto", "scan", "pallas"):
         raise ValueError(f"backend={backend!r} must be 'auto', 'scan' or 'pallas'")
     if not isinstance(unroll, int) or unroll < 1:
@@ -326,7 +391,6 @@ def rnn(
     acc = state_dtype(xs.dtype)
     carry0 = cell.initial_carry(batch, acc) if initial_carry is None else initial_carry
     carry0 = jax.tree.map(lambda c: jnp.asarray(c, acc), carry0)
-    lengths = None if seq_lengths is None else jnp.asarray(seq_lengths, jnp.int32)
     if steps == 0 or batch == 0:
         ys = jnp.zeros((steps, batch, cell.hidden_size) if time_major
                        else (batch, steps, cell.hidden_size), out_dtype)
@@ -334,7 +398,12 @@ def rnn(
 
     xs_tm = xs if time_major else jnp.swapaxes(xs, 0, 1)
     if reverse:
-        xs_tm = reverse_padded(xs_tm, lengths)
+        xs_tm = _reverse_padded(xs_tm, lengths)
+    if lengths is not None:
+        # Zero the padding before the input projection: a NaN/inf there would otherwise reach
+        # dW_x (NaN * 0 = NaN), and padding must change neither values nor gradients.
+        valid = jnp.arange(steps)[:, None] < lengths[None, :]  # [T, B]
+        xs_tm = jnp.where(valid[..., None], xs_tm, jnp.zeros((), xs_tm.dtype))
     choice = resolve_backend(cell, backend, dtype=xs.dtype, batch=batch, steps=steps)
     if choice.name == "scan" and not remat and cell.hand_written_vjp:
         hs, carry = _scan(cell, unroll, min(CHUNK, steps), params, xs_tm, carry0, lengths)
@@ -349,6 +418,6 @@ def rnn(
             hs, carry = _scan_autodiff(cell, unroll, rp, gx, carry0, lengths, remat=remat)
 
     if reverse:
-        hs = reverse_padded(hs, lengths)
+        hs = _reverse_padded(hs, lengths)
     ys = hs.astype(out_dtype)
     return (ys if time_major else jnp.swapaxes(ys, 0, 1)), carry

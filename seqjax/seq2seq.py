@@ -41,9 +41,17 @@ import jax.numpy as jnp
 import numpy as np
 
 from seqjax.attention import Attention
-from seqjax.cells import glorot_uniform, make_cell
+from seqjax.cells import (
+    check_array,
+    check_key,
+    check_tree,
+    dtype_of,
+    glorot_uniform,
+    make_cell,
+    shape_of,
+)
 from seqjax.layers import init_stack, stack_cells, stacked
-from seqjax.recurrent import reverse_padded
+from seqjax.recurrent import _reverse_padded, check_lengths
 
 Array = jax.Array
 
@@ -53,7 +61,9 @@ ATTENTIONS = ("bahdanau", "additive", "dot", "general", "luong", "none")
 
 
 class Memory(NamedTuple):
-    """What the decoder reads: the encoded source of a batch."""
+    """What the decoder reads: the encoded source of a batch (:meth:`Seq2Seq.encode`; its
+    ``keys`` and ``pre`` hold zeros at masked positions, which :meth:`Seq2Seq.decode_step`
+    relies on)."""
 
     keys: Array  #: ``[B, S, K]`` encoder outputs (in source order)
     pre: Array  #: ``[B, S, *]`` the key half of the attention score (see ``Attention.precompute``)
@@ -81,33 +91,37 @@ class Beam(NamedTuple):
 
 
 def _concrete(x: Any) -> np.ndarray | None:
+    if isinstance(x, jax.core.Tracer):
+        return None
     try:
         return np.asarray(x)
     except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
         return None
 
 
-def _check_ids(name: str, ids: Any, vocab: int, lengths_name: str, lengths: Any) -> None:
-    """Validate ``ids [B, T]`` integer token ids and ``lengths [B]`` in ``[0, T]``."""
-    shape, dtype = jnp.shape(ids), jnp.result_type(ids)
+def _check_ids(name: str, ids: Any, vocab: int, lengths_name: str, lengths: Any) -> Array:
+    """Validate ``ids [B, T]`` integer token ids and ``lengths [B]`` in ``[0, T]``; returns the
+    lengths as ``int32 [B]`` (array-likes of ints accepted). Values are checked only when
+    concrete (not under ``jit``)."""
+    shape, dtype = shape_of(ids, name), dtype_of(ids, name)
     if len(shape) != 2:
         raise ValueError(f"{name}.shape={shape} must be [B, T] token ids (rank 2)")
-    if not jnp.issubdtype(dtype, jnp.integer):
+    if not jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.bool_):
         raise TypeError(f"{name}.dtype={dtype} must be an integer dtype (token ids)")
-    lshape = jnp.shape(lengths)
-    if lshape != shape[:1]:
-        raise ValueError(f"{lengths_name}.shape={lshape} must be ({shape[0]},) for "
-                         f"{name}.shape={shape}")
-    if not jnp.issubdtype(jnp.result_type(lengths), jnp.integer):
-        raise TypeError(f"{lengths_name}.dtype={jnp.result_type(lengths)} must be integer")
-    vals = _concrete(lengths)
-    if vals is not None and vals.size and (vals.min() < 0 or vals.max() > shape[1]):
-        raise ValueError(f"{lengths_name} must lie in [0, {shape[1]}] ({name}.shape={shape}); "
-                         f"got min {vals.min()}, max {vals.max()}")
+    try:
+        lengths = check_lengths(lengths, shape[0], shape[1], lengths_name, steps_name="")
+    except ValueError as err:
+        raise ValueError(f"{err} ({name}.shape={shape})") from None
     ids_vals = _concrete(ids)
     if ids_vals is not None and ids_vals.size and (ids_vals.min() < 0 or ids_vals.max() >= vocab):
         raise ValueError(f"{name} holds ids outside [0, {vocab}): min {ids_vals.min()}, "
                          f"max {ids_vals.max()}")
+    return lengths
+
+
+@functools.lru_cache(maxsize=64)
+def _param_spec(model: "Seq2Seq") -> dict:
+    return jax.eval_shape(model.init, jax.random.key(0))
 
 
 def _linear(p: dict, x: Array) -> Array:
@@ -197,6 +211,16 @@ class Seq2Seq:
     def _carry_leaves(self) -> int:
         return len(jax.tree.leaves(self.decoder_cell.initial_carry(1)))
 
+    def param_shapes(self) -> dict:
+        """The params pytree of :meth:`init` with a ``jax.ShapeDtypeStruct`` per array."""
+        return _param_spec(self)
+
+    def check_params(self, params: Any) -> None:
+        """Raise ``ValueError``/``TypeError`` naming the first missing or wrongly shaped
+        parameter by its path, e.g. ``params['decoder']['w_h'].shape=(8, 24) must be
+        (8, 32)``."""
+        check_tree(params, self.param_shapes(), "params", self)
+
     # ------------------------------------------------------------------------------------------
     def init(self, key: Array) -> dict:
         """Params::
@@ -206,6 +230,7 @@ class Seq2Seq:
              "attention": ..., "combine": {"w": [K + H, H], "b": [H]} (attention only),
              "readout": {"w": [H, V_t], "b": [V_t]}}
         """
+        check_key(key)
         ks = jax.random.split(key, 8)
         h, kdim = self.hidden_size, self.key_size
         params: dict[str, Any] = {
@@ -226,20 +251,27 @@ class Seq2Seq:
     # ------------------------------------------------------------------------------------------
     # Encoder
     def encode(self, params: dict, src: Array, src_lengths: Array) -> Memory:
-        """Encode ``src [B, S]`` ids with ``src_lengths [B]`` into a :class:`Memory`."""
-        _check_ids("src", src, self.src_vocab, "src_lengths", src_lengths)
-        return self._encode(params, jnp.asarray(src), jnp.asarray(src_lengths, jnp.int32))
+        """Encode ``src [B, S]`` ids with ``src_lengths [B]`` into a :class:`Memory`.
+
+        Raises:
+          ValueError / TypeError: naming ``src``, ``src_lengths`` (any array-like of ints; values
+            checked when not under ``jit``) or the ``params`` entry whose shape is wrong.
+        """
+        lengths = _check_ids("src", src, self.src_vocab, "src_lengths", src_lengths)
+        self.check_params(params)
+        return self._encode(params, jnp.asarray(src), lengths)
 
     def _encode(self, params: dict, src: Array, src_lengths: Array) -> Memory:
         b, s = src.shape
         xs = jnp.take(params["src_embed"], src, axis=0)  # [B, S, E]
         if self.reverse_source:
-            xs = jnp.swapaxes(reverse_padded(jnp.swapaxes(xs, 0, 1), src_lengths), 0, 1)
+            xs = jnp.swapaxes(_reverse_padded(jnp.swapaxes(xs, 0, 1), src_lengths), 0, 1)
         keys, carries = stacked(self.encoder_cells, params["encoder"], xs,
                                 seq_lengths=src_lengths, bidirectional=self.bidirectional,
                                 backend=self.backend)
         if self.reverse_source:  # back to source order, so that weights index the source
-            keys = jnp.swapaxes(reverse_padded(jnp.swapaxes(keys, 0, 1), src_lengths), 0, 1)
+            keys = jnp.swapaxes(_reverse_padded(jnp.swapaxes(keys, 0, 1), src_lengths),
+                                0, 1)
         last = carries[-1]
         if self.bidirectional:
             fw, bw = (jax.tree.leaves(c) for c in last)
@@ -251,13 +283,19 @@ class Seq2Seq:
         init_carry = jax.tree.unflatten(treedef, leaves)
         mask = jnp.arange(s)[None, :] < src_lengths[:, None]
         att = self.attention_fn
-        pre = att.precompute(params["attention"], keys) if att is not None else keys
+        pre = att._precompute(params["attention"], keys) if att is not None else keys
+        # zeros at the padding once here (keys are already 0 there), so that decode_step needs
+        # no masking of keys and pre at every step
+        pre = jnp.where(mask[..., None], pre, jnp.zeros((), pre.dtype))
         return Memory(keys=keys, pre=pre, mask=mask, init_carry=init_carry)
 
     # ------------------------------------------------------------------------------------------
     # Decoder
     def initial_state(self, memory: Memory) -> tuple[Any, Array]:
         """The decoder state ``(carry, h~ [B, H])`` before the first step (``h~ = 0``)."""
+        if not isinstance(memory, Memory):
+            raise TypeError(f"memory must be a seq2seq Memory (from encode), got "
+                            f"{type(memory).__name__}")
         b = memory.keys.shape[0]
         return memory.init_carry, jnp.zeros((b, self.hidden_size), memory.keys.dtype)
 
@@ -267,15 +305,39 @@ class Seq2Seq:
 
         Returns ``(state, logits [B, V_t], attention weights [B, S])`` (zero weights without
         attention).
+
+        Raises:
+          ValueError / TypeError: ``params``, ``memory`` (a :class:`Memory`), ``state`` or
+            ``y_prev`` (integer ``[B]``) of the wrong kind or shape (checked on static shapes,
+            so also when traced inside a scan).
         """
+        self.check_params(params)
+        if not isinstance(memory, Memory):
+            raise TypeError(f"memory must be a seq2seq Memory (from encode), got "
+                            f"{type(memory).__name__}")
+        b, src = check_array(memory.keys, "memory.keys", ("B", "S", self.key_size))[:2]
+        att = self.attention_fn
+        check_array(memory.pre, "memory.pre",
+                    (b, src, att._pre_size if att is not None else self.key_size))
+        check_array(memory.mask, "memory.mask", (b, src))
+        y_shape, y_dtype = shape_of(y_prev, "y_prev"), dtype_of(y_prev, "y_prev")
+        if y_shape != (b,):
+            raise ValueError(f"y_prev.shape={y_shape} must be ({b},) (one token per sentence)")
+        if not jnp.issubdtype(y_dtype, jnp.integer):
+            raise TypeError(f"y_prev.dtype={y_dtype} must be an integer dtype (token ids)")
+        if not isinstance(state, tuple) or len(state) != 2:
+            raise ValueError("state must be the pair (carry, h~) of initial_state/decode_step")
         carry, feed = state
+        if shape_of(feed, "state[1]") != (b, self.hidden_size):
+            raise ValueError(f"state[1].shape={shape_of(feed, 'state[1]')} must be "
+                             f"({b}, {self.hidden_size}) (h~)")
         x = jnp.take(params["tgt_embed"], y_prev, axis=0)
         if self.uses_attention and self.input_feeding:
             x = jnp.concatenate([x, feed], axis=-1)
         carry, h = self.decoder_cell(params["decoder"], carry, x)
-        if self.uses_attention:
-            ctx, weights = self.attention_fn.attend(params["attention"], h, memory.keys,
-                                                    memory.pre, memory.mask)
+        if att is not None:
+            ctx, weights = att._attend(params["attention"], h, memory.keys, memory.pre,
+                                       memory.mask, zero_masked=False)
             out = jnp.tanh(_linear(params["combine"], jnp.concatenate([ctx, h], axis=-1)))
         else:
             weights = jnp.zeros(memory.mask.shape, h.dtype)
@@ -284,6 +346,12 @@ class Seq2Seq:
 
     def decoder_inputs(self, tgt: Array) -> Array:
         """``[<bos>, y_1, .., y_{T-1}]``: the teacher-forced decoder inputs for ``tgt [B, T]``."""
+        shape, dtype = shape_of(tgt, "tgt"), dtype_of(tgt, "tgt")
+        if len(shape) != 2:
+            raise ValueError(f"tgt.shape={shape} must be [B, T] token ids (rank 2)")
+        if not jnp.issubdtype(dtype, jnp.integer):
+            raise TypeError(f"tgt.dtype={dtype} must be an integer dtype (token ids)")
+        tgt = jnp.asarray(tgt)
         bos = jnp.full((tgt.shape[0], 1), self.bos_id, tgt.dtype)
         return jnp.concatenate([bos, tgt[:, :-1]], axis=1)
 
@@ -291,16 +359,21 @@ class Seq2Seq:
               tgt_lengths: Array | None = None) -> tuple[Array, Array]:
         """Teacher forcing: ``(logits [B, T, V_t], attention weights [B, T, S])`` for targets
         ``tgt [B, T]`` (``y_1 .. y_n, <eos>``; the decoder reads them shifted right behind
-        ``<bos>``). ``tgt_lengths`` is only validated (the steps are causal)."""
-        _check_ids("src", src, self.src_vocab, "src_lengths", src_lengths)
+        ``<bos>``). ``tgt_lengths`` is only validated (the steps are causal).
+
+        Raises:
+          ValueError / TypeError: naming ``src``, ``tgt``, their lengths (array-likes of ints;
+            values checked when not under ``jit``) or the ``params`` entry of the wrong shape.
+        """
+        lengths = _check_ids("src", src, self.src_vocab, "src_lengths", src_lengths)
         _check_ids("tgt", tgt, self.tgt_vocab, "tgt_lengths",
-                   tgt_lengths if tgt_lengths is not None else jnp.zeros(jnp.shape(tgt)[:1],
-                                                                         jnp.int32))
-        if jnp.shape(src)[0] != jnp.shape(tgt)[0]:
-            raise ValueError(f"src.shape={jnp.shape(src)} and tgt.shape={jnp.shape(tgt)} must "
-                             f"have the same batch size")
-        return self._teacher_forced(params, jnp.asarray(src), jnp.asarray(src_lengths, jnp.int32),
-                                    jnp.asarray(tgt))
+                   tgt_lengths if tgt_lengths is not None else np.zeros(shape_of(tgt, "tgt")[:1],
+                                                                        np.int32))
+        if shape_of(src, "src")[0] != shape_of(tgt, "tgt")[0]:
+            raise ValueError(f"src.shape={shape_of(src, 'src')} and "
+                             f"tgt.shape={shape_of(tgt, 'tgt')} must have the same batch size")
+        self.check_params(params)
+        return self._teacher_forced(params, jnp.asarray(src), lengths, jnp.asarray(tgt))
 
     def _teacher_forced(self, params, src, src_lengths, tgt):
         memory = self._encode(params, src, src_lengths)
@@ -324,9 +397,13 @@ class Seq2Seq:
         Returns ``(loss, {"token_acc": ..., "seq_acc": ...})`` (teacher-forced argmax accuracy
         per token, and the fraction of targets whose every token is right).
         """
+        if tgt_lengths is None:
+            raise TypeError("tgt_lengths is required by loss (the tokens to score)")
         logits, _ = self.apply(params, src, src_lengths, tgt, tgt_lengths)
         tgt = jnp.asarray(tgt)
-        mask = jnp.arange(tgt.shape[1])[None, :] < jnp.asarray(tgt_lengths)[:, None]
+        tgt_lengths = jnp.asarray(np.asarray(tgt_lengths) if isinstance(tgt_lengths, (list, tuple))
+                                  else tgt_lengths)
+        mask = jnp.arange(tgt.shape[1])[None, :] < tgt_lengths[:, None]
         logp = jax.nn.log_softmax(logits, axis=-1)
         nll = -jnp.take_along_axis(logp, tgt[..., None], axis=-1)[..., 0]
         count = jnp.maximum(jnp.sum(mask), 1)
@@ -340,10 +417,10 @@ class Seq2Seq:
     # Decoding
     def greedy(self, params: dict, src: Array, src_lengths: Array, max_len: int) -> Greedy:
         """Greedy decoding of ``max_len`` steps (jitted); see :class:`Greedy`."""
-        _check_ids("src", src, self.src_vocab, "src_lengths", src_lengths)
+        lengths = _check_ids("src", src, self.src_vocab, "src_lengths", src_lengths)
         _check_max_len(max_len)
-        return _greedy(self, params, jnp.asarray(src), jnp.asarray(src_lengths, jnp.int32),
-                       max_len)
+        self.check_params(params)
+        return _greedy(self, params, jnp.asarray(src), lengths, max_len)
 
     def beam_search(self, params: dict, src: Array, src_lengths: Array, max_len: int, *,
                     beam_size: int = 4, length_penalty: float = 0.0) -> Beam:
@@ -366,15 +443,16 @@ class Seq2Seq:
         Returns:
           :class:`Beam`, best first.
         """
-        _check_ids("src", src, self.src_vocab, "src_lengths", src_lengths)
+        lengths = _check_ids("src", src, self.src_vocab, "src_lengths", src_lengths)
         _check_max_len(max_len)
+        self.check_params(params)
         if not isinstance(beam_size, int) or not 1 <= beam_size < self.tgt_vocab:
             raise ValueError(f"beam_size={beam_size!r} must be an int in [1, tgt_vocab="
                              f"{self.tgt_vocab})")
         if not length_penalty >= 0:
             raise ValueError(f"length_penalty={length_penalty!r} must be >= 0")
-        return _beam_search(self, params, jnp.asarray(src), jnp.asarray(src_lengths, jnp.int32),
-                            max_len, beam_size, float(length_penalty))
+        return _beam_search(self, params, jnp.asarray(src), lengths, max_len, beam_size,
+                            float(length_penalty))
 
 
 def _check_max_len(max_len: Any) -> None:
@@ -478,9 +556,19 @@ def _beam_search(model: Seq2Seq, params, src, src_lengths, max_len: int, k: int,
 def sequence_log_probs(model: Seq2Seq, params: dict, src: Array, src_lengths: Array,
                        tgt: Array, tgt_lengths: Array) -> Array:
     """``[B]`` log-probabilities of whole targets under teacher forcing: the sum over
-    ``t < tgt_lengths[b]`` of ``log p(y_t | y_<t, x)`` (scores hypotheses, checks beam search)."""
+    ``t < tgt_lengths[b]`` of ``log p(y_t | y_<t, x)`` (scores hypotheses, checks beam search).
+
+    Raises:
+      TypeError: ``model`` is not a :class:`Seq2Seq`; and as :meth:`Seq2Seq.apply`.
+    """
+    if not isinstance(model, Seq2Seq):
+        raise TypeError(f"model must be a Seq2Seq, got {type(model).__name__}")
+    if tgt_lengths is None:
+        raise TypeError("tgt_lengths is required by sequence_log_probs (the tokens to score)")
     logits, _ = model.apply(params, src, src_lengths, tgt, tgt_lengths)
     logp = jax.nn.log_softmax(logits, axis=-1)
     tok = jnp.take_along_axis(logp, jnp.asarray(tgt)[..., None], axis=-1)[..., 0]
-    mask = jnp.arange(tok.shape[1])[None, :] < jnp.asarray(tgt_lengths)[:, None]
+    tgt_lengths = jnp.asarray(np.asarray(tgt_lengths) if isinstance(tgt_lengths, (list, tuple))
+                              else tgt_lengths)
+    mask = jnp.arange(tok.shape[1])[None, :] < tgt_lengths[:, None]
     return jnp.sum(jnp.where(mask, tok, 0.0), axis=1)

@@ -39,6 +39,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from seqjax.cells import check_key, check_tree, dtype_of, shape_of
+from seqjax.recurrent import check_lengths
+
 __all__ = ["TCN", "causal_conv1d", "receptive_field", "weight_norm"]
 
 Params = dict[str, Any]
@@ -98,10 +101,24 @@ def causal_conv1d(x: jax.Array, w: jax.Array, b: jax.Array, dilation: int = 1) -
         Outputs ``[B, T, C_out]`` in the promoted dtype of ``x`` and ``w``.
 
     Raises:
-        ValueError: If ``dilation`` is not a positive int.
+        ValueError: If ``dilation`` is not a positive int, or the shapes of ``x``, ``w`` and
+            ``b`` do not fit together (the message names the argument and both shapes).
+        TypeError: If ``x`` or ``w`` is not floating point.
     """
     _check_positive_int("dilation", dilation)
-    k = w.shape[0]
+    x_shape, w_shape, b_shape = shape_of(x, "x"), shape_of(w, "w"), shape_of(b, "b")
+    if len(x_shape) != 3:
+        raise ValueError(f"x.shape={x_shape} must be [B, T, C_in] (rank 3)")
+    if len(w_shape) != 3 or w_shape[1] != x_shape[2]:
+        raise ValueError(f"w.shape={w_shape} must be [K, C_in={x_shape[2]}, C_out] (WIO layout; "
+                         f"x.shape={x_shape})")
+    if b_shape != (w_shape[2],):
+        raise ValueError(f"b.shape={b_shape} must be ({w_shape[2]},) (C_out of w.shape={w_shape})")
+    for name, a in (("x", x), ("w", w)):
+        dtype = dtype_of(a, name)
+        if not jnp.issubdtype(dtype, jnp.floating):
+            raise TypeError(f"{name}.dtype={dtype} must be floating point")
+    k = w_shape[0]
     y = lax.conv_general_dilated(
         x,
         w,
@@ -129,7 +146,15 @@ def weight_norm(v: jax.Array, g: jax.Array) -> jax.Array:
 
     Returns:
         The weight, same shape as ``v``.
+
+    Raises:
+        ValueError: If ``g.shape != (v.shape[-1],)``.
     """
+    v_shape, g_shape = shape_of(v, "v"), shape_of(g, "g")
+    if not v_shape or g_shape != v_shape[-1:]:
+        raise ValueError(f"g.shape={g_shape} must be ({v_shape[-1] if v_shape else 'C_out'},) "
+                         f"(the last axis of v.shape={v_shape})")
+    v, g = jnp.asarray(v), jnp.asarray(g)
     axes = tuple(range(v.ndim - 1))
     norm = jnp.sqrt(jnp.sum(jnp.square(v), axis=axes))
     return v * (g / norm)
@@ -268,6 +293,7 @@ class TCN:
         """
         if weight_init not in ("paper", "locuslab"):
             raise ValueError(f"weight_init={weight_init!r} must be 'paper' or 'locuslab'")
+        check_key(key)
         k = self.kernel_size
 
         def uniform(key: jax.Array, shape: tuple[int, ...], fan_in: int) -> jax.Array:
@@ -295,25 +321,37 @@ class TCN:
             blocks.append(block)
         return {"blocks": blocks}
 
-    def _check_params(self, params: Params) -> None:
+    def param_shapes(self) -> dict[str, Any]:
+        """The expected shape of every parameter, in the layout of :meth:`init`."""
+        k = self.kernel_size
+
+        def conv(c_in: int, c_out: int) -> dict[str, tuple[int, ...]]:
+            return {"v": (k, c_in, c_out), "g": (c_out,), "b": (c_out,)}
+
+        blocks = []
+        for c_in, c_out in self._in_out():
+            block: dict[str, Any] = {"conv1": conv(c_in, c_out), "conv2": conv(c_out, c_out)}
+            if c_in != c_out:
+                block["downsample"] = {"w": (c_in, c_out), "b": (c_out,)}
+            blocks.append(block)
+        return {"blocks": blocks}
+
+    def check_params(self, params: Params) -> None:
+        """Raise ``ValueError``/``TypeError`` naming the first parameter whose path or shape
+        differs from :meth:`param_shapes` (e.g. ``params['blocks'][0]['conv1']['b'].shape=(3,)
+        must be (4,)``)."""
         blocks = params.get("blocks") if isinstance(params, dict) else None
         if not isinstance(blocks, (list, tuple)) or len(blocks) != self.levels:
-            got = "no 'blocks' list" if blocks is None else f"{len(blocks)} blocks"
+            got = ("no 'blocks' list" if not isinstance(blocks, (list, tuple))
+                   else f"{len(blocks)} blocks")
             raise ValueError(f"params must hold {self.levels} blocks (levels), got {got}")
-        k = self.kernel_size
         for i, (block, (c_in, c_out)) in enumerate(zip(blocks, self._in_out())):
-            for name, ci in (("conv1", c_in), ("conv2", c_out)):
-                shape = tuple(block[name]["v"].shape)
-                if shape != (k, ci, c_out):
-                    raise ValueError(
-                        f"params['blocks'][{i}]['{name}']['v'].shape={shape} "
-                        f"must be {(k, ci, c_out)}"
-                    )
-            if (c_in != c_out) != ("downsample" in block):
+            if isinstance(block, dict) and (c_in != c_out) != ("downsample" in block):
                 raise ValueError(
                     f"params['blocks'][{i}] must {'' if c_in != c_out else 'not '}hold "
                     f"'downsample' for {c_in} -> {c_out} channels"
                 )
+        check_tree(params, self.param_shapes(), "params")
 
     def apply(
         self,
@@ -322,6 +360,7 @@ class TCN:
         *,
         train: bool = False,
         key: jax.Array | None = None,
+        seq_lengths: jax.Array | None = None,
     ) -> jax.Array:
         """Run the TCN over whole sequences.
 
@@ -332,15 +371,23 @@ class TCN:
             train: Apply dropout (when ``dropout > 0``).
             key: PRNG key for dropout; required when ``train`` and ``dropout > 0``, ignored
                 otherwise.
+            seq_lengths: Optional ``[B]`` ints in ``[0, T]`` (any array-like of ints). Inputs at
+                ``t >= seq_lengths[b]`` are replaced by zeros before the first convolution (so
+                a NaN/inf in the padding changes neither values nor gradients) and the outputs
+                there are zero, as :func:`seqjax.rnn` does. Outputs before the length do not
+                change (the convolutions are causal).
 
         Returns:
             Outputs ``[B, T, channels[-1]]`` in ``xs.dtype``; output ``t`` depends only on
             ``xs[:, t - receptive_field + 1 : t + 1]``.
 
         Raises:
-            TypeError: If ``xs`` is not floating point.
+            TypeError: If ``xs`` is not floating point, or ``seq_lengths`` not integers.
             ValueError: If ``xs`` is not ``[B, T, input_size]``, if the params do not match the
-                config, or if dropout is active and ``key`` is None.
+                config (the message names the parameter's path and both shapes), if
+                ``seq_lengths`` is not ``[B]`` with values in ``[0, T]`` (values only checked
+                when concrete, i.e. not under ``jit``), or if dropout is active and ``key`` is
+                None.
         """
         dtype = getattr(xs, "dtype", None)
         if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
@@ -353,18 +400,26 @@ class TCN:
                 f"xs.shape={xs.shape} must have last dim input_size={self.input_size}, "
                 f"got {xs.shape[-1]}"
             )
-        self._check_params(params)
+        self.check_params(params)
         use_dropout = train and self.dropout > 0.0
         if use_dropout and key is None:
             raise ValueError(f"key is required when train=True and dropout={self.dropout} > 0")
+        if use_dropout:
+            check_key(key)
         batch, steps, _ = xs.shape
+        lengths = check_lengths(seq_lengths, batch, steps)
         if batch == 0 or steps == 0:
             return jnp.zeros((batch, steps, self.channels[-1]), xs.dtype)
 
         compute_dtype = jnp.promote_types(xs.dtype, jnp.float32)
         params = jax.tree.map(lambda a: jnp.asarray(a, compute_dtype), params)
         h = xs.astype(compute_dtype)
+        if lengths is not None:
+            valid = (jnp.arange(steps)[None, :] < lengths[:, None])[..., None]  # [B, T, 1]
+            h = jnp.where(valid, h, jnp.zeros((), compute_dtype))
         keys = jax.random.split(key, self.levels) if use_dropout else [None] * self.levels
         for i, (block, k) in enumerate(zip(params["blocks"], keys)):
             h = _temporal_block(block, h, 2**i, self.dropout, k)
+        if lengths is not None:
+            h = jnp.where(valid, h, jnp.zeros((), compute_dtype))
         return h.astype(xs.dtype)

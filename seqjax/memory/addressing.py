@@ -16,12 +16,18 @@ The four stages of one head's weighting :math:`w_t` over memory rows:
 
 Numerical guards: norms are :math:`\sqrt{\lVert u\rVert^2 + \epsilon}` (finite gradients for a
 zero memory or key) and sharpening raises :math:`\tilde w + \epsilon` to :math:`\gamma`.
+
+Every function checks the ranks and the shared axes of its arguments (statically, so also under
+``jit`` at trace time) and raises ``ValueError`` naming the argument, the expected and the
+received shape.
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+
+from seqjax.cells import check_dims
 
 Array = jax.Array
 
@@ -51,6 +57,7 @@ def cosine_similarity(memory: Array, keys: Array, eps: float = EPS) -> Array:
     Returns:
       ``[B, K, N]``: ``k . M(i) / (sqrt(|k|^2 + eps) sqrt(|M(i)|^2 + eps))``.
     """
+    check_dims(memory=(memory, "B N W"), keys=(keys, "B K W"))
     dot = jnp.einsum("bkw,bnw->bkn", keys, memory)
     key_norm = jnp.sqrt(jnp.sum(keys * keys, axis=-1) + eps)  # [B, K]
     mem_norm = jnp.sqrt(jnp.sum(memory * memory, axis=-1) + eps)  # [B, N]
@@ -60,11 +67,13 @@ def cosine_similarity(memory: Array, keys: Array, eps: float = EPS) -> Array:
 def content_weighting(memory: Array, keys: Array, strengths: Array, eps: float = EPS) -> Array:
     """``softmax_i(beta K[k, M(i)])``: ``memory [B, N, W]``, ``keys [B, K, W]``,
     ``strengths [B, K]`` (``>= 0``) -> ``[B, K, N]``."""
+    check_dims(memory=(memory, "B N W"), keys=(keys, "B K W"), strengths=(strengths, "B K"))
     return jax.nn.softmax(strengths[..., None] * cosine_similarity(memory, keys, eps), axis=-1)
 
 
 def interpolate(w_content: Array, w_prev: Array, gate: Array) -> Array:
     """``g w^c + (1 - g) w_{t-1}``: weightings ``[B, K, N]``, ``gate [B, K]`` in ``[0, 1]``."""
+    check_dims(w_content=(w_content, "B K N"), w_prev=(w_prev, "B K N"), gate=(gate, "B K"))
     g = gate[..., None]
     return g * w_content + (1.0 - g) * w_prev
 
@@ -75,7 +84,7 @@ def circular_shift(w: Array, shift: Array) -> Array:
     ``S = 2 r + 1`` covers the offsets ``-r .. r`` (index ``r`` is "stay"); offset ``+1`` moves
     the weighting one row forward: ``out(i) = sum_k shift(k) w(i - offset_k mod N)``.
     """
-    s = shift.shape[-1]
+    s = check_dims(w=(w, "B K N"), shift=(shift, "B K S"))["S"]
     if s % 2 != 1:
         raise ValueError(f"shift.shape[-1]={s} must be odd (offsets -r..r)")
     r = s // 2
@@ -84,6 +93,7 @@ def circular_shift(w: Array, shift: Array) -> Array:
 
 def sharpen(w: Array, gamma: Array, eps: float = EPS) -> Array:
     """``(w + eps)^gamma`` renormalised: ``w [B, K, N]``, ``gamma [B, K]`` (``>= 1``)."""
+    check_dims(w=(w, "B K N"), gamma=(gamma, "B K"))
     p = jnp.power(w + eps, gamma[..., None])
     return p / jnp.sum(p, axis=-1, keepdims=True)
 
@@ -108,6 +118,9 @@ def ntm_address(
     Returns:
       ``[B, K, N]`` weightings (each sums to 1).
     """
+    check_dims(memory=(memory, "B N W"), w_prev=(w_prev, "B K N"), keys=(keys, "B K W"),
+               strengths=(strengths, "B K"), gates=(gates, "B K"), shifts=(shifts, "B K S"),
+               gammas=(gammas, "B K"))
     w = content_weighting(memory, keys, strengths, eps)
     w = interpolate(w, w_prev, gates)
     w = circular_shift(w, shifts)
@@ -116,6 +129,7 @@ def ntm_address(
 
 def read(memory: Array, weights: Array) -> Array:
     """``r = sum_i w(i) M(i)``: ``memory [B, N, W]``, ``weights [B, K, N]`` -> ``[B, K, W]``."""
+    check_dims(memory=(memory, "B N W"), weights=(weights, "B K N"))
     return jnp.einsum("bkn,bnw->bkw", weights, memory)
 
 
@@ -129,5 +143,7 @@ def erase_and_add(memory: Array, weights: Array, erase: Array, add: Array) -> Ar
       erase: ``[B, K, W]`` in ``[0, 1]``.
       add: ``[B, K, W]``.
     """
+    check_dims(memory=(memory, "B N W"), weights=(weights, "B K N"), erase=(erase, "B K W"),
+               add=(add, "B K W"))
     keep = jnp.prod(1.0 - weights[..., :, None] * erase[..., None, :], axis=1)  # [B, N, W]
     return memory * keep + jnp.einsum("bkn,bkw->bnw", weights, add)

@@ -28,7 +28,15 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from seqjax.cells import Cell, glorot_uniform, make_cell, state_dtype
+from seqjax.cells import (
+    Cell,
+    check_array,
+    check_carry,
+    check_key,
+    glorot_uniform,
+    make_cell,
+    state_dtype,
+)
 
 Array = jax.Array
 
@@ -97,6 +105,7 @@ class MemoryCell(Cell):
     def _split_raw(self, xi: Array) -> dict[str, Array]:
         """``xi [B, P]`` -> ``{field: [B, *shape]}`` in the order of :meth:`_sizes`, not yet
         activated."""
+        check_array(xi, "xi", ("B", self.interface_size()))
         out, i = {}, 0
         for name, shape in self._sizes():
             n = math.prod(shape)
@@ -113,6 +122,7 @@ class MemoryCell(Cell):
 
     def init(self, key: Array, dtype: Any = jnp.float32) -> dict:
         """``{"controller": controller params, "interface": {"w": [H, P], "b": [P]}}``."""
+        check_key(key)
         kc, ki = jax.random.split(key)
         p = self.interface_size()
         return {
@@ -127,10 +137,11 @@ class MemoryCell(Cell):
 
     # -- the Cell interface ------------------------------------------------------------------
 
-    def project(self, params: dict, xs: Array) -> Array:
+    def _input_projection(self, params: dict, xs: Array) -> Array:
         """``xs [..., D] -> [..., G]``: the controller's input projection of ``x`` alone."""
         ctrl = params["controller"]
-        return self.controller_cell.project(dict(ctrl, w_x=ctrl["w_x"][: self.input_size]), xs)
+        return self.controller_cell._input_projection(
+            dict(ctrl, w_x=ctrl["w_x"][: self.input_size]), xs)
 
     def recurrent_params(self, params: dict) -> dict:
         return params
@@ -170,11 +181,22 @@ def run_with_states(cell: Cell, params: dict, xs: Array, *, initial_carry: Any =
       ``(ys [B, T, H_out], carries)``: ``carries`` is the carry pytree with a time axis after
       the batch axis, e.g. an NTM's ``memory [B, T, N, W]`` and ``read_weights [B, T, R, N]``.
       No masking: pass unpadded sequences.
+
+    Raises:
+      TypeError / ValueError: ``cell`` not a seqjax cell, ``xs`` not floating ``[B, T, D]``
+        with ``D = cell.input_size``, ``params`` or ``initial_carry`` of the wrong shapes (each
+        named, with the expected and received shapes).
     """
-    batch = xs.shape[0]
+    if not isinstance(cell, Cell):
+        raise TypeError(f"cell must be a seqjax cell (NTM, DNC, LSTM, ...), got {type(cell)}")
+    batch = check_array(xs, "xs", ("B", "T", cell.input_size), floating=True)[0]
+    cell.check_params(params)
+    if initial_carry is not None:
+        check_carry(cell, initial_carry, batch, "initial_carry")
+    xs = jnp.asarray(xs)
     acc = state_dtype(xs.dtype)
     carry = cell.initial_carry(batch, acc) if initial_carry is None else initial_carry
-    gx = cell.project(params, jnp.swapaxes(xs, 0, 1))
+    gx = cell._input_projection(params, jnp.swapaxes(xs, 0, 1))
     rp = cell.recurrent_params(params)
 
     def body(c, gx_t):

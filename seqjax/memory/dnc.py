@@ -35,6 +35,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from seqjax.cells import check_batch, check_dims, dtype_of
 from seqjax.memory import addressing
 from seqjax.memory.base import MemoryCell, oneplus
 
@@ -85,10 +86,31 @@ def usage_update(usage: Array, write_weights: Array, free_gates: Array,
     Returns:
       ``[B, N]`` :math:`u_t`.
     """
+    check_dims(usage=(usage, "B N"), write_weights=(write_weights, "B N"),
+               free_gates=(free_gates, "B R"), read_weights=(read_weights, "B R N"))
     write_weights = jax.lax.stop_gradient(write_weights)
     usage = usage + write_weights - usage * write_weights
     retention = jnp.prod(1.0 - free_gates[..., None] * read_weights, axis=-2)  # psi [B, N]
     return usage * retention
+
+
+def _product_with_zeros(before: Array, usage: Array) -> Array:
+    r""":math:`\prod_{i:\ before[i, j]} u_i` for every ``j`` when some ``u_i`` may be exactly 0
+    (``eps = 0``): finite values and exact gradients, as the sort's cumulative product gives.
+
+    The log runs over the non-zero factors only (where-guarded: no ``log(0)`` in values or
+    gradients) and the zero factors are counted. No zero before ``j``: ``exp(log-sum)``. One
+    zero ``u_k``: the value is 0 and the derivative by ``u_k`` is the product of the others,
+    ``exp(log-sum)`` (``at_zero`` is 0 in value and 1 in derivative). Two or more: 0, and every
+    derivative 0.
+    """
+    zero = usage == 0
+    log_u = jnp.log(jnp.where(zero, jnp.ones_like(usage), usage))
+    log_before = jnp.einsum("...ij,...i->...j", before, log_u)
+    zeros_before = jnp.einsum("...ij,...i->...j", before, zero.astype(usage.dtype))
+    at_zero = jnp.einsum("...ij,...i->...j", before, jnp.where(zero, usage, 0.0))
+    scale = jnp.where(zeros_before == 0, 1.0, jnp.where(zeros_before == 1, at_zero, 0.0))
+    return jnp.exp(log_before) * scale
 
 
 def allocation_weighting(usage: Array, eps: float = EPS_ALLOC, *,
@@ -112,11 +134,13 @@ def allocation_weighting(usage: Array, eps: float = EPS_ALLOC, *,
       u_j`` and ``i < j``). No sort: ``O(N^2)`` work that vectorises; on a 2-core CPU, batch 16,
       3.9x faster than the sort forward and 3.7x backward at ``N = 128``, 2.3x at ``N = 512``
       (``benchmarks/memory.py``). Its ``[B, N, N]`` mask is kept for the backward pass, like
-      the link matrix, hence the sort above ``N = 256``.
+      the link matrix, hence the sort above ``N = 256``. With ``eps = 0`` (a usage of exactly 0
+      possible) it takes a zero-safe form (no ``log(0)``; zero factors counted) whose values and
+      gradients equal the sort's.
 
     Args:
       usage: ``[B, N]`` :math:`u_t`, in ``[0, 1]``.
-      eps: the usage floor.
+      eps: the usage floor (``>= 0``; 0 allowed).
       method: ``"sort"``, ``"pairwise"`` or ``"auto"`` (pairwise for ``N <= 256``).
 
     Returns:
@@ -124,14 +148,23 @@ def allocation_weighting(usage: Array, eps: float = EPS_ALLOC, *,
     """
     if method not in ("auto", "sort", "pairwise"):
         raise ValueError(f"method={method!r} must be 'auto', 'sort' or 'pairwise'")
-    usage = eps + (1.0 - eps) * usage
+    check_dims(usage=(usage, "... N"))
+    if not jnp.issubdtype(dtype_of(usage, "usage"), jnp.floating):
+        raise TypeError(f"usage.dtype={dtype_of(usage, 'usage')} must be floating")
+    if isinstance(eps, bool) or (isinstance(eps, (int, float)) and not 0.0 <= eps < 1.0):
+        raise ValueError(f"eps={eps!r} must be a float in [0, 1)")
+    usage = eps + (1.0 - eps) * jnp.asarray(usage)
     n = usage.shape[-1]
     if method == "pairwise" or (method == "auto" and n <= 256):
         u_i, u_j = usage[..., :, None], usage[..., None, :]
         index = jnp.arange(n)
-        before = (u_i < u_j) | ((u_i == u_j) & (index[:, None] < index[None, :]))
-        log_before = jnp.einsum("...ij,...i->...j", before.astype(usage.dtype), jnp.log(usage))
-        return (1.0 - usage) * jnp.exp(log_before)
+        before = ((u_i < u_j) | ((u_i == u_j) & (index[:, None] < index[None, :]))).astype(
+            usage.dtype)
+        if isinstance(eps, (int, float)) and eps >= float(jnp.finfo(usage.dtype).tiny):
+            # usage >= eps > 0 for usage in [0, 1]: no factor is 0, the plain log-sum is safe
+            return (1.0 - usage) * jnp.exp(jnp.einsum("...ij,...i->...j", before,
+                                                      jnp.log(usage)))
+        return (1.0 - usage) * _product_with_zeros(before, usage)
     order = jnp.argsort(usage, axis=-1, stable=True)  # phi: free list, [B, N]
     sorted_usage = jnp.take_along_axis(usage, order, axis=-1)
     ones = jnp.ones_like(sorted_usage[..., :1])
@@ -155,6 +188,8 @@ def write_weighting(content: Array, allocation: Array, allocation_gate: Array,
     Returns:
       ``[B, N]`` :math:`w^w_t`.
     """
+    check_dims(content=(content, "B N"), allocation=(allocation, "B N"),
+               allocation_gate=(allocation_gate, "B"), write_gate=(write_gate, "B"))
     ga, gw = allocation_gate[..., None], write_gate[..., None]
     return gw * (ga * allocation + (1.0 - ga) * content)
 
@@ -180,6 +215,8 @@ def link_update(link: Array, precedence: Array, write_weights: Array) -> Array:
     Returns:
       ``[B, N, N]`` :math:`L_t`.
     """
+    check_dims(link=(link, "B N N"), precedence=(precedence, "B N"),
+               write_weights=(write_weights, "B N"))
     w_i, w_j = write_weights[..., :, None], write_weights[..., None, :]
     new = (1.0 - w_i - w_j) * link + w_i * precedence[..., None, :]
     n = link.shape[-1]
@@ -196,6 +233,7 @@ def precedence_update(precedence: Array, write_weights: Array) -> Array:
     Returns:
       ``[B, N]`` :math:`p_t`.
     """
+    check_dims(precedence=(precedence, "B N"), write_weights=(write_weights, "B N"))
     return (1.0 - jnp.sum(write_weights, -1, keepdims=True)) * precedence + write_weights
 
 
@@ -210,6 +248,7 @@ def directional_weightings(link: Array, read_weights: Array) -> tuple[Array, Arr
     Returns:
       ``(forward, backward)``, each ``[B, R, N]``.
     """
+    check_dims(link=(link, "B N N"), read_weights=(read_weights, "B R N"))
     forward = jnp.einsum("bij,brj->bri", link, read_weights)
     backward = jnp.einsum("bij,bri->brj", link, read_weights)
     return forward, backward
@@ -228,6 +267,8 @@ def read_weighting(modes: Array, backward: Array, content: Array, forward: Array
     Returns:
       ``[B, R, N]`` :math:`w^r_t`.
     """
+    check_dims(modes=(modes, "B R 3"), backward=(backward, "B R N"), content=(content, "B R N"),
+               forward=(forward, "B R N"))
     return (modes[..., 0:1] * backward + modes[..., 1:2] * content
             + modes[..., 2:3] * forward)
 
@@ -353,6 +394,7 @@ class DNC(MemoryCell):
         }
 
     def initial_carry(self, batch: int, dtype: Any = jnp.float32) -> DNCState:
+        check_batch(batch)
         n, w, r = self.memory_size, self.word_size, self.num_reads
         zeros = lambda *shape: jnp.zeros((batch,) + shape, dtype)
         return DNCState(

@@ -14,7 +14,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from seqjax.cells import Cell, glorot_uniform
+from seqjax.cells import Cell, check_key, check_tree, glorot_uniform
 from seqjax.memory.base import run_with_states
 from seqjax.recurrent import rnn
 
@@ -59,6 +59,7 @@ class MemoryModel:
 
     def init(self, key: Array) -> dict:
         """``{"cell": cell params, "readout": {"w": [H_out, O], "b": [O]}}``."""
+        check_key(key)
         kc, ko = jax.random.split(key)
         return {
             "cell": self.cell.init(kc),
@@ -66,11 +67,25 @@ class MemoryModel:
                         "b": jnp.zeros((self.output_size,))},
         }
 
+    def check_params(self, params: Any) -> None:
+        """Raise ``ValueError``/``TypeError`` naming a missing or wrongly shaped parameter by
+        its path (``params['readout']['w']``, ``params['cell']['controller']['w_h']``, ...)."""
+        check_tree(params, {"cell": {}, "readout": {"w": (self.hidden_size, self.output_size),
+                                                    "b": (self.output_size,)}}, "params", self)
+        if hasattr(self.cell, "param_shapes"):
+            check_tree(params["cell"], self.cell.param_shapes(), "params['cell']", self.cell)
+
     def apply(self, params: dict, inputs: Array, lengths: Array | None = None, *,
               train: bool = False, key: Array | None = None) -> Array:
         """Logits ``[B, T, O]`` for ``inputs [B, T, D]``; steps past ``lengths`` give ``b_y``.
-        ``train`` and ``key`` are accepted for the training loop's interface (no dropout)."""
+        ``train`` and ``key`` are accepted for the training loop's interface (no dropout).
+
+        Raises:
+          ValueError / TypeError: as :func:`seqjax.rnn` (``inputs``, ``lengths``; values of
+            ``lengths`` only when not under ``jit``), and for ``params`` of the wrong shapes.
+        """
         del train, key
+        self.check_params(params)
         hs, _ = rnn(self.cell, params["cell"], inputs, seq_lengths=lengths, remat=self.remat,
                     backend="scan")
         return hs @ params["readout"]["w"] + params["readout"]["b"]
@@ -78,5 +93,6 @@ class MemoryModel:
     def trace(self, params: dict, inputs: Array) -> tuple[Array, Any]:
         """``(logits [B, T, O], carries)`` with every step's carry (see
         :func:`seqjax.memory.run_with_states`), for heat maps of read/write weightings."""
+        self.check_params(params)
         hs, carries = run_with_states(self.cell, params["cell"], inputs)
         return hs @ params["readout"]["w"] + params["readout"]["b"], carries

@@ -33,6 +33,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from seqjax.cells import check_batch
 from seqjax.memory import addressing
 from seqjax.memory.base import MemoryCell
 
@@ -127,6 +128,7 @@ class NTM(MemoryCell):
         }
 
     def initial_carry(self, batch: int, dtype: Any = jnp.float32) -> NTMState:
+        check_batch(batch)
         n, w = self.memory_size, self.word_size
         memory = jnp.full((batch, n, w), self.memory_init, dtype)
         first = jnp.zeros((n,), dtype).at[0].set(1.0)

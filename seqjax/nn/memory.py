@@ -12,6 +12,7 @@ from typing import Any
 import jax
 from flax import nnx
 
+from seqjax.cells import Cell
 from seqjax.memory import DNC as DNCCell
 from seqjax.memory import NTM as NTMCell
 from seqjax.recurrent import rnn
@@ -29,6 +30,9 @@ class Memory(nnx.Module):
     """
 
     def __init__(self, cell: Any, *, remat: bool = False, rngs: nnx.Rngs):
+        if not isinstance(cell, Cell):
+            raise TypeError(f"cell must be a seqjax cell (seqjax.memory.NTM, DNC, ...), got "
+                            f"{type(cell).__name__}")
         self.cell = cell
         self.remat = remat
         self.params = nnx.data(jax.tree.map(nnx.Param, cell.init(rngs.params())))

@@ -72,7 +72,8 @@ class TCN(nnx.Module):
         return {"blocks": blocks}
 
     def __call__(
-        self, xs: jax.Array, *, train: bool = False, key: jax.Array | None = None
+        self, xs: jax.Array, *, train: bool = False, key: jax.Array | None = None,
+        seq_lengths: jax.Array | None = None,
     ) -> jax.Array:
         """``[B, T, input_size] -> [B, T, channels[-1]]``; see :meth:`seqjax.tcn.TCN.apply`.
 
@@ -81,7 +82,9 @@ class TCN(nnx.Module):
             train: Apply dropout.
             key: Dropout key; if None (and ``train`` with ``dropout > 0``), one is drawn from the
                 module's ``dropout`` stream, which advances on every such call.
+            seq_lengths: Optional ``[B]`` lengths: padding is zeroed before the first
+                convolution and in the outputs (see :meth:`seqjax.tcn.TCN.apply`).
         """
         if train and key is None and self.rngs is not None:
             key = self.rngs.dropout()
-        return self.config.apply(self.params, xs, train=train, key=key)
+        return self.config.apply(self.params, xs, train=train, key=key, seq_lengths=seq_lengths)
