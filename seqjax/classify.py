@@ -30,6 +30,7 @@ import numpy as np
 import optax
 
 from seqjax.layers import init_stack, stack_cells, stacked
+from seqjax.models import check_lengths, check_params, check_token_ids, embed_tokens
 from seqjax.tcn import TCN
 
 __all__ = ["Classifier", "cross_entropy", "accuracy", "make_classifier_step", "evaluate"]
@@ -85,10 +86,15 @@ class Classifier:
             raise ValueError(f"conv_width={self.conv_width} must be odd ('same' padding)")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout={self.dropout} must be in [0, 1)")
-        for name in ("vocab_size", "embed_dim", "num_classes", "hidden_size", "num_layers"):
+        for name in ("vocab_size", "embed_dim", "num_classes", "hidden_size", "num_layers",
+                     "conv_width", "tcn_kernel_size"):
             v = getattr(self, name)
-            if not isinstance(v, int) or v < 1:
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name}={v!r} must be a positive int")
+        if (isinstance(self.conv_channels, bool) or not isinstance(self.conv_channels, int)
+                or self.conv_channels < 0):
+            raise ValueError(f"conv_channels={self.conv_channels!r} must be an int >= 0 "
+                             "(0: no convolution)")
 
     # ------------------------------------------------------------------ structure
     @property
@@ -144,16 +150,30 @@ class Classifier:
         return params
 
     # ------------------------------------------------------------------ forward
+    def check_params(self, params: Any) -> None:
+        """Raises ``ValueError``/``TypeError`` unless ``params`` match :meth:`init`'s tree and
+        shapes (see :func:`seqjax.models.check_params`). Static: works under ``jit``."""
+        check_params(self, params)
+
     def features(self, params: dict, tokens: Array, seq_lengths: Array, *, train: bool = False,
                  key: Array | None = None) -> Array:
-        """Pooled features ``[B, F]`` for ``tokens [B, T]`` int and ``seq_lengths [B]``."""
-        tokens = jnp.asarray(tokens)
-        seq_lengths = jnp.asarray(seq_lengths)
-        if tokens.ndim != 2:
-            raise ValueError(f"tokens.shape={tuple(tokens.shape)} must be [B, T]")
-        b, t = tokens.shape
-        if seq_lengths.shape != (b,):
-            raise ValueError(f"seq_lengths.shape={tuple(seq_lengths.shape)} must be ({b},)")
+        """Pooled features ``[B, F]`` for ``tokens [B, T]`` int and ``seq_lengths [B]``.
+
+        Validation as in :meth:`apply`.
+        """
+        self.check_params(params)
+        if not hasattr(tokens, "dtype"):
+            tokens = np.asarray(tokens)
+        dtype = tokens.dtype
+        if dtype == jnp.bool_ or not jnp.issubdtype(dtype, jnp.integer):
+            raise TypeError(f"tokens.dtype={dtype} must be an integer dtype (token ids in "
+                            f"[0, {self.vocab_size}))")
+        if jnp.ndim(tokens) != 2:
+            raise ValueError(f"tokens.shape={tuple(jnp.shape(tokens))} must be [B, T] "
+                             "(batch, steps) token ids")
+        b, t = jnp.shape(tokens)
+        seq_lengths = check_lengths(seq_lengths, b, t, name="seq_lengths")
+        tokens = check_token_ids(tokens, self.vocab_size, lengths=seq_lengths)
         if train and self.dropout > 0 and key is None:
             raise ValueError("train=True with dropout > 0 needs a key")
         k1, k2 = jax.random.split(key) if key is not None else (None, None)
@@ -161,7 +181,7 @@ class Classifier:
         table = params["embed"]
         if self.freeze_embeddings:
             table = jax.lax.stop_gradient(table)
-        x = jnp.where(mask, table[tokens], 0.0)
+        x = jnp.where(mask, embed_tokens(table, tokens), 0.0)
         if train and self.dropout > 0:
             x = _dropout(x, self.dropout, k1)
         if self.conv_channels:
@@ -195,7 +215,20 @@ class Classifier:
 
     def apply(self, params: dict, tokens: Array, seq_lengths: Array, *, train: bool = False,
               key: Array | None = None) -> Array:
-        """Logits ``[B, C]``."""
+        """Logits ``[B, C]`` for ``tokens [B, T]`` int ids and ``seq_lengths [B]`` in ``[0, T]``.
+
+        Raises:
+          TypeError: float (or bool) token ids or lengths, naming the argument and the dtype.
+          ValueError: ``tokens`` not ``[B, T]``, ``seq_lengths`` not ``(B,)`` or outside
+            ``[0, T]``, ids outside ``[0, vocab_size)`` at a valid step ``t < seq_lengths[b]``
+            (padding may hold any id; the message gives the offending min and max), params of
+            another model (the first path whose shape differs, with both shapes).
+
+        Ids and lengths are range-checked only where they are concrete. Under ``jit`` they
+        cannot be: there a plain gather would clamp an out-of-range id (and wrap a negative
+        one) and silently read another embedding row; this model reads a row of NaN instead
+        (:func:`seqjax.models.embed_tokens`), so the logits of that sequence are NaN.
+        """
         z = self.features(params, tokens, seq_lengths, train=train, key=key)
         return z @ params["out"]["w"] + params["out"]["b"]
 
@@ -205,12 +238,38 @@ def _dropout(x: Array, rate: float, key: Array) -> Array:
     return jnp.where(keep, x / (1.0 - rate), 0.0)
 
 
+def _check_labels(logits: Array, labels: Array) -> None:
+    if jnp.ndim(logits) != 2:
+        raise ValueError(f"logits.shape={tuple(jnp.shape(logits))} must be (batch, classes)")
+    b, c = jnp.shape(logits)
+    if tuple(jnp.shape(labels)) != (b,):
+        raise ValueError(f"labels.shape={tuple(jnp.shape(labels))} must be ({b},)")
+    dtype = labels.dtype
+    if dtype == jnp.bool_ or not jnp.issubdtype(dtype, jnp.integer):
+        raise TypeError(f"labels.dtype={dtype} must be an integer dtype (classes in [0, {c}))")
+    if not isinstance(labels, jax.core.Tracer):
+        v = np.asarray(labels)
+        if v.size and (v.min() < 0 or v.max() >= c):
+            raise ValueError(f"labels must lie in [0, {c}), got min {v.min()} max {v.max()} "
+                             "(drop padding rows of label -1 first)")
+
+
 def cross_entropy(logits: Array, labels: Array) -> Array:
-    """Mean softmax cross-entropy, ``logits [B, C]``, ``labels [B]`` int."""
+    """Mean softmax cross-entropy, ``logits [B, C]``, ``labels [B]`` int in ``[0, C)``.
+
+    Labels are range-checked where concrete; under ``jit`` they cannot be, and an
+    out-of-range label (e.g. the -1 of a padding row) gives a meaningless loss silently:
+    filter padding rows first.
+    """
+    labels = labels if hasattr(labels, "dtype") else np.asarray(labels)
+    _check_labels(logits, labels)
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
 def accuracy(logits: Array, labels: Array) -> Array:
+    """Fraction of rows of ``logits [B, C]`` whose argmax is ``labels [B]``."""
+    labels = labels if hasattr(labels, "dtype") else np.asarray(labels)
+    _check_labels(logits, labels)
     return (logits.argmax(-1) == labels).mean()
 
 

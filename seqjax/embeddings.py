@@ -28,10 +28,12 @@ one line per word ``"word x_1 ... x_D"``.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -48,12 +50,38 @@ Array = jax.Array
 
 
 # ----------------------------------------------------------------------------- vocabulary
+def _check_tokens(tokens: Any, name: str = "tokens") -> None:
+    if isinstance(tokens, (str, bytes)):
+        raise TypeError(f"{name} must be a list of words, got a {type(tokens).__name__} "
+                        f"({tokens[:30]!r}...); split it first, e.g. text.split()")
+
+
+def _check_ids(ids: np.ndarray, name: str = "ids") -> np.ndarray:
+    ids = np.asarray(ids)
+    if ids.ndim != 1 or (ids.size and not np.issubdtype(ids.dtype, np.integer)):
+        raise ValueError(f"{name} (shape {ids.shape}, dtype {ids.dtype}) must be [N] word ids")
+    return ids
+
+
+def _check_window(window: int) -> int:
+    if isinstance(window, bool) or not isinstance(window, (int, np.integer)) or window < 1:
+        raise ValueError(f"window={window!r} must be a positive int")
+    return int(window)
+
+
 def build_vocab(tokens: Iterable[str], min_count: int = 1) -> tuple[list[str], np.ndarray]:
     """Words with ``count >= min_count``, most frequent first (ties: first appearance).
 
     Returns:
         ``(words, counts [V] int64)``.
+
+    Raises:
+        TypeError: ``tokens`` is a string (it would count characters, not words).
     """
+    _check_tokens(tokens)
+    if isinstance(min_count, bool) or not isinstance(min_count, (int, np.integer)) or \
+            min_count < 1:
+        raise ValueError(f"min_count={min_count!r} must be a positive int")
     counter = Counter(tokens)
     items = [(w, c) for w, c in counter.items() if c >= min_count]
     items.sort(key=lambda wc: -wc[1])  # stable: ties keep first-appearance order
@@ -65,8 +93,9 @@ def build_vocab(tokens: Iterable[str], min_count: int = 1) -> tuple[list[str], n
 def noise_distribution(counts: np.ndarray, power: float = 0.75) -> np.ndarray:
     r"""The negative-sampling noise distribution :math:`P_n(w) = c_w^p / \sum_v c_v^p`, ``[V]``."""
     counts = np.asarray(counts, dtype=np.float64)
-    if counts.ndim != 1 or (counts < 0).any():
-        raise ValueError(f"counts.shape={counts.shape} must be [V] and non-negative")
+    if counts.ndim != 1 or counts.size == 0 or (counts < 0).any() or not counts.sum() > 0:
+        raise ValueError(f"counts (shape {counts.shape}) must be a non-empty [V] array of "
+                         "non-negative counts with a positive sum")
     p = counts**power
     return p / p.sum()
 
@@ -77,6 +106,9 @@ def keep_probabilities(counts: np.ndarray, t: float = 1e-4) -> np.ndarray:
     ``t <= 0`` disables subsampling (all ones).
     """
     counts = np.asarray(counts, dtype=np.float64)
+    if counts.ndim != 1 or (counts < 0).any():
+        raise ValueError(f"counts (shape {counts.shape}) must be a [V] array of non-negative "
+                         "counts")
     if t <= 0:
         return np.ones_like(counts)
     f = counts / counts.sum()
@@ -86,7 +118,11 @@ def keep_probabilities(counts: np.ndarray, t: float = 1e-4) -> np.ndarray:
 
 def subsample(ids: np.ndarray, keep: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Drop each occurrence of word ``w`` in ``ids [N]`` with probability ``1 - keep[w]``."""
-    ids = np.asarray(ids)
+    ids = _check_ids(ids)
+    keep = np.asarray(keep)
+    if keep.ndim != 1 or (ids.size and (ids.min() < 0 or ids.max() >= len(keep))):
+        raise ValueError(f"keep (shape {keep.shape}) must be [V] with every id of ids in "
+                         f"[0, V)")
     return ids[rng.random(ids.shape[0]) < keep[ids]]
 
 
@@ -98,7 +134,8 @@ def skipgram_pairs(ids: np.ndarray, window: int, rng: np.random.Generator
     Returns:
         ``(centres [P], contexts [P])`` int32.
     """
-    ids = np.asarray(ids, dtype=np.int32)
+    ids = _check_ids(ids).astype(np.int32)
+    window = _check_window(window)
     n = ids.shape[0]
     b = rng.integers(1, window + 1, size=n)
     cs, os_ = [], []
@@ -122,7 +159,8 @@ def cbow_examples(ids: np.ndarray, window: int, rng: np.random.Generator
         ``(contexts [N, 2W] int32, mask [N, 2W] float32, targets [N] int32)``, shuffled;
         positions without a context word have mask 0 (examples with no context are dropped).
     """
-    ids = np.asarray(ids, dtype=np.int32)
+    ids = _check_ids(ids).astype(np.int32)
+    window = _check_window(window)
     n = ids.shape[0]
     b = rng.integers(1, window + 1, size=n)
     pos = np.arange(n)
@@ -146,7 +184,19 @@ def negative_sampling_loss(h: Array, out: Array, targets: Array, negatives: Arra
         targets: ``[B]`` ids.
         negatives: ``[B, K]`` ids.
         weights: optional ``[B]`` (0 drops padding examples).
+
+    Shapes are checked (statically, also under ``jit``); ids are not range-checked.
     """
+    b = jnp.shape(h)[0] if jnp.ndim(h) == 2 else None
+    if (jnp.ndim(h) != 2 or jnp.ndim(out) != 2 or jnp.shape(out)[1] != jnp.shape(h)[1]
+            or tuple(jnp.shape(targets)) != (b,) or jnp.ndim(negatives) != 2
+            or jnp.shape(negatives)[0] != b
+            or (weights is not None and tuple(jnp.shape(weights)) != (b,))):
+        raise ValueError(
+            f"shapes h={tuple(jnp.shape(h))}, out={tuple(jnp.shape(out))}, targets="
+            f"{tuple(jnp.shape(targets))}, negatives={tuple(jnp.shape(negatives))}"
+            + ("" if weights is None else f", weights={tuple(jnp.shape(weights))}")
+            + " must be [B, D], [V, D], [B], [B, K] (and [B])")
     pos = jnp.einsum("bd,bd->b", h, out[targets])
     neg = jnp.einsum("bd,bkd->bk", h, out[negatives])
     ell = -jax.nn.log_sigmoid(pos) - jax.nn.log_sigmoid(-neg).sum(-1)
@@ -172,6 +222,9 @@ def cbow_loss(params: dict, contexts: Array, mask: Array, targets: Array, negati
 
 def init_params(key: Array, vocab_size: int, dim: int) -> dict:
     """word2vec's init: input vectors ``U(-0.5/D, 0.5/D)``, output vectors zero."""
+    for name, n in (("vocab_size", vocab_size), ("dim", dim)):
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+            raise ValueError(f"{name}={n!r} must be a positive int")
     v = jax.random.uniform(key, (vocab_size, dim), jnp.float32, -0.5 / dim, 0.5 / dim)
     return {"in": v, "out": jnp.zeros((vocab_size, dim), jnp.float32)}
 
@@ -212,10 +265,18 @@ class Word2Vec:
     def __post_init__(self):
         if self.mode not in ("skipgram", "cbow"):
             raise ValueError(f"mode={self.mode!r} must be 'skipgram' or 'cbow'")
-        for name in ("dim", "window", "negative", "epochs", "batch_size", "steps_per_call"):
+        for name in ("dim", "window", "negative", "epochs", "batch_size", "steps_per_call",
+                     "min_count"):
             v = getattr(self, name)
-            if not isinstance(v, int) or v < 1:
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name}={v!r} must be a positive int")
+        for name, ok, want in (("lr", lambda v: 0 < v < math.inf, "> 0 and finite"),
+                               ("sample", lambda v: 0 <= v < math.inf, ">= 0 (0: off)"),
+                               ("min_lr_fraction", lambda v: 0 <= v <= 1, "in [0, 1]"),
+                               ("power", lambda v: 0 <= v < math.inf, ">= 0")):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not ok(v):
+                raise ValueError(f"{name}={v!r} must be a number {want}")
 
 
 @dataclasses.dataclass
@@ -241,6 +302,9 @@ class Word2VecModel:
     def analogy(self, a: str, b: str, c: str, k: int = 1) -> list[tuple[str, float]]:
         """``a : b :: c : ?`` (``b - a + c``)."""
         idx = self.index
+        for w in (a, b, c):
+            if w not in idx:
+                raise KeyError(f"word {w!r} not in the vocabulary of {len(self.words)} words")
         ids, sims = analogy(self.vectors, idx[a], idx[b], idx[c], k)
         return [(self.words[i], float(s)) for i, s in zip(ids, sims)]
 
@@ -272,13 +336,31 @@ def train_word2vec(tokens: Sequence[str] | None, config: Word2Vec = Word2Vec(), 
     examples, so every call keeps one shape.
     """
     cfg = config
+    if not isinstance(cfg, Word2Vec):
+        raise TypeError(f"config must be a Word2Vec, got {type(cfg).__name__}")
     rng = np.random.default_rng(seed)
     if ids is None:
+        if tokens is None:
+            raise ValueError("give tokens (a list of words), or ids with words and counts")
+        _check_tokens(tokens)
+        tokens = list(tokens)
         words, counts = build_vocab(tokens, cfg.min_count)
         index = {w: i for i, w in enumerate(words)}
         ids = np.array([index[t] for t in tokens if t in index], dtype=np.int32)
     elif words is None or counts is None:
         raise ValueError("ids needs words and counts")
+    else:
+        _check_tokens(words, "words")
+        ids = np.asarray(ids)
+        counts = np.asarray(counts)
+        if ids.ndim != 1 or (ids.size and not np.issubdtype(ids.dtype, np.integer)):
+            raise ValueError(f"ids (shape {ids.shape}, dtype {ids.dtype}) must be [N] ints")
+        if counts.shape != (len(words),):
+            raise ValueError(f"counts.shape={counts.shape} must be ({len(words)},), one count "
+                             "per word")
+        if ids.size and (ids.min() < 0 or ids.max() >= len(words)):
+            raise ValueError(f"ids must lie in [0, len(words)={len(words)}), got min "
+                             f"{ids.min()} max {ids.max()}")
     V = len(words)
     noise_cdf = np.cumsum(noise_distribution(counts, cfg.power))
     keep = keep_probabilities(counts, cfg.sample)
@@ -299,6 +381,10 @@ def train_word2vec(tokens: Sequence[str] | None, config: Word2Vec = Word2Vec(), 
         else:
             data = cbow_examples(kept, cfg.window, rng)
         n = data[0].shape[0]
+        if n == 0:
+            raise ValueError(f"epoch {epoch + 1}: no training examples from {len(ids)} tokens "
+                             f"({len(kept)} after subsampling with sample={cfg.sample}); give "
+                             "a longer corpus or a smaller sample")
         n_pad = -(-n // chunk) * chunk
         weights = np.zeros(n_pad, np.float32)
         weights[:n] = 1.0
@@ -340,7 +426,16 @@ def nearest(vectors: np.ndarray, query: np.ndarray, k: int = 10,
     Returns:
         ``(ids [k], cosines [k])``, most similar first (ties: lower id first).
     """
-    sims = normalize(vectors) @ normalize(np.asarray(query)[None])[0]
+    vectors, query = np.asarray(vectors), np.asarray(query)
+    if vectors.ndim != 2 or query.shape != vectors.shape[1:]:
+        raise ValueError(f"vectors.shape={vectors.shape} must be [V, D] and query.shape="
+                         f"{query.shape} [D]")
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"k={k!r} must be a positive int")
+    exclude = list(exclude)
+    if exclude and (min(exclude) < 0 or max(exclude) >= len(vectors)):
+        raise ValueError(f"exclude ids must lie in [0, {len(vectors)}), got {exclude}")
+    sims = normalize(vectors) @ normalize(query[None])[0]
     sims = sims.copy()
     sims[list(exclude)] = -np.inf
     order = np.argsort(-sims, kind="stable")[:k]
@@ -350,6 +445,13 @@ def nearest(vectors: np.ndarray, query: np.ndarray, k: int = 10,
 def analogy(vectors: np.ndarray, a: int, b: int, c: int, k: int = 1
             ) -> tuple[np.ndarray, np.ndarray]:
     """3CosAdd: nearest (by cosine) to ``n(b) - n(a) + n(c)``, excluding ``a, b, c``."""
+    vectors = np.asarray(vectors)
+    if vectors.ndim != 2:
+        raise ValueError(f"vectors.shape={vectors.shape} must be [V, D]")
+    for name, i in (("a", a), ("b", b), ("c", c)):
+        if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or not \
+                0 <= i < len(vectors):
+            raise ValueError(f"{name}={i!r} must be a word id in [0, {len(vectors)})")
     n = normalize(vectors)
     return nearest(vectors, n[b] - n[a] + n[c], k, exclude=[a, b, c])
 
@@ -357,6 +459,7 @@ def analogy(vectors: np.ndarray, a: int, b: int, c: int, k: int = 1
 # ----------------------------------------------------------------------------- text format
 def save_word2vec_text(path: str | Path, words: Sequence[str], vectors: np.ndarray) -> None:
     """Write the word2vec text format (UTF-8): ``"V D"`` then ``"word x_1 ... x_D"`` per line."""
+    _check_tokens(words, "words")
     vectors = np.asarray(vectors)
     if vectors.ndim != 2 or vectors.shape[0] != len(words):
         raise ValueError(f"vectors.shape={vectors.shape} must be ({len(words)}, D)")
@@ -370,10 +473,23 @@ def save_word2vec_text(path: str | Path, words: Sequence[str], vectors: np.ndarr
 
 
 def load_word2vec_text(path: str | Path, encoding: str = "utf-8") -> tuple[list[str], np.ndarray]:
-    """Read the word2vec text format. Returns ``(words, vectors [V, D] float32)``."""
+    """Read the word2vec text format. Returns ``(words, vectors [V, D] float32)``.
+
+    Raises:
+        ValueError: a file that is not in the format (binary, a bad header, a line with another
+            number of values or a value that is not a number), naming the file and the line.
+    """
+    try:
+        return _read_word2vec_text(path, encoding)
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path} is not a {encoding} text file (the binary word2vec format? "
+                         f"byte {exc.start}: {exc.reason})") from None
+
+
+def _read_word2vec_text(path: str | Path, encoding: str) -> tuple[list[str], np.ndarray]:
     with open(path, encoding=encoding, errors="strict") as f:
         header = f.readline().split()
-        if len(header) != 2:
+        if len(header) != 2 or not all(h.isdigit() for h in header):
             raise ValueError(f"{path}: first line {header} must be '<vocab size> <dim>'")
         n, d = int(header[0]), int(header[1])
         words, rows = [], []
@@ -382,7 +498,11 @@ def load_word2vec_text(path: str | Path, encoding: str = "utf-8") -> tuple[list[
             if len(parts) != d + 1:
                 raise ValueError(f"{path}:{lineno}: {len(parts) - 1} values, expected {d}")
             words.append(parts[0])
-            rows.append([float(x) for x in parts[1:]])
+            try:
+                rows.append([float(x) for x in parts[1:]])
+            except ValueError:
+                raise ValueError(f"{path}:{lineno}: the values of {parts[0]!r} are not all "
+                                 "numbers") from None
     if len(words) != n:
         raise ValueError(f"{path}: header says {n} words, file holds {len(words)}")
     return words, np.array(rows, dtype=np.float32).reshape(n, d)

@@ -32,6 +32,7 @@ Recurrent models carry state across calls: :meth:`LanguageModel.apply` takes an 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any
 
@@ -40,6 +41,7 @@ import jax.numpy as jnp
 
 from seqjax.cells import make_cell
 from seqjax.layers import stacked
+from seqjax.models import check_params, check_token_ids, embed_tokens
 from seqjax.tcn import TCN
 
 Array = jax.Array
@@ -182,12 +184,26 @@ class LanguageModel:
         """``W [H_last, V]`` (``E^T`` when tied)."""
         return params["embed"].T if self.tie_weights else params["readout"]["w"]
 
-    def _check_tokens(self, tokens: Any) -> None:
-        dtype = jnp.result_type(tokens)
-        if not jnp.issubdtype(dtype, jnp.integer):
-            raise TypeError(f"tokens.dtype={dtype} must be integer token ids")
-        if jnp.ndim(tokens) != 2:
-            raise ValueError(f"tokens.shape={jnp.shape(tokens)} must be [B, T] token ids")
+    def check_params(self, params: Any) -> None:
+        """Raises ``ValueError``/``TypeError`` unless ``params`` match :meth:`init`'s tree and
+        shapes (see :func:`seqjax.models.check_params`): params of another vocabulary size,
+        hidden size, depth or kind of cell are refused. Static: works under ``jit``."""
+        check_params(self, params)
+
+    def _check_carry(self, carry: Any, batch: int) -> None:
+        if carry is None or not self.is_recurrent:
+            return
+        if not isinstance(carry, (list, tuple)) or len(carry) != self.num_layers:
+            raise ValueError(f"carry must be a list of {self.num_layers} per-layer carries "
+                             f"(model.initial_carry(batch)), got {type(carry).__name__}"
+                             + (f" of length {len(carry)}" if hasattr(carry, "__len__") else ""))
+        want = _carry_shapes(self, batch)
+        for i, (c, w) in enumerate(zip(carry, want)):
+            got = [tuple(jnp.shape(a)) for a in jax.tree.leaves(c)]
+            exp = [tuple(a.shape) for a in jax.tree.leaves(w)]
+            if jax.tree.structure(c) != jax.tree.structure(w) or got != exp:
+                raise ValueError(f"carry[{i}] shapes {got} must be {exp} (layer {i} of a "
+                                 f"{self.arch} model, batch tokens.shape[0]={batch})")
 
     def apply(
         self,
@@ -203,7 +219,7 @@ class LanguageModel:
 
         Args:
           params: from :meth:`init`.
-          tokens: ``[B, T]`` int token ids.
+          tokens: ``[B, T]`` int token ids in ``[0, vocab_size)``.
           carry: recurrent: one carry per layer (``None``: zeros); ignored by a TCN (whose
             outputs depend on ``tokens`` only; give it the context as part of ``tokens``).
           train: apply dropout (needs ``key`` when any rate is > 0).
@@ -213,13 +229,26 @@ class LanguageModel:
         Returns:
           ``(logits [B, T, V] float32, final carry)`` (the carry is ``None`` for a TCN); with
           ``return_hidden``, ``(logits, carry, hidden)``.
+
+        Raises:
+          TypeError: float (or bool) token ids, naming ``tokens`` and the dtype.
+          ValueError: ``tokens`` not ``[B, T]``; ids outside ``[0, vocab_size)`` (the message
+            gives the offending min and max); params of another model (the first path whose
+            shape differs, with both shapes); a carry of the wrong length or shapes.
+
+        The id range is checked only where ``tokens`` is concrete. Under ``jit`` it cannot be:
+        there a plain gather would clamp an out-of-range id (and wrap a negative one) and
+        silently read another embedding row; this model reads a row of NaN instead
+        (:func:`seqjax.models.embed_tokens`), so the logits of that step are NaN.
         """
-        self._check_tokens(tokens)
+        tokens = check_token_ids(tokens, self.vocab_size)
+        self.check_params(params)
+        self._check_carry(carry, tokens.shape[0])
         rates = (self.dropout_input, self.dropout_hidden, self.dropout_output)
         if train and max(rates) > 0 and key is None:
             raise ValueError("LanguageModel.apply(train=True) with dropout > 0 needs a key")
         keys = jax.random.split(key, 3) if (train and key is not None) else (None,) * 3
-        xs = jnp.take(params["embed"], tokens, axis=0)
+        xs = embed_tokens(params["embed"], tokens)
         xs = _dropout(xs, self.dropout_input, keys[0])
         if self.is_recurrent:
             hs, carry = stacked(self.cells, params["encoder"], xs, initial_carries=carry,
@@ -240,3 +269,9 @@ class LanguageModel:
 
 
 _jitted_init = jax.jit(LanguageModel._init, static_argnums=0)
+
+
+@functools.lru_cache(maxsize=64)
+def _carry_shapes(model: LanguageModel, batch: int) -> list:
+    """Per-layer carry shapes of :meth:`LanguageModel.initial_carry` (cached)."""
+    return jax.eval_shape(lambda: model.initial_carry(batch))

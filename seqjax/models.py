@@ -9,11 +9,13 @@ loss uses. Like the cells, a model is a frozen dataclass of static configuration
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from seqjax.cells import glorot_uniform
 from seqjax.layers import init_stack, stack_cells, stacked
@@ -21,7 +23,8 @@ from seqjax.tcn import TCN
 
 Array = jax.Array
 
-__all__ = ["SequenceModel", "param_count", "hidden_for_params", "ARCHS"]
+__all__ = ["SequenceModel", "param_count", "hidden_for_params", "ARCHS", "check_params",
+           "embed_tokens"]
 
 RECURRENT_ARCHS = ("lstm", "gru", "rnn", "rnn_relu", "peephole_lstm", "gru_before")
 ARCHS = ("tcn",) + RECURRENT_ARCHS
@@ -30,6 +33,125 @@ ARCHS = ("tcn",) + RECURRENT_ARCHS
 def param_count(params: Any) -> int:
     """Number of scalars in a params pytree."""
     return int(sum(math.prod(jnp.shape(p)) for p in jax.tree.leaves(params)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation shared by the models (SequenceModel, LanguageModel, Classifier)
+# ---------------------------------------------------------------------------------------------
+
+
+def _is_concrete(x: Any) -> bool:
+    """Whether ``x``'s values are known now (not a tracer under ``jit``/``grad``/``vmap``)."""
+    return not isinstance(x, jax.core.Tracer)
+
+
+@functools.lru_cache(maxsize=256)
+def _expected_params(model: Any) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """``(path, shape)`` of every leaf of ``model.init(key)``, from ``jax.eval_shape``; cached
+    per model (models are frozen dataclasses, hashable)."""
+    shapes = jax.eval_shape(model.init, jax.ShapeDtypeStruct((2,), jnp.uint32))
+    leaves = jax.tree_util.tree_flatten_with_path(shapes)[0]
+    return tuple((jax.tree_util.keystr(path), tuple(leaf.shape)) for path, leaf in leaves)
+
+
+def check_params(model: Any, params: Any, name: str = "params") -> None:
+    """Raises unless ``params`` has the tree structure and leaf shapes of ``model.init(key)``.
+
+    Static (Python-level, shapes only): it works under ``jit`` and costs one tree flatten after
+    the first call per model. It catches params of another model: another vocabulary size,
+    hidden size, number of layers or kind of cell (where the shapes differ; ``"rnn"`` and
+    ``"rnn_relu"`` params, for instance, have the same shapes).
+
+    Raises:
+      TypeError: ``params`` is not a pytree of arrays.
+      ValueError: naming the first path that is missing, unexpected or of another shape, with
+        the expected and the received shapes.
+    """
+    if not hasattr(params, "keys"):
+        raise TypeError(f"{name} must be the params pytree of {type(model).__name__}.init(key) "
+                        f"(a dict), got {type(params).__name__}")
+    expected = _expected_params(model)
+    try:
+        leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+    except Exception as exc:  # pragma: no cover - exotic containers
+        raise TypeError(f"{name} is not a pytree: {exc}") from exc
+    got: dict[str, tuple[int, ...]] = {}
+    for path, leaf in leaves:
+        shape = getattr(leaf, "shape", None)
+        if shape is None:
+            raise TypeError(f"{name}{jax.tree_util.keystr(path)} is a "
+                            f"{type(leaf).__name__}, not an array")
+        got[jax.tree_util.keystr(path)] = tuple(shape)
+    what = f"{model!r}: are they the params of another model?"
+    for path, shape in expected:
+        if path not in got:
+            raise ValueError(f"{name}{path} is missing (expected shape {shape}) for {what}")
+        if got[path] != shape:
+            raise ValueError(f"{name}{path}.shape={got[path]} must be {shape} for {what}")
+    extra = sorted(set(got) - {path for path, _ in expected})
+    if extra:
+        raise ValueError(f"{name}{extra[0]} (shape {got[extra[0]]}) is not a parameter of "
+                         f"{what}")
+
+
+def check_token_ids(tokens: Any, vocab_size: int, *, name: str = "tokens",
+                    lengths: Any = None) -> Array:
+    """Validates ``[B, T]`` integer token ids and returns them as an array.
+
+    The dtype and rank are checked always (static); the range ``[0, vocab_size)`` only where the
+    values are concrete (not under ``jit``), and with ``lengths`` only at the valid positions
+    ``t < lengths[b]`` (padding may hold any id).
+
+    Raises:
+      TypeError: non-integer ids (floats, bools), naming ``name`` and the dtype.
+      ValueError: a shape other than ``[B, T]``, or ids out of range (naming the offending min
+        and max and ``vocab_size``).
+    """
+    if not hasattr(tokens, "dtype"):
+        tokens = np.asarray(tokens)
+    dtype = tokens.dtype
+    if dtype == jnp.bool_ or not jnp.issubdtype(dtype, jnp.integer):
+        raise TypeError(f"{name}.dtype={dtype} must be an integer dtype (token ids in "
+                        f"[0, {vocab_size}))")
+    if jnp.ndim(tokens) != 2:
+        raise ValueError(f"{name}.shape={tuple(jnp.shape(tokens))} must be (batch, steps) "
+                         "token ids")
+    if _is_concrete(tokens) and (lengths is None or _is_concrete(lengths)):
+        ids = np.asarray(tokens)
+        if lengths is not None:
+            ids = ids[np.arange(ids.shape[1])[None, :] < np.asarray(lengths)[:, None]]
+        if ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
+            raise ValueError(f"{name} must lie in [0, vocab_size={vocab_size}), got min "
+                             f"{ids.min()} max {ids.max()}")
+    return jnp.asarray(tokens)
+
+
+def check_lengths(lengths: Any, batch: int, steps: int, *, name: str = "lengths") -> Array:
+    """Validates ``[B]`` integer lengths in ``[0, T]`` (the range only where concrete)."""
+    if not hasattr(lengths, "dtype"):
+        lengths = np.asarray(lengths)
+    shape = tuple(jnp.shape(lengths))
+    if shape != (batch,):
+        raise ValueError(f"{name}.shape={shape} must be ({batch},): one length per sequence")
+    dtype = lengths.dtype
+    if dtype == jnp.bool_ or not jnp.issubdtype(dtype, jnp.integer):
+        raise TypeError(f"{name}.dtype={dtype} must be an integer dtype")
+    if _is_concrete(lengths):
+        v = np.asarray(lengths)
+        if v.size and (v.min() < 0 or v.max() > steps):
+            raise ValueError(f"{name} must lie in [0, T={steps}], got min {v.min()} max "
+                             f"{v.max()}")
+    return jnp.asarray(lengths)
+
+
+def embed_tokens(table: Array, tokens: Array) -> Array:
+    """``table[tokens]``, ``[..., E]``; an out-of-range id (negative included) reads a row of NaN.
+
+    Under ``jit`` the ids cannot be range-checked, and a plain gather would clamp them (or wrap
+    negative ones) and silently read another row: this lookup makes the mistake visible as NaN
+    instead (its gradient to the table is dropped).
+    """
+    return table.at[tokens].get(mode="fill", fill_value=jnp.nan, wrap_negative_indices=False)
 
 
 def _dropout(x: Array, rate: float, key: Array | None) -> Array:
@@ -80,10 +202,21 @@ class SequenceModel:
             raise ValueError(f"arch={self.arch!r} must be one of {ARCHS}")
         for name in ("input_size", "output_size", "hidden_size", "num_layers", "kernel_size"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"SequenceModel.{name} must be a positive int, got {value!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"SequenceModel.dropout={self.dropout} must be in [0, 1)")
+        if (isinstance(self.embed_size, bool) or not isinstance(self.embed_size, int)
+                or self.embed_size < 0):
+            raise ValueError(f"SequenceModel.embed_size must be an int >= 0 (0: no embedding), "
+                             f"got {self.embed_size!r}")
+        if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"SequenceModel.dropout={self.dropout!r} must be in [0, 1)")
+        if self.backend not in ("auto", "scan", "pallas"):
+            raise ValueError(f"SequenceModel.backend={self.backend!r} must be 'auto', 'scan' or "
+                             "'pallas'")
+        if self.readout_std is not None and not (isinstance(self.readout_std, (int, float))
+                                                 and self.readout_std > 0):
+            raise ValueError(f"SequenceModel.readout_std={self.readout_std!r} must be a "
+                             "positive number or None")
 
     # ---------------------------------------------------------------------------------------
     @property
@@ -125,6 +258,11 @@ class SequenceModel:
         params["readout"] = {"w": w, "b": jnp.zeros((self.output_size,))}
         return params
 
+    def check_params(self, params: Any) -> None:
+        """Raises ``ValueError``/``TypeError`` unless ``params`` match :meth:`init`'s tree and
+        shapes (see :func:`check_params`)."""
+        check_params(self, params)
+
     def apply(
         self,
         params: dict,
@@ -136,22 +274,58 @@ class SequenceModel:
     ) -> Array:
         """Outputs ``[B, T, output_size]`` for ``inputs [B, T, D]`` (or ``[B, T]`` token ids).
 
-        ``lengths [B]`` masks recurrent models (a causal TCN needs no mask: padding after a
-        sequence cannot reach its valid outputs). ``train=True`` with ``dropout > 0`` needs
-        ``key``.
+        ``lengths [B]`` (ints in ``[0, T]``) masks recurrent models (a causal TCN needs no mask:
+        padding after a sequence cannot reach its valid outputs); inputs past each length are
+        zeroed first, so padding, even NaN, changes no valid output and no gradient.
+        ``train=True`` with ``dropout > 0`` needs ``key``.
+
+        Validation: ``params`` must match :meth:`init` (tree and shapes; static, also under
+        ``jit``); float inputs must be ``[B, T, input_size]`` floats; token ids (with an
+        embedding) ``[B, T]`` ints in ``[0, input_size)`` at the valid steps. The id range is
+        checked only where the ids are concrete: under ``jit`` an out-of-range id (a plain
+        gather would clamp it and read another row) reads a row of NaN (see
+        :func:`embed_tokens`), so its outputs are NaN.
+
+        Raises:
+          TypeError: float token ids, integer features, params that are not a pytree.
+          ValueError: a wrong rank, feature size, lengths shape or range, ids out of range,
+            params of another model.
         """
+        check_params(self, params)
         if train and self.dropout > 0 and key is None:
             raise ValueError("SequenceModel.apply(train=True) with dropout > 0 needs a key")
         k_enc, k_out = (None, None) if not (train and key is not None) else jax.random.split(key)
         if self.embed_size:
-            if not jnp.issubdtype(jnp.result_type(inputs), jnp.integer):
-                raise TypeError(f"inputs.dtype={jnp.result_type(inputs)} must be integer token "
-                                f"ids for a model with embed_size={self.embed_size}")
+            if not hasattr(inputs, "dtype"):
+                inputs = np.asarray(inputs)
+            dtype = inputs.dtype
+            if dtype == jnp.bool_ or not jnp.issubdtype(dtype, jnp.integer):
+                raise TypeError(f"inputs.dtype={dtype} must be integer token ids for a model "
+                                f"with embed_size={self.embed_size}")
             if jnp.ndim(inputs) != 2:
-                raise ValueError(f"inputs.shape={jnp.shape(inputs)} must be [B, T] token ids")
-            xs = jnp.take(params["embed"], inputs, axis=0)
+                raise ValueError(f"inputs.shape={tuple(jnp.shape(inputs))} must be (batch, "
+                                 "steps) token ids")
+            if lengths is not None:
+                lengths = check_lengths(lengths, *jnp.shape(inputs))
+            inputs = check_token_ids(inputs, self.input_size, name="inputs", lengths=lengths)
+            xs = embed_tokens(params["embed"], inputs)
         else:
-            xs = inputs
+            if not hasattr(inputs, "dtype"):
+                inputs = np.asarray(inputs)
+            shape, dtype = tuple(jnp.shape(inputs)), inputs.dtype
+            if len(shape) != 3 or shape[-1] != self.input_size:
+                hint = " (token ids need embed_size > 0)" if len(shape) == 2 else ""
+                raise ValueError(f"inputs.shape={shape} must be (batch, steps, "
+                                 f"input_size={self.input_size}){hint}")
+            if not jnp.issubdtype(dtype, jnp.floating):
+                raise TypeError(f"inputs.dtype={dtype} must be floating (float32 or bfloat16)")
+            if lengths is not None:
+                lengths = check_lengths(lengths, shape[0], shape[1])
+            xs = jnp.asarray(inputs)
+        if lengths is not None:  # padding never reaches a value or a gradient
+            steps = xs.shape[1]
+            valid = jnp.arange(steps)[None, :] < lengths[:, None]
+            xs = jnp.where(valid[..., None], xs, jnp.zeros((), xs.dtype))
         if self.arch == "tcn":
             hs = self.tcn.apply(params["encoder"], xs, train=train, key=k_enc)
         else:
@@ -166,6 +340,12 @@ def hidden_for_params(model: SequenceModel, target: int, *, max_hidden: int = 40
 
     How the TCN paper compares architectures: "roughly the same number of parameters".
     """
+    if not isinstance(model, SequenceModel):
+        raise TypeError(f"model must be a SequenceModel, got {type(model).__name__}")
+    for name, v in (("target", target), ("max_hidden", max_hidden)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise ValueError(f"{name}={v!r} must be a positive int")
+
     def count(h: int) -> int:
         shapes = jax.eval_shape(dataclasses.replace(model, hidden_size=h).init,
                                 jax.random.PRNGKey(0))

@@ -40,8 +40,26 @@ DecodeState = Any
 """Recurrent: the carry (one per layer). TCN: ``(window [B, W] int32, seen int32 scalar)``."""
 
 
+_MODEL_ATTRS = ("vocab_size", "is_recurrent", "apply", "initial_carry", "receptive_field")
+
+
+def _check_model(model: Any) -> None:
+    missing = [a for a in _MODEL_ATTRS if not hasattr(model, a)]
+    if missing:
+        raise TypeError(f"model must be a seqjax.lm.LanguageModel (or have {_MODEL_ATTRS}), "
+                        f"got {type(model).__name__} without {missing}")
+
+
+def _check_int(name: str, value: Any, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise ValueError(f"{name}={value!r} must be an int >= {low}")
+    return int(value)
+
+
 def decode_init(model: Any, batch: int) -> DecodeState:
     """The decoding state before any token."""
+    _check_model(model)
+    batch = _check_int("batch", batch, 1)
     if model.is_recurrent:
         return model.initial_carry(batch)
     width = model.receptive_field
@@ -50,7 +68,20 @@ def decode_init(model: Any, batch: int) -> DecodeState:
 
 def decode_step(model: Any, params: Any, state: DecodeState,
                 tokens: Array) -> tuple[Array, DecodeState]:
-    """Feed one token per sequence: ``tokens [B]`` -> ``(logits [B, V], new state)``."""
+    """Feed one token per sequence: ``tokens [B]`` -> ``(logits [B, V], new state)``.
+
+    ``tokens`` must be integer ids in ``[0, vocab_size)``; the range is checked where they are
+    concrete (under ``jit``, e.g. in :func:`make_step_fn`, an out-of-range id gives NaN logits,
+    see :meth:`seqjax.lm.LanguageModel.apply`).
+    """
+    if not hasattr(tokens, "dtype"):
+        tokens = np.asarray(tokens)
+    dtype = tokens.dtype
+    if dtype == jnp.bool_ or not jnp.issubdtype(dtype, jnp.integer):
+        raise TypeError(f"tokens.dtype={dtype} must be an integer dtype (token ids)")
+    if jnp.ndim(tokens) != 1:
+        raise ValueError(f"tokens.shape={tuple(jnp.shape(tokens))} must be (batch,): one token "
+                         "per sequence")
     tokens = jnp.asarray(tokens, jnp.int32)
     if model.is_recurrent:
         logits, carry = model.apply(params, tokens[:, None], state)
@@ -80,6 +111,9 @@ def choose(logits: Array, key: Array, *, temperature: float = 1.0, top_k: int | 
     Returns:
       ``[B]`` int32.
     """
+    _check_sampling(temperature, top_k)
+    if jnp.ndim(logits) < 1 or jnp.shape(logits)[-1] < 1:
+        raise ValueError(f"logits.shape={tuple(jnp.shape(logits))} must be (batch, vocab)")
     if greedy or temperature == 0:
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
     z = logits.astype(jnp.float32) / temperature
@@ -147,19 +181,37 @@ def generate(
 
     Returns:
       ``[B, num]`` int32 generated tokens (the prime excluded).
+
+    Raises:
+      TypeError: ``model`` is not a language model, float ``prime`` ids, a non-int ``seed``.
+      ValueError: ``prime`` of another shape or with ids outside ``[0, vocab_size)`` (the
+        message gives the offending min and max), ``params`` of another model (the first path
+        whose shape differs), a bad ``num``, ``num_samples``, ``temperature`` or ``top_k``.
+
+    Everything is checked here, before the jitted loop (inside it, ids could not be checked and
+    an out-of-range one would give NaN logits).
     """
+    _check_model(model)
     _check_sampling(temperature, top_k)
-    if isinstance(num, bool) or not isinstance(num, int) or num < 0:
-        raise ValueError(f"num={num!r} must be a non-negative int")
+    num = _check_int("num", num, 0)
+    num_samples = _check_int("num_samples", num_samples, 1)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"seed={seed!r} must be an int")
+    if hasattr(model, "check_params"):
+        model.check_params(params)
+    if not hasattr(prime, "dtype"):
+        prime = np.asarray(prime)
+    if prime.dtype == np.bool_ or not np.issubdtype(prime.dtype, np.integer):
+        raise TypeError(f"prime.dtype={prime.dtype} must be an integer dtype (token ids)")
     prime = np.asarray(prime)
     if prime.ndim == 1:
         prime = np.broadcast_to(prime, (num_samples, prime.shape[0]))
-    if prime.ndim != 2 or prime.shape[1] == 0 or not np.issubdtype(prime.dtype, np.integer):
-        raise ValueError(f"prime must be [P] or [B, P] int token ids with P >= 1, got shape "
-                         f"{prime.shape} dtype {prime.dtype}")
+    if prime.ndim != 2 or prime.shape[1] == 0:
+        raise ValueError(f"prime.shape={prime.shape} must be (P,) or (batch, P) token ids with "
+                         "P >= 1")
     if prime.min() < 0 or prime.max() >= model.vocab_size:
-        raise ValueError(f"prime ids must lie in [0, {model.vocab_size}), got "
-                         f"[{prime.min()}, {prime.max()}]")
+        raise ValueError(f"prime must lie in [0, vocab_size={model.vocab_size}), got min "
+                         f"{prime.min()} max {prime.max()}")
     if num == 0:
         return np.zeros((prime.shape[0], 0), np.int32)
     toks = _generate(model, params, jnp.asarray(prime, jnp.int32), jax.random.PRNGKey(seed),
@@ -173,7 +225,12 @@ def encode_prime(vocab: Vocabulary, text: str) -> np.ndarray:
     Raises:
       ValueError: an empty prime, or characters (words, when the vocabulary has no ``<unk>``)
         that the vocabulary lacks; the message lists them.
+      TypeError: ``text`` is not a str or ``vocab`` not a :class:`Vocabulary`.
     """
+    if not isinstance(vocab, Vocabulary):
+        raise TypeError(f"vocab must be a seqjax.data.Vocabulary, got {type(vocab).__name__}")
+    if not isinstance(text, str):
+        raise TypeError(f"the prime must be a str, got {type(text).__name__}")
     if not text:
         raise ValueError("the prime text is empty; give at least one token (e.g. '\\n')")
     if vocab.level == "char":
@@ -197,11 +254,16 @@ def encode_prime(vocab: Vocabulary, text: str) -> np.ndarray:
 
 
 def decode_tokens(vocab: Vocabulary, ids: Any) -> str:
-    """Text of generated ids; at word level ``<eos>`` becomes a line break."""
+    """Text of generated ids; at word level ``<eos>`` becomes a line break.
+
+    Raises:
+      ValueError: ids outside ``[0, len(vocab))`` (see :meth:`Vocabulary.decode`).
+    """
+    if not isinstance(vocab, Vocabulary):
+        raise TypeError(f"vocab must be a seqjax.data.Vocabulary, got {type(vocab).__name__}")
     if vocab.level == "char":
         return vocab.decode(ids)
-    words = [vocab.tokens[int(i)] for i in np.asarray(ids).ravel()]
-    return " ".join(words).replace(" <eos> ", "\n").replace("<eos>", "\n")
+    return vocab.decode(ids).replace(" <eos> ", "\n").replace("<eos>", "\n")
 
 
 def sample_text(
@@ -217,6 +279,9 @@ def sample_text(
     seed: int = 0,
 ) -> str:
     """``prime`` followed by ``num`` sampled tokens, as text (see :func:`generate`)."""
+    _check_model(model)
+    if not isinstance(vocab, Vocabulary):
+        raise TypeError(f"vocab must be a seqjax.data.Vocabulary, got {type(vocab).__name__}")
     if len(vocab) != model.vocab_size:
         raise ValueError(f"the vocabulary has {len(vocab)} tokens, the model "
                          f"{model.vocab_size}")

@@ -250,7 +250,7 @@ def test_token_model_flow_is_with_respect_to_embeddings():
     dx = jax.jit(jax.grad(via_embeddings))(emb)
     np.testing.assert_allclose(flow.dx, np.linalg.norm(dx, axis=-1),
                                rtol=1e-4, atol=1e-7)
-    with pytest.raises(ValueError, match="token ids"):
+    with pytest.raises(TypeError, match="token ids"):
         model_gradient_flow(model, params, emb, loss)
     with pytest.raises(TypeError, match="SequenceModel"):
         model_states(object(), params, tokens)

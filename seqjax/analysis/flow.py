@@ -53,7 +53,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from seqjax.cells import Cell, glorot_uniform, orthogonal, state_dtype
-from seqjax.models import SequenceModel
+from seqjax.models import SequenceModel, check_token_ids, embed_tokens
 from seqjax.tcn import _temporal_block
 
 Array = jax.Array
@@ -162,7 +162,11 @@ def by_distance(norms: Any) -> np.ndarray:
     Returns:
       ``[..., T]`` numpy: entry ``d`` is the mean over the batch of the norm at ``t = T-1-d``.
     """
-    arr = np.asarray(norms, dtype=np.float64)
+    try:
+        arr = np.asarray(norms, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"norms must be a numeric array [..., B, T], got "
+                        f"{type(norms).__name__}") from None
     if arr.ndim < 2:
         raise ValueError(f"norms.shape={arr.shape} must be [..., B, T]")
     return arr.mean(axis=-2)[..., ::-1]
@@ -180,7 +184,10 @@ def geometric_rate(curve: Any, *, start: int = 0, stop: int | None = None,
     Returns:
       :math:`\rho` (< 1: vanishing, > 1: exploding), ``nan`` with fewer than two usable points.
     """
-    y = np.asarray(curve, dtype=np.float64)[start:stop]
+    y = np.asarray(curve, dtype=np.float64)
+    if y.ndim != 1:
+        raise ValueError(f"curve.shape={y.shape} must be [D] (norms by distance)")
+    y = y[start:stop]
     d = np.arange(start, start + len(y))
     ok = np.isfinite(y) & (y > floor)
     if ok.sum() < 2:
@@ -223,6 +230,20 @@ def _check_xs(cell: Cell, xs: Array) -> None:
                          f"{cell.input_size}] (cell.input_size={cell.input_size})")
     if not jnp.issubdtype(xs.dtype, jnp.floating):
         raise TypeError(f"xs.dtype={xs.dtype} must be floating")
+
+
+def _initial_carry(cell: Cell, xs: Array, initial_carry: Any) -> Any:
+    """The checked initial carry, in the state dtype (zeros when ``None``)."""
+    batch, acc = xs.shape[0], state_dtype(xs.dtype)
+    if initial_carry is None:
+        return cell.initial_carry(batch, acc)
+    want = jax.eval_shape(lambda: cell.initial_carry(batch))
+    got = [tuple(jnp.shape(c)) for c in jax.tree.leaves(initial_carry)]
+    exp = [tuple(c.shape) for c in jax.tree.leaves(want)]
+    if jax.tree.structure(initial_carry) != jax.tree.structure(want) or got != exp:
+        raise ValueError(f"initial_carry shapes {got} must be {exp} (cell.initial_carry("
+                         f"{batch}) of {cell!r})")
+    return jax.tree.map(lambda c: jnp.asarray(c, acc), initial_carry)
 
 
 def _norm(g: Array) -> Array:
@@ -280,10 +301,12 @@ def cell_gradient_flow(
       :class:`GradientFlow` with ``dh [B, T]``, ``dx [B, T]``, ``dc [B, T]`` (LSTMs) or ``None``.
     """
     _check_xs(cell, xs)
+    cell.check_params(params)
+    if loss_fn is not None and not callable(loss_fn):
+        raise TypeError(f"loss_fn must be callable (hs -> scalar), got {type(loss_fn).__name__}")
     batch = xs.shape[0]
     acc = state_dtype(xs.dtype)
-    carry0 = cell.initial_carry(batch, acc) if initial_carry is None else initial_carry
-    carry0 = jax.tree.map(lambda c: jnp.asarray(c, acc), carry0)
+    carry0 = _initial_carry(cell, xs, initial_carry)
     g = None
     if loss_fn is None:
         hid = cell.hidden_size
@@ -299,9 +322,8 @@ def cell_gradient_flow(
 def cell_states(cell: Cell, params: dict, xs: Array, initial_carry: Any = None) -> Any:
     """The carry after every step, batch-major: ``h [B, T, H]`` (LSTMs ``(h, c)``)."""
     _check_xs(cell, xs)
-    acc = state_dtype(xs.dtype)
-    carry0 = cell.initial_carry(xs.shape[0], acc) if initial_carry is None else initial_carry
-    carry0 = jax.tree.map(lambda c: jnp.asarray(c, acc), carry0)
+    cell.check_params(params)
+    carry0 = _initial_carry(cell, xs, initial_carry)
     carries = _unroll(cell, params, xs, carry0, _zeros_over_time(carry0, xs.shape[1]))
     return jax.tree.map(lambda c: jnp.swapaxes(c, 0, 1), carries)
 
@@ -314,14 +336,28 @@ def cell_states(cell: Cell, params: dict, xs: Array, initial_carry: Any = None) 
 def _features(model: Any, params: dict, inputs: Array) -> Array:
     """The encoder inputs ``[B, T, F]``: embeddings of token ids, or the float inputs."""
     if model.embed_size:
-        if not jnp.issubdtype(jnp.result_type(inputs), jnp.integer) or jnp.ndim(inputs) != 2:
-            raise ValueError(f"inputs (shape {jnp.shape(inputs)}, dtype "
-                             f"{jnp.result_type(inputs)}) must be [B, T] int token ids for "
-                             f"a model with embed_size={model.embed_size}")
-        return jnp.take(params["embed"], inputs, axis=0)
-    if jnp.ndim(inputs) != 3 or jnp.shape(inputs)[-1] != model.input_size:
-        raise ValueError(f"inputs.shape={jnp.shape(inputs)} must be [B, T, {model.input_size}]")
+        return embed_tokens(params["embed"], inputs)
     return jnp.asarray(inputs)
+
+
+def _check_inputs(model: Any, params: dict, inputs: Any) -> Any:
+    """Static checks (and the token range where concrete) of a model's params and inputs."""
+    _check_model(model)
+    model.check_params(params)
+    if not hasattr(inputs, "dtype"):
+        inputs = np.asarray(inputs)
+    dtype = inputs.dtype
+    if model.embed_size:
+        if dtype == jnp.bool_ or not jnp.issubdtype(dtype, jnp.integer):
+            raise TypeError(f"inputs.dtype={dtype} must be integer token ids ([B, T]) for a "
+                            f"model with embed_size={model.embed_size}")
+        return check_token_ids(inputs, model.input_size, name="inputs")
+    if jnp.ndim(inputs) != 3 or jnp.shape(inputs)[-1] != model.input_size:
+        raise ValueError(f"inputs.shape={tuple(jnp.shape(inputs))} must be [B, T, "
+                         f"{model.input_size}]")
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(f"inputs.dtype={dtype} must be floating")
+    return inputs
 
 
 def _zero_deltas(model: Any, feats: Array) -> list:
@@ -391,8 +427,12 @@ def model_states(model: Any, params: dict, inputs: Array) -> tuple[Array, dict]:
       ``(outputs [B, T, O], states)``, the outputs equal to ``model.apply(params, inputs)``;
       ``states["h"]`` is ``[L, B, T, H]`` (recurrent: hidden states of each layer; TCN: output
       of each residual block) and, for LSTMs, ``states["c"]`` the cell states.
+
+    Raises:
+      TypeError: not a ``SequenceModel``; float token ids or integer features.
+      ValueError: params of another model, inputs of the wrong shape, ids out of range.
     """
-    _check_model(model)
+    inputs = _check_inputs(model, params, inputs)
     return _model_states(model, params, inputs)
 
 
@@ -437,6 +477,14 @@ def model_gradient_flow(
     Returns:
       :class:`GradientFlow` with ``dh [L, B, T]`` (recurrent layers' hidden states, or TCN
       block outputs), ``dx [B, T]``, ``dc [L, B, T]`` for LSTMs.
+
+    Raises:
+      TypeError: not a ``SequenceModel``; float token ids or integer features; a ``loss_fn``
+        that is not callable.
+      ValueError: params of another model, inputs of the wrong shape, ids out of range.
     """
-    _check_model(model)
+    inputs = _check_inputs(model, params, inputs)
+    if not callable(loss_fn):
+        raise TypeError(f"loss_fn must be callable (outputs -> scalar), got "
+                        f"{type(loss_fn).__name__}")
     return _model_flow(model, params, inputs, loss_fn)

@@ -58,6 +58,9 @@ def gate_trajectory(cell: Cell, params: dict, xs: Array,
     if getattr(xs, "ndim", None) != 3 or xs.shape[-1] != cell.input_size:
         raise ValueError(f"xs.shape={getattr(xs, 'shape', None)} must be [B, T, "
                          f"{cell.input_size}]")
+    if not jnp.issubdtype(xs.dtype, jnp.floating):
+        raise TypeError(f"xs.dtype={xs.dtype} must be floating")
+    cell.check_params(params)
     acc = state_dtype(xs.dtype)
     carry0 = cell.initial_carry(xs.shape[0], acc) if initial_carry is None else initial_carry
     return _trajectory(cell, params, xs, jax.tree.map(lambda c: jnp.asarray(c, acc), carry0))
@@ -84,12 +87,15 @@ def model_gate_trajectories(model: Any, params: dict, inputs: Array) -> list[dic
     Returns one ``{gate: [B, T, H]}`` per layer, each layer fed the previous layer's outputs.
     """
     from seqjax.analysis.flow import model_states
+    from seqjax.models import SequenceModel, embed_tokens
 
+    if not isinstance(model, SequenceModel):
+        raise TypeError(f"model must be a seqjax.models.SequenceModel, got {type(model).__name__}")
     if model.arch == "tcn":
         raise TypeError("a TCN has no gates; use an LSTM or GRU SequenceModel")
     _, states = model_states(model, params, inputs)
     if model.embed_size:
-        feats = jnp.take(params["embed"], jnp.asarray(inputs), axis=0)
+        feats = embed_tokens(params["embed"], jnp.asarray(inputs))
     else:
         feats = jnp.asarray(inputs)
     layer_inputs = [feats] + [h.astype(feats.dtype) for h in states["h"][:-1]]
@@ -118,6 +124,9 @@ def gate_statistics(gates: dict[str, Any], *, low: float = 0.05, high: float = 0
     """
     if not 0.0 <= low < high <= 1.0:
         raise ValueError(f"thresholds must satisfy 0 <= low < high <= 1, got {low=}, {high=}")
+    if not isinstance(gates, dict):
+        raise TypeError(f"gates must be a dict gate -> [B, T, H] (gate_trajectory), got "
+                        f"{type(gates).__name__}")
     out: dict[str, dict[str, Any]] = {}
     for name, v in gates.items():
         v = np.asarray(v, np.float64)

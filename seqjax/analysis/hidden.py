@@ -56,8 +56,19 @@ def hidden_states(model: Any, params: dict, tokens: Any, *, which: str = "auto",
     from seqjax.analysis.flow import model_states
 
     tokens = np.asarray(tokens)
-    if tokens.ndim != 1 or not np.issubdtype(tokens.dtype, np.integer):
-        raise ValueError(f"tokens (shape {tokens.shape}, dtype {tokens.dtype}) must be [N] ints")
+    if tokens.dtype == np.bool_ or not np.issubdtype(tokens.dtype, np.integer):
+        raise TypeError(f"tokens.dtype={tokens.dtype} must be an integer dtype (token ids)")
+    if tokens.ndim != 1 or tokens.size == 0:
+        raise ValueError(f"tokens.shape={tokens.shape} must be (N,) with N >= 1 token ids")
+    if not getattr(model, "embed_size", 0):
+        raise ValueError(f"model must be a token SequenceModel (embed_size > 0), got {model!r}")
+    if tokens.min() < 0 or tokens.max() >= model.input_size:
+        raise ValueError(f"tokens must lie in [0, vocab_size={model.input_size}), got min "
+                         f"{tokens.min()} max {tokens.max()}")
+    if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)):
+        raise TypeError(f"layer={layer!r} must be an int")
+    if not -model.num_layers <= layer < model.num_layers:
+        raise ValueError(f"layer={layer} must be in [-{model.num_layers}, {model.num_layers})")
     is_lstm = "lstm" in model.arch
     if which == "auto":
         which = "tanh_c" if is_lstm else "h"
@@ -95,6 +106,11 @@ def char_features(text: str, *, quotes: str = '"', reset_at_newline: bool = True
       reset_at_newline: close an open quote at a newline.
       brackets: pairs of opening/closing characters, e.g. ``"()[]{}"``.
     """
+    for name, v in (("text", text), ("quotes", quotes), ("brackets", brackets)):
+        if not isinstance(v, str):
+            raise TypeError(f"{name} must be a str, got {type(v).__name__}")
+    if len(brackets) % 2:
+        raise ValueError(f"brackets={brackets!r} must hold pairs of opening/closing characters")
     pairs = {brackets[i]: brackets[i + 1] for i in range(0, len(brackets) - 1, 2)}
     closers = set(pairs.values())
     n = len(text)
@@ -163,6 +179,11 @@ def top_units(states: Any, features: Mapping[str, Any], k: int = 3
       ``{feature: [(unit, r), ...] by decreasing |r|}``; ``None`` for a feature that is constant
       on this text (nothing to correlate with).
     """
+    if not isinstance(features, Mapping):
+        raise TypeError(f"features must be a mapping name -> [N] values (char_features), got "
+                        f"{type(features).__name__}")
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"k={k!r} must be a positive int")
     out: dict[str, list[tuple[int, float]] | None] = {}
     for name, f in features.items():
         if np.ptp(np.asarray(f, np.float64)) == 0:
@@ -194,7 +215,13 @@ def _colours(values: np.ndarray, vmin: float | None, vmax: float | None, cmap: s
 
 
 def _check_text_values(text: str, values: Any) -> np.ndarray:
-    v = np.asarray(values, np.float64)
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, got {type(text).__name__}")
+    try:
+        v = np.asarray(values, np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"values must be numbers, one per character, got "
+                        f"{type(values).__name__}") from None
     if v.shape != (len(text),):
         raise ValueError(f"values.shape={v.shape} must be ({len(text)},): one value per character")
     return v

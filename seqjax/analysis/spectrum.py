@@ -46,14 +46,19 @@ GATE_NAMES: dict[type, tuple[str, ...]] = {LSTM: ("i", "f", "g", "o"), GRU: ("r"
 
 def singular_values(w: Any, k: int | None = None) -> np.ndarray:
     """The ``k`` largest singular values of ``w [..., M, N]``, descending (all if ``k`` is None)."""
-    s = np.linalg.svd(np.asarray(w, dtype=np.float64), compute_uv=False)
+    w = np.asarray(w, dtype=np.float64)
+    if w.ndim < 2 or 0 in w.shape[-2:]:
+        raise ValueError(f"w.shape={w.shape} must be [..., M, N] with M, N >= 1")
+    if k is not None and (isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1):
+        raise ValueError(f"k={k!r} must be a positive int or None")
+    s = np.linalg.svd(w, compute_uv=False)
     return s if k is None else s[..., :k]
 
 
 def spectral_radius(w: Any) -> np.ndarray | float:
     """``max |eigenvalue|`` of a square ``w [..., N, N]`` (a float for one matrix)."""
     w = np.asarray(w, dtype=np.float64)
-    if w.ndim < 2 or w.shape[-1] != w.shape[-2]:
+    if w.ndim < 2 or w.shape[-1] != w.shape[-2] or w.shape[-1] == 0:
         raise ValueError(f"w.shape={w.shape} must be [..., N, N] (square)")
     r = np.abs(np.linalg.eigvals(w)).max(axis=-1)
     return float(r) if r.ndim == 0 else r
@@ -65,6 +70,12 @@ def recurrent_blocks(cell: Cell, params: dict) -> dict[str, np.ndarray]:
     ``{"h": W_h}`` for single-gate cells (Elman and linear RNNs); one block per gate for LSTMs
     (``i, f, g, o``) and GRUs (``r, z, n``).
     """
+    if not isinstance(cell, Cell):
+        raise TypeError(f"cell must be a seqjax cell, got {type(cell).__name__}")
+    if not isinstance(params, dict) or "w_h" not in params:
+        keys = sorted(params) if isinstance(params, dict) else type(params).__name__
+        raise ValueError(f"params must be a cell's params with a recurrent weight 'w_h', got "
+                         f"{keys}")
     w = np.asarray(params["w_h"])
     hid = cell.hidden_size
     names = next((n for t, n in GATE_NAMES.items() if isinstance(cell, t)), None)
@@ -117,6 +128,17 @@ def step_jacobian(cell: Cell, params: dict, carry: Any, x_t: Array, *,
     Returns:
       ``[B, N, N]`` (``N = H``, or ``2H`` for a full LSTM carry).
     """
+    if not isinstance(cell, Cell):
+        raise TypeError(f"cell must be a seqjax cell, got {type(cell).__name__}")
+    if jnp.ndim(x_t) != 2 or jnp.shape(x_t)[-1] != cell.input_size:
+        raise ValueError(f"x_t.shape={tuple(jnp.shape(x_t))} must be [B, {cell.input_size}]")
+    want = jax.eval_shape(lambda: cell.initial_carry(jnp.shape(x_t)[0]))
+    got = [tuple(jnp.shape(c)) for c in jax.tree.leaves(carry)]
+    if (jax.tree.structure(carry) != jax.tree.structure(want)
+            or got != [tuple(c.shape) for c in jax.tree.leaves(want)]):
+        raise ValueError(f"carry shapes {got} must be "
+                         f"{[tuple(c.shape) for c in jax.tree.leaves(want)]} "
+                         f"(cell.initial_carry(B={jnp.shape(x_t)[0]}))")
     gx = cell.project(params, x_t)
 
     def one(carry_b, gx_b):
@@ -141,11 +163,14 @@ def jacobian_spectrum(cell: Cell, params: dict, xs: Array, *, k: int = 4,
     """
     from seqjax.analysis.flow import cell_states
 
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"k={k!r} must be a positive int")
+    states = cell_states(cell, params, xs, initial_carry)  # checks cell, params and xs
     batch, steps = xs.shape[:2]
     acc = state_dtype(xs.dtype)
     carry0 = cell.initial_carry(batch, acc) if initial_carry is None else initial_carry
     carry0 = jax.tree.map(lambda c: jnp.asarray(c, acc), carry0)
-    states = cell_states(cell, params, xs, carry0)  # [B, T, ...]
+    # states: [B, T, ...], from carry0 (the same initial carry)
     prev = jax.tree.map(lambda c0, s: jnp.concatenate([c0[:, None], s[:, :-1]], axis=1),
                         carry0, states)
     # fold time into the batch: [B*T, ...]

@@ -52,6 +52,9 @@ def grad_norm_history(history: Sequence[Mapping[str, Any]],
     Returns:
       ``{"step", "loss", "before", "after"}`` numpy arrays over the logged steps.
     """
+    if isinstance(history, (str, bytes, Mapping)) or not all(isinstance(r, Mapping)
+                                                              for r in history):
+        raise TypeError("history must be a list of metric rows (dicts), e.g. FitResult.history")
     rows = [r for r in history if r.get("split") == "train" and "grad_norm" in r]
     if not rows:
         raise ValueError("history has no 'train' rows with a 'grad_norm' (was it from fit?)")
@@ -100,6 +103,12 @@ def track_grad_norms(
     """
     if clip_norm is not None and clip_norm <= 0:
         raise ValueError(f"{clip_norm=} must be > 0 or None")
+    if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) or \
+            num_steps < 0:
+        raise ValueError(f"num_steps={num_steps!r} must be a non-negative int")
+    for name, fn in (("loss_fn", loss_fn), ("train_batches", train_batches)):
+        if not callable(fn):
+            raise TypeError(f"{name} must be callable, got {type(fn).__name__}")
     clip = optax.identity() if clip_norm is None else optax.clip_by_global_norm(clip_norm)
     opt = optax.with_extra_args_support(optimizer)
     key0 = jax.random.PRNGKey(seed)

@@ -222,10 +222,14 @@ def get_task(
         **kwargs: passed to the task's class (e.g. ``eval_size``, ``max_len``, ``standardize``).
 
     Raises:
+        TypeError: a name that is not a str, or an argument the task does not take.
         ValueError: unknown name (the message lists the valid ones) or bad arguments.
         FileNotFoundError: a file the task needs is missing (the message names the path
             expected and where the standard file comes from).
     """
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a task name (str), got {type(name).__name__}; valid "
+                        f"names: {', '.join(TASK_NAMES)}")
     if name not in _REGISTRY:
         raise ValueError(f"unknown task {name!r}; valid names: {', '.join(TASK_NAMES)}")
     task = _REGISTRY[name](data_dir, seq_len, **kwargs)

@@ -385,8 +385,12 @@ class _BitsTask(Task):
         targets = jnp.asarray(batch.targets, dtype=jnp.float32)
         bits, mask = targets[..., :-1], targets[..., -1] > 0.5
         mask = mask & step_mask(batch.lengths, logits.shape[1])
-        nats = -(bits * jax.nn.log_sigmoid(logits) + (1.0 - bits) * jax.nn.log_sigmoid(-logits))
         m = mask[..., None]
+        # Unscored steps and padding change no value and no gradient, even when NaN/inf:
+        # zero them before the maths (a NaN times a zero cotangent would still be NaN).
+        logits = jnp.where(m, logits, 0.0)
+        bits = jnp.where(m, bits, 0.0)
+        nats = -(bits * jax.nn.log_sigmoid(logits) + (1.0 - bits) * jax.nn.log_sigmoid(-logits))
         wrong = m & ((logits > 0) != (bits > 0.5))
         errors = jnp.sum(wrong.astype(jnp.float32), axis=(1, 2))
         scored = jnp.any(mask, axis=1)

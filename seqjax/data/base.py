@@ -224,10 +224,17 @@ def pad_batch(
         ``(padded, lengths)``: ``[B, T, ...]`` with ``T = max_b T_b`` rounded up to
         ``multiple``, in the arrays' common dtype, and ``[B]`` int32 lengths ``T_b``.
     """
+    if isinstance(arrays, (str, bytes, dict)) or not hasattr(arrays, "__len__"):
+        raise TypeError(f"arrays must be a sequence (list or tuple) of [T_b, ...] arrays, got "
+                        f"{type(arrays).__name__}")
     if len(arrays) == 0:
         raise ValueError("pad_batch needs at least one array, got an empty sequence")
     check_positive("multiple", multiple)
     arrays = [np.asarray(a) for a in arrays]
+    for i, a in enumerate(arrays):
+        if a.dtype == object or a.dtype.kind in "USV":
+            raise TypeError(f"arrays[{i}].dtype={a.dtype} must be numeric (ragged or "
+                            "non-numeric data?)")
     trailing = arrays[0].shape[1:]
     for i, a in enumerate(arrays):
         if a.ndim < 1 or a.shape[1:] != trailing:
@@ -239,10 +246,28 @@ def pad_batch(
     num_steps = int(lengths.max()) if len(lengths) else 0
     num_steps = -(-num_steps // multiple) * multiple
     dtype = np.result_type(*arrays)
-    padded = np.full((len(arrays), num_steps, *trailing), pad_value, dtype=dtype)
+    fill = _pad_fill(pad_value, dtype)
+    padded = np.full((len(arrays), num_steps, *trailing), fill, dtype=dtype)
     for i, a in enumerate(arrays):
         padded[i, : a.shape[0]] = a
     return padded, lengths
+
+
+def _pad_fill(pad_value: float, dtype: np.dtype) -> np.ndarray:
+    """``pad_value`` in ``dtype``; a value the dtype cannot hold exactly (0.5 or NaN in an
+    integer array) is a ``ValueError`` instead of a silently different padding."""
+    try:
+        with np.errstate(invalid="ignore", over="ignore"):
+            fill = np.asarray(pad_value).astype(dtype)
+        same = np.ndim(pad_value) == 0 and (
+            bool(fill == pad_value)
+            or (fill.dtype.kind in "fc" and bool(np.isnan(fill)) and bool(np.isnan(pad_value))))
+    except (TypeError, ValueError):
+        same = False
+    if not same:
+        raise ValueError(f"pad_value={pad_value!r} cannot be stored exactly in the arrays' "
+                         f"dtype {dtype}")
+    return fill
 
 
 # ---------------------------------------------------------------------------------------------
@@ -314,7 +339,17 @@ def find_file(
 
 
 def check_outputs(outputs: jax.Array, batch: Batch, output_size: int) -> None:
-    """Raises ``ValueError`` unless ``outputs.shape == (B, T, output_size)`` (static check)."""
+    """Raises ``ValueError`` unless ``outputs.shape == (B, T, output_size)`` (static check),
+    ``TypeError`` unless ``batch`` is a :class:`Batch` and ``outputs`` floating."""
+    if not isinstance(batch, Batch):
+        raise TypeError(f"batch must be a seqjax.data.Batch, got {type(batch).__name__}")
+    if not hasattr(outputs, "shape") or not hasattr(outputs, "dtype"):
+        raise TypeError(f"outputs must be an array [B, T, {output_size}], got "
+                        f"{type(outputs).__name__}")
+    if not jnp.issubdtype(outputs.dtype, jnp.floating):
+        raise TypeError(f"outputs.dtype={outputs.dtype} must be floating (model outputs)")
+    if len(batch.inputs.shape) < 2:
+        raise ValueError(f"batch.inputs.shape={tuple(batch.inputs.shape)} must be [B, T, ...]")
     b, t = batch.inputs.shape[:2]
     if tuple(outputs.shape) != (b, t, output_size):
         raise ValueError(
@@ -337,12 +372,14 @@ def last_valid(outputs: jax.Array, lengths: jax.Array) -> tuple[jax.Array, jax.A
 
     Returns:
         ``([B, O]`` values at step ``lengths - 1``, ``[B]`` bool ``lengths > 0)``; rows of
-        length 0 hold step 0 and must be masked with the second value.
+        length 0 hold zeros (whatever the padding held, NaN included; no gradient reaches
+        it) and should still be masked with the second value.
     """
     lengths = jnp.asarray(lengths)
     idx = jnp.clip(lengths - 1, 0, outputs.shape[1] - 1).astype(jnp.int32)
     last = jnp.take_along_axis(outputs, idx[:, None, None], axis=1)[:, 0]
-    return last, lengths > 0
+    valid = lengths > 0
+    return jnp.where(valid[:, None], last, jnp.zeros((), last.dtype)), valid
 
 
 def softmax_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -363,18 +400,24 @@ def softmax_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 def classification_terms(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> dict:
     """Summed cross-entropy, count and number correct over the items where ``mask`` holds.
 
+    Items outside ``mask`` change neither a value nor a gradient, even when their logits are
+    NaN or inf: they are replaced by zeros before the cross-entropy, and the sums select
+    (``jnp.where``) rather than multiply by the mask.
+
     Args:
         logits: ``[..., C]``.
         labels: ``[...]`` integer classes.
         mask: ``[...]`` bool, items that count.
     """
+    mask = jnp.asarray(mask).astype(bool)
+    logits = jnp.where(mask[..., None], logits, jnp.zeros((), jnp.result_type(logits)))
+    labels = jnp.where(mask, jnp.asarray(labels), 0)
     ce = softmax_cross_entropy(logits, labels)
-    correct = jnp.argmax(logits, axis=-1) == jnp.asarray(labels)
-    m = mask.astype(jnp.float32)
+    correct = (jnp.argmax(logits, axis=-1) == labels) & mask
     return {
-        "loss": jnp.sum(ce * m),
-        "count": jnp.sum(m),
-        "correct": jnp.sum(correct.astype(jnp.float32) * m),
+        "loss": jnp.sum(jnp.where(mask, ce, 0.0)),
+        "count": jnp.sum(mask.astype(jnp.float32)),
+        "correct": jnp.sum(correct.astype(jnp.float32)),
     }
 
 

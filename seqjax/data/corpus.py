@@ -24,11 +24,12 @@ import dataclasses
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from seqjax.data.base import find_file, resolve_data_dir
-from seqjax.data.text import Vocabulary, load_ptb, word_tokens
+from seqjax.data.text import Vocabulary, load_ptb, read_text_file, word_tokens
 
 __all__ = [
     "CORPORA",
@@ -76,22 +77,38 @@ class Corpus:
         return f"Corpus({self.name!r}, {self.level}, V={len(self.vocab)}, {sizes})"
 
 
-def _split_contiguous(ids: np.ndarray, fractions: tuple[float, float, float]) -> dict:
-    if len(fractions) != 3 or any(f <= 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-9:
-        raise ValueError(f"split={fractions} must be three positive fractions summing to 1")
+def _check_split(fractions: Any) -> tuple[float, float, float]:
+    try:
+        values = tuple(float(f) for f in fractions)
+    except (TypeError, ValueError):
+        raise ValueError(f"split={fractions!r} must be three positive fractions summing to 1"
+                         ) from None
+    if len(values) != 3 or any(not f > 0 for f in values) or abs(sum(values) - 1) > 1e-9:
+        raise ValueError(f"split={fractions!r} must be three positive fractions summing to 1")
+    return values  # type: ignore[return-value]
+
+
+def _split_contiguous(ids: np.ndarray, fractions: tuple[float, float, float],
+                      path: str | os.PathLike = "the corpus") -> dict:
+    fractions = _check_split(fractions)
     n = len(ids)
+    if n == 0:
+        raise ValueError(f"{path} holds no tokens (an empty file?)")
     a = int(n * fractions[0])
     b = a + int(n * fractions[1])
     out = {"train": ids[:a], "valid": ids[a:b], "test": ids[b:]}
     for k, v in out.items():
         if len(v) < 2:
-            raise ValueError(f"the {k} split of {n} tokens has {len(v)} tokens; need >= 2 "
-                             "(the file is too small for split={fractions})")
+            raise ValueError(f"{path}: the {k} split of its {n} tokens has {len(v)} tokens; "
+                             f"need >= 2 (the file is too small for split={fractions})")
     return out
 
 
 def _from_text(name: str, path: Path, level: str, split: tuple[float, float, float]) -> Corpus:
-    text = path.read_text(encoding="utf-8")
+    split = _check_split(split)
+    text = read_text_file(path)
+    if not text.strip():
+        raise ValueError(f"{path} holds no tokens (an empty or blank file)")
     if level == "char":
         vocab = Vocabulary.build(text, "char")
         ids = vocab.encode(text)
@@ -99,7 +116,7 @@ def _from_text(name: str, path: Path, level: str, split: tuple[float, float, flo
         words = word_tokens(text)
         vocab = Vocabulary(list(dict.fromkeys(words)), "word")
         ids = np.array([vocab.index[w] for w in words], np.int32)
-    return Corpus(name, vocab, _split_contiguous(ids, split), (str(path),))
+    return Corpus(name, vocab, _split_contiguous(ids, split, path), (str(path),))
 
 
 def load_corpus(
@@ -123,6 +140,8 @@ def load_corpus(
         where the file comes from), or ``name`` is neither a built-in corpus nor a file (the
         message lists the built-in names and the path tried).
     """
+    if not isinstance(name, (str, os.PathLike)):
+        raise TypeError(f"name must be a corpus name or a file path, got {type(name).__name__}")
     key = str(name)
     if level is not None and level not in ("char", "word"):
         raise ValueError(f"level={level!r} must be 'char' or 'word'")
@@ -152,7 +171,18 @@ def unigram_entropy_bits(train_ids: np.ndarray, eval_ids: np.ndarray, vocab_size
     """Bits per token on ``eval_ids`` of the add-one-smoothed unigram model of ``train_ids``.
 
     The trivial baseline a language model must beat (a character model that ignores context).
+
+    Raises:
+      ValueError: empty or non-integer id arrays, ids outside ``[0, vocab_size)``.
     """
+    for arg, ids in (("train_ids", train_ids), ("eval_ids", eval_ids)):
+        arr = np.asarray(ids)
+        if arr.ndim != 1 or arr.size == 0 or not np.issubdtype(arr.dtype, np.integer):
+            raise ValueError(f"{arg} (shape {arr.shape}, dtype {arr.dtype}) must be a non-empty "
+                             "[N] array of integer token ids")
+        if arr.min() < 0 or arr.max() >= vocab_size:
+            raise ValueError(f"{arg} must lie in [0, vocab_size={vocab_size}), got min "
+                             f"{arr.min()} max {arr.max()}")
     counts = np.bincount(np.asarray(train_ids), minlength=vocab_size) + 1.0
     logp = np.log2(counts / counts.sum())
     return float(-logp[np.asarray(eval_ids)].mean())
@@ -171,6 +201,8 @@ def save_vocabulary(vocab: Vocabulary, path: str | os.PathLike) -> Path:
     Returns:
       The file written.
     """
+    if not isinstance(vocab, Vocabulary):
+        raise TypeError(f"vocab must be a Vocabulary, got {type(vocab).__name__}")
     path = Path(path)
     if path.is_dir():
         path = path / VOCAB_FILE
@@ -197,6 +229,6 @@ def load_vocabulary(path: str | os.PathLike) -> Vocabulary:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         return Vocabulary(data["tokens"], data["level"])
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"{path} is not a vocabulary file ({exc!r})") from exc
 

@@ -46,16 +46,36 @@ _MUSIC_SOURCE = (
 )
 
 
-@functools.lru_cache(maxsize=8)
-def _load_mat(path: str, mtime_ns: int) -> dict[str, tuple[np.ndarray, ...]]:
+def _read_mat(path: str) -> dict:
+    """``scipy.io.loadmat(path)``; a file it cannot read is a one-line ``ValueError``."""
     import scipy.io
 
-    mat = scipy.io.loadmat(path)
+    try:
+        mat = scipy.io.loadmat(path)
+    except NotImplementedError as exc:  # MATLAB v7.3 (HDF5) files
+        raise ValueError(f"{path} is a MATLAB file scipy cannot read ({exc}); save it as a v7 "
+                         ".mat file") from None
+    except Exception as exc:  # truncated, empty, not a .mat file at all, ...
+        raise ValueError(f"{path} is not a readable MATLAB .mat file (empty, truncated or "
+                         f"another format?): {type(exc).__name__}: {exc}") from None
+    if not isinstance(mat, dict):  # pragma: no cover - scipy always returns a dict
+        raise ValueError(f"{path} is not a readable MATLAB .mat file")
+    return mat
+
+
+@functools.lru_cache(maxsize=8)
+def _load_mat(path: str, mtime_ns: int) -> dict[str, tuple[np.ndarray, ...]]:
+    mat = _read_mat(path)
     out = {}
     for split, key in _MAT_KEYS.items():
         if key not in mat:
-            raise ValueError(f"{path} has no key {key!r}; keys: {sorted(mat)}")
-        cell = mat[key]
+            keys = sorted(k for k in mat if not k.startswith("__"))
+            raise ValueError(f"{path} has no key {key!r} (a piano-roll .mat file holds "
+                             f"{sorted(_MAT_KEYS.values())}); keys: {keys}")
+        cell = np.asarray(mat[key])
+        if cell.dtype != object or cell.size == 0:
+            raise ValueError(f"{path}: {key} (shape {cell.shape}, dtype {cell.dtype}) must be "
+                             "a non-empty cell array of [T, 88] piano rolls")
         seqs = []
         for i in range(cell.size):
             roll = np.asarray(cell.flat[i])
@@ -63,6 +83,13 @@ def _load_mat(path: str, mtime_ns: int) -> dict[str, tuple[np.ndarray, ...]]:
                 raise ValueError(
                     f"{path}: {key}[{i}].shape={roll.shape} must be (T >= 2, {NUM_KEYS})"
                 )
+            if roll.dtype == object or not (np.issubdtype(roll.dtype, np.number)
+                                            or roll.dtype == np.bool_):
+                raise ValueError(f"{path}: {key}[{i}].dtype={roll.dtype} must be numeric 0/1")
+            if not np.isin(roll, (0, 1)).all():
+                bad = roll[~np.isin(roll, (0, 1))]
+                raise ValueError(f"{path}: {key}[{i}] must hold 0/1 piano-roll values, got "
+                                 f"{bad.flat[0].item()!r}")
             roll = roll.astype(np.uint8)
             roll.flags.writeable = False
             seqs.append(roll)
@@ -84,6 +111,12 @@ def load_music(
 
     Returns:
         ``{"train", "valid", "test"}`` -> tuple of read-only ``[T_i, 88]`` uint8 piano rolls.
+
+    Raises:
+        FileNotFoundError: the file is missing (naming the path and where it comes from).
+        ValueError: the file is not a readable ``.mat`` file (empty, truncated, text) or lacks
+            ``traindata``/``validdata``/``testdata`` cell arrays of ``[T >= 2, 88]`` 0/1 rolls;
+            one line naming the file and what is wrong.
     """
     if name not in MUSIC_FILES:
         raise ValueError(f"name={name!r} must be one of {sorted(MUSIC_FILES)}")
@@ -171,9 +204,12 @@ class PolyphonicMusicTask(Task):
         check_outputs(outputs, batch, self.output_size)
         logits = outputs.astype(jnp.float32)
         targets = jnp.asarray(batch.targets, jnp.float32)
+        valid = step_mask(batch.lengths, outputs.shape[1])  # [B, T]
+        # Padding never reaches the loss or its gradient, even NaN/inf: select, don't multiply.
+        logits = jnp.where(valid[..., None], logits, 0.0)
         bce = jax.nn.softplus(logits) - logits * targets  # -log p(target | logit) per key
-        m = step_mask(batch.lengths, outputs.shape[1]).astype(jnp.float32)
-        per_frame = jnp.sum(bce, axis=-1) * m  # [B, T]
+        m = valid.astype(jnp.float32)
+        per_frame = jnp.where(valid, jnp.sum(bce, axis=-1), 0.0)  # [B, T]
         # Summed level by level (keys, steps, batch): fewer float32 rounding errors.
         return {"loss": jnp.sum(jnp.sum(per_frame, axis=1)), "count": jnp.sum(m)}
 

@@ -66,16 +66,28 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
 
     Returns:
         The array, of shape given by the header, in native byte order.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: an empty, truncated or corrupt file, or one that is not an idx file; the
+            message names the file and what is wrong.
     """
     path = Path(path)
     with open(path, "rb") as f:
         raw = f.read()
     if raw[:2] == b"\x1f\x8b":
-        raw = gzip.decompress(raw)
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, ValueError) as exc:  # truncated or corrupt gzip stream
+            raise ValueError(f"{path} is a corrupt or truncated gzip file ({exc})") from None
     if len(raw) < 4 or raw[:2] != b"\x00\x00" or raw[2] not in _IDX_DTYPES:
-        raise ValueError(f"{path} is not an idx file: header bytes {raw[:4]!r}")
+        what = "an empty file" if not raw else f"header bytes {raw[:4]!r}"
+        raise ValueError(f"{path} is not an idx file: {what}")
     dtype, ndim = _IDX_DTYPES[raw[2]], raw[3]
     header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise ValueError(f"{path}: truncated idx header ({len(raw)} bytes, {ndim} dimensions "
+                         f"need {header})")
     shape = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
     expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if len(raw) - header != expected:
@@ -122,6 +134,31 @@ class ImageSequenceTask(Task):
         mean: float = 0.0,
         std: float = 1.0,
     ):
+        if not isinstance(splits, dict) or set(splits) != {"train", "valid", "test"}:
+            keys = sorted(splits) if isinstance(splits, dict) else type(splits).__name__
+            raise ValueError(f"splits must be a dict with keys 'train', 'valid', 'test', got "
+                             f"{keys}")
+        num_classes = check_positive("num_classes", num_classes)
+        if not (isinstance(max_value, (int, float, np.number)) and max_value > 0):
+            raise ValueError(f"max_value={max_value!r} must be a positive number")
+        if not (isinstance(std, (int, float, np.number)) and std > 0):
+            raise ValueError(f"std={std!r} must be a positive number")
+        for k, pair in splits.items():
+            if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+                raise ValueError(f"splits[{k!r}] must be a pair (images [N, P], labels [N])")
+            x, y = np.asarray(pair[0]), np.asarray(pair[1])
+            if x.ndim != 2 or x.shape[0] == 0 or not np.issubdtype(x.dtype, np.number):
+                raise ValueError(f"splits[{k!r}] images (shape {x.shape}, dtype {x.dtype}) must "
+                                 "be a non-empty numeric [N, P] array")
+            if y.shape != (x.shape[0],) or not np.issubdtype(y.dtype, np.integer):
+                raise ValueError(f"splits[{k!r}] labels (shape {y.shape}, dtype {y.dtype}) must "
+                                 f"be [{x.shape[0]}] integer classes")
+            if y.min() < 0 or y.max() >= num_classes:
+                raise ValueError(f"splits[{k!r}] labels must lie in [0, num_classes="
+                                 f"{num_classes}), got min {y.min()} max {y.max()}")
+        pixels = {k: np.shape(pair[0])[1] for k, pair in splits.items()}
+        if len(set(pixels.values())) != 1:
+            raise ValueError(f"every split must have the same number of pixels, got {pixels}")
         self.name = name
         self.splits = {
             k: (np.ascontiguousarray(x), np.asarray(y, np.int32)) for k, (x, y) in splits.items()
@@ -255,6 +292,11 @@ def load_mnist(
     for split, (img_stem, lbl_stem) in _MNIST_FILES.items():
         imgs = read_idx(find_idx_file(task or variant, img_stem, dirs, _MNIST_SOURCE[variant]))
         lbls = read_idx(find_idx_file(task or variant, lbl_stem, dirs, _MNIST_SOURCE[variant]))
+        if imgs.dtype != np.uint8 or not np.issubdtype(lbls.dtype, np.integer):
+            raise ValueError(
+                f"{variant} {split}: images.dtype={imgs.dtype} must be uint8 and labels.dtype="
+                f"{lbls.dtype} integer (idx files {img_stem}, {lbl_stem})"
+            )
         if imgs.ndim != 3 or lbls.shape != imgs.shape[:1]:
             raise ValueError(
                 f"{variant} {split}: images.shape={imgs.shape} must be (N, H, W) with "
@@ -292,7 +334,8 @@ class MNISTTask(ImageSequenceTask):
         )
         raw = load_mnist(variant, data_dir, task=name)
         x, y = raw["train"]
-        if not 0 < valid_size < len(y):
+        if isinstance(valid_size, bool) or not isinstance(valid_size, (int, np.integer)) or \
+                not 0 < valid_size < len(y):
             raise ValueError(f"valid_size={valid_size} must be in (0, {len(y)})")
         splits = {
             "train": (x[:-valid_size], y[:-valid_size]),

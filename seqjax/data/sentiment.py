@@ -44,17 +44,35 @@ def load_mr(data_dir: str | Path) -> MR:
                 if toks:
                     sents.append(toks)
                     labels.append(label)
+    for name, label in (("rt-polarity.pos", 1), ("rt-polarity.neg", 0)):
+        if label not in labels:
+            raise ValueError(f"{folder / name} holds no sentence (an empty file?)")
     return MR(sents, np.array(labels, dtype=np.int32))
+
+
+def _check_sentences(sentences: Sequence[Sequence[str]]) -> None:
+    if isinstance(sentences, (str, bytes)):
+        raise TypeError("sentences must be a list of token lists, got a str")
+    for i, s in enumerate(sentences):
+        if isinstance(s, (str, bytes)):
+            raise TypeError(f"sentences[{i}] is a str ({s[:30]!r}); each sentence must be a "
+                            "list of tokens (split it first)")
 
 
 def build_vocab(sentences: Sequence[Sequence[str]], min_count: int = 1) -> list[str]:
     """``[PAD, UNK, words by decreasing count...]``; id 0 is padding, id 1 unknown."""
+    _check_sentences(sentences)
     counts = Counter(w for s in sentences for w in s)
     words = sorted((w for w, c in counts.items() if c >= min_count), key=lambda w: (-counts[w], w))
     return [PAD, UNK, *words]
 
 
 def encode(sentences: Sequence[Sequence[str]], vocab: Sequence[str]) -> list[np.ndarray]:
+    """Token ids of each sentence (unknown words -> 1, ``<unk>``)."""
+    _check_sentences(sentences)
+    if isinstance(vocab, str) or list(vocab[:2]) != [PAD, UNK]:
+        raise ValueError(f"vocab must start with [{PAD!r}, {UNK!r}] (see build_vocab), got "
+                         f"{list(vocab[:2]) if not isinstance(vocab, str) else vocab[:20]!r}")
     index = {w: i for i, w in enumerate(vocab)}
     return [np.array([index.get(w, 1) for w in s], dtype=np.int32) for s in sentences]
 
@@ -62,6 +80,9 @@ def encode(sentences: Sequence[Sequence[str]], vocab: Sequence[str]) -> list[np.
 def cv_folds(n: int, k: int = 10, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
     """``k`` (train_idx, test_idx) splits of a seeded permutation; test sets are disjoint and
     cover ``range(n)``, fold sizes differ by at most one."""
+    for name, v in (("n", n), ("k", k)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+            raise TypeError(f"{name}={v!r} must be an int")
     if not 2 <= k <= n:
         raise ValueError(f"k={k} must be in [2, n={n}]")
     perm = np.random.default_rng(seed).permutation(n)
@@ -82,6 +103,18 @@ def bucket_batches(ids: Sequence[np.ndarray], labels: np.ndarray, batch_size: in
     length-1 rows of label -1 (ignored by :func:`seqjax.classify.evaluate`; training skips it).
     Sentences longer than ``max_len`` are truncated.
     """
+    for name, v in (("batch_size", batch_size), ("pad_multiple", pad_multiple),
+                    ("max_len", 1 if max_len is None else max_len)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise ValueError(f"{name}={v!r} must be a positive int")
+    labels = np.asarray(labels)
+    if labels.shape != (len(ids),) or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels (shape {labels.shape}, dtype {labels.dtype}) must be "
+                         f"[{len(ids)}] ints, one per sequence of ids")
+    for i, x in enumerate(ids):
+        x = np.asarray(x)
+        if x.ndim != 1 or (x.size and not np.issubdtype(x.dtype, np.integer)):
+            raise ValueError(f"ids[{i}] (shape {x.shape}, dtype {x.dtype}) must be [L] ints")
     n = len(ids)
     lens = np.array([len(x) if max_len is None else min(len(x), max_len) for x in ids])
     rng = np.random.default_rng(seed)

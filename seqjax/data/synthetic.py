@@ -158,8 +158,9 @@ class AddingTask(Task):
         check_outputs(outputs, batch, self.output_size)
         last, valid = last_valid(outputs, batch.lengths)
         err = (last[:, 0].astype(jnp.float32) - jnp.asarray(batch.targets)[:, 0]) ** 2
-        m = valid.astype(jnp.float32)
-        return {"loss": jnp.sum(err * m), "count": jnp.sum(m)}
+        # select, don't multiply: a NaN/inf in a padded row changes no value and no gradient
+        return {"loss": jnp.sum(jnp.where(valid, err, 0.0)),
+                "count": jnp.sum(valid.astype(jnp.float32))}
 
     def metrics(self, totals: dict[str, float]) -> dict[str, float]:
         mse = ratio(totals, "loss")

@@ -74,7 +74,15 @@ class Vocabulary:
     def __init__(self, tokens: Sequence[str], level: str):
         if level not in DEFAULT_SEQ_LEN:
             raise ValueError(f"level={level!r} must be 'word' or 'char'")
-        self.tokens = tuple(tokens)
+        if isinstance(tokens, (str, bytes)):
+            raise TypeError(f"tokens must be a sequence of str tokens, got a "
+                            f"{type(tokens).__name__} ({tokens[:20]!r}); use "
+                            "Vocabulary.build(text, level) to build one from text")
+        tokens = tuple(tokens)
+        bad = [t for t in tokens if not isinstance(t, str)]
+        if bad:
+            raise TypeError(f"tokens must all be str, got {type(bad[0]).__name__} {bad[0]!r}")
+        self.tokens = tokens
         self.level = level
         self.index = {t: i for i, t in enumerate(self.tokens)}
         if len(self.index) != len(self.tokens):
@@ -89,6 +97,8 @@ class Vocabulary:
     @classmethod
     def build(cls, text: str, level: str) -> Vocabulary:
         """The vocabulary of ``text``: words in order of first appearance, or sorted characters."""
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, got {type(text).__name__}")
         if level == "word":
             return cls(dict.fromkeys(word_tokens(text)), level)
         return cls(sorted(set(text)), level)
@@ -102,6 +112,8 @@ class Vocabulary:
         Returns:
             ``[N]`` int32.
         """
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, got {type(text).__name__}")
         if self.level == "word":
             unk = self.index.get(UNK)
             words = word_tokens(text)
@@ -112,6 +124,9 @@ class Vocabulary:
             get = self.index.get
             return np.fromiter((get(w, unk) for w in words), dtype=np.int32, count=len(words))
         codes = np.frombuffer(text.encode("utf-32-le"), dtype="<u4")
+        if codes.size and not self.tokens:
+            raise ValueError(f"characters not in the vocabulary: {sorted(set(text))[:10]} (the "
+                             "vocabulary is empty)")
         pos = np.searchsorted(self._sorted_codes, codes)
         pos = np.minimum(pos, len(self._sorted_codes) - 1)
         bad = self._sorted_codes[pos] != codes
@@ -121,8 +136,19 @@ class Vocabulary:
         return self._order[pos].astype(np.int32)
 
     def decode(self, ids: Sequence[int] | np.ndarray) -> str:
-        """Text of token ids: characters concatenated, or words joined by spaces."""
-        toks = [self.tokens[int(i)] for i in np.asarray(ids).ravel()]
+        """Text of token ids: characters concatenated, or words joined by spaces.
+
+        Raises:
+            TypeError: non-integer ids.
+            ValueError: ids outside ``[0, len(self))``.
+        """
+        arr = np.asarray(ids)
+        if arr.size and (arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.integer)):
+            raise TypeError(f"ids.dtype={arr.dtype} must be an integer dtype (token ids)")
+        if arr.size and (arr.min() < 0 or arr.max() >= len(self.tokens)):
+            raise ValueError(f"ids must lie in [0, {len(self.tokens)}) (the vocabulary size), "
+                             f"got min {arr.min()} max {arr.max()}")
+        toks = [self.tokens[int(i)] for i in arr.ravel()]
         return ("" if self.level == "char" else " ").join(toks)
 
 
@@ -130,14 +156,29 @@ class Vocabulary:
 def _load_corpus(
     paths: tuple[str, str, str], stamps: tuple[int, ...], level: str
 ) -> tuple[Vocabulary, dict[str, np.ndarray]]:
-    texts = [Path(p).read_text(encoding="utf-8") for p in paths]
+    texts = [read_text_file(p) for p in paths]
     vocab = Vocabulary.build(texts[0], level)
     data = {}
-    for split, text in zip(("train", "valid", "test"), texts):
-        ids = vocab.encode(text)
+    for path, split, text in zip(paths, ("train", "valid", "test"), texts):
+        try:
+            ids = vocab.encode(text)
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc} (the vocabulary is that of {paths[0]})") from None
+        if len(ids) < 2:
+            raise ValueError(f"{path}: the {split} split holds {len(ids)} tokens, need >= 2 "
+                             "(an empty or truncated file?)")
         ids.flags.writeable = False
         data[split] = ids
     return vocab, data
+
+
+def read_text_file(path: str | os.PathLike) -> str:
+    """The UTF-8 text of ``path``; a file that is not UTF-8 text is a ``ValueError`` naming it."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path} is not a UTF-8 text file (byte {exc.start}: {exc.reason})"
+                         ) from None
 
 
 def load_ptb(
@@ -195,15 +236,28 @@ class LanguageModelTask(Task):
         data: dict[str, np.ndarray],
         seq_len: int | None = None,
     ):
+        if not isinstance(vocab, Vocabulary):
+            raise TypeError(f"vocab must be a Vocabulary, got {type(vocab).__name__}")
+        if not isinstance(data, dict) or set(data) != {"train", "valid", "test"}:
+            keys = sorted(data) if isinstance(data, dict) else type(data).__name__
+            raise ValueError(f"data must be a dict with keys 'train', 'valid', 'test', got {keys}")
+        data = {k: np.asarray(v) for k, v in data.items()}
+        for split, ids in data.items():
+            if ids.ndim != 1 or (ids.size and not np.issubdtype(ids.dtype, np.integer)):
+                raise ValueError(f"{name}: data[{split!r}] (shape {ids.shape}, dtype {ids.dtype}) "
+                                 "must be [N] integer token ids")
+            if len(ids) < 2:
+                raise ValueError(f"{name}: the {split} split has {len(ids)} tokens, need >= 2")
+            if ids.min() < 0 or ids.max() >= len(vocab):
+                raise ValueError(f"{name}: data[{split!r}] ids must lie in [0, {len(vocab)}) "
+                                 f"(the vocabulary size), got min {ids.min()} max {ids.max()}")
         self.name = name
         self.vocabulary = vocab
         self.vocab = list(vocab.tokens)
         self.level = vocab.level
         self.data = data
-        self.seq_len = check_positive("seq_len", seq_len or DEFAULT_SEQ_LEN[self.level])
-        for split, ids in data.items():
-            if len(ids) < 2:
-                raise ValueError(f"{name}: the {split} split has {len(ids)} tokens, need >= 2")
+        self.seq_len = check_positive(
+            "seq_len", DEFAULT_SEQ_LEN[self.level] if seq_len is None else seq_len)
         n_train = len(data["train"])
         if n_train < self.seq_len + 1:
             raise ValueError(

@@ -54,6 +54,8 @@ LEVELS = ("char", "word")
 
 def tokenize(text: str, level: str) -> list[str]:
     """``"char"``: the characters; ``"word"``: whitespace-separated words."""
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, got {type(text).__name__}")
     if level == "char":
         return list(text)
     if level == "word":
@@ -123,6 +125,15 @@ class Vocab:
 def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int = 0,
               length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``(ids [N, T] int32, lengths [N] int32)``; ``T = length`` or the longest sequence."""
+    if length is not None and (isinstance(length, bool) or not isinstance(length, (int, np.integer))
+                               or length < 0):
+        raise ValueError(f"length={length!r} must be a non-negative int or None")
+    for i, s in enumerate(seqs):
+        arr = np.asarray(s)
+        if isinstance(s, str) or arr.ndim != 1 or (arr.size and not
+                                                    np.issubdtype(arr.dtype, np.integer)):
+            raise ValueError(f"seqs[{i}] (shape {arr.shape}, dtype {arr.dtype}) must be a "
+                             "sequence of int ids")
     lengths = np.array([len(s) for s in seqs], np.int32)
     width = int(lengths.max(initial=0)) if length is None else length
     if lengths.size and lengths.max() > width:
@@ -144,6 +155,9 @@ def number_pairs(n: int, seed: int = 0, max_value: int = 99_999,
     ``(source language words, target language words)``, deterministic in ``seed``."""
     from num2words import num2words
 
+    for name, v in (("n", n), ("max_value", max_value)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
+            raise ValueError(f"{name}={v!r} must be a non-negative int")
     if n > max_value + 1:
         raise ValueError(f"n={n} distinct numbers do not fit in [0, {max_value}]")
     rng = np.random.default_rng(seed)
@@ -189,6 +203,12 @@ def date_examples(n: int, seed: int = 0, *, start: datetime.date = datetime.date
     """
     from babel.dates import format_date
 
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+        raise ValueError(f"n={n!r} must be a non-negative int")
+    if not (isinstance(start, datetime.date) and isinstance(end, datetime.date)) or end < start:
+        raise ValueError(f"start={start!r} and end={end!r} must be dates with start <= end")
+    if isinstance(locales, str):
+        raise TypeError(f"locales must be a sequence of locale names, got the str {locales!r}")
     patterns = date_patterns(locales)
     rng = np.random.default_rng(seed)
     span = (end - start).days + 1
@@ -240,7 +260,20 @@ def load_tsv(path: str | os.PathLike, *, columns: tuple[int, int] = (0, 1),
             f"parallel corpus {str(path)!r} not found: expected a UTF-8 file of "
             f"'source<TAB>target' lines (e.g. a Tatoeba sentence-pairs export from "
             f"https://tatoeba.org/downloads, or manythings.org/anki)")
+    if (not isinstance(columns, (tuple, list)) or len(columns) != 2
+            or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0
+                       for c in columns)):
+        raise ValueError(f"columns={columns!r} must be two non-negative ints (source, target)")
     need = max(columns) + 1
+    try:
+        return _read_tsv(path, columns, need, max_pairs, lowercase)
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path} is not a UTF-8 text file (byte {exc.start}: {exc.reason})"
+                         ) from None
+
+
+def _read_tsv(path: Path, columns: tuple[int, int], need: int, max_pairs: int | None,
+              lowercase: bool) -> list[tuple[str, str]]:
     pairs: list[tuple[str, str]] = []
     with path.open(encoding="utf-8", newline="") as f:
         for lineno, row in enumerate(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE), 1):
@@ -268,7 +301,14 @@ def split_pairs(pairs: Sequence[tuple[str, str]], fractions: tuple[float, float]
     All pairs sharing a source go to the same split; ``fractions`` are the valid and test
     shares of the distinct sources (at least one source each when there are >= 3).
     """
-    fv, ft = fractions
+    try:
+        fv, ft = (float(f) for f in fractions)
+    except (TypeError, ValueError):
+        raise ValueError(f"fractions={fractions!r} must be two shares (valid, test) in [0, 1) "
+                         "summing to < 1") from None
+    for i, p in enumerate(pairs):
+        if not isinstance(p, (tuple, list)) or len(p) != 2:
+            raise ValueError(f"pairs[{i}]={p!r} must be a (source, target) pair")
     if not (0 <= fv < 1 and 0 <= ft < 1 and fv + ft < 1):
         raise ValueError(f"fractions={fractions} must be two shares in [0, 1) summing to < 1")
     sources = list(dict.fromkeys(s for s, _ in pairs))
@@ -342,6 +382,9 @@ class ParallelData:
     def train_batch(self, step: int, batch_size: int, seed: int = 0):
         """Batch ``step`` of a shuffled pass over the training split (a new permutation per
         epoch, from ``(seed, epoch)``); deterministic in ``(step, batch_size, seed)``."""
+        for name, v, low in (("step", step, 0), ("batch_size", batch_size, 1), ("seed", seed, 0)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
+                raise ValueError(f"{name}={v!r} must be an int >= {low}")
         train = self.splits["train"]
         per_epoch = max(len(train) // batch_size, 1)
         epoch, k = divmod(step, per_epoch)
@@ -351,6 +394,11 @@ class ParallelData:
 
     def batches(self, split: str, batch_size: int):
         """The split in order, in batches (the last one may be smaller)."""
+        if split not in self.splits:
+            raise ValueError(f"split={split!r} must be one of {sorted(self.splits)}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or \
+                batch_size < 1:
+            raise ValueError(f"batch_size={batch_size!r} must be a positive int")
         pairs = self.splits[split]
         for i in range(0, len(pairs), batch_size):
             yield self.encode(pairs[i : i + batch_size])
@@ -369,6 +417,15 @@ def make_translation_data(task: str, *, seed: int = 0, num_examples: int | None 
         ``"char"`` for dates).
       lowercase, columns: for files, see :func:`load_tsv`.
     """
+    if not isinstance(task, (str, os.PathLike)):
+        raise TypeError(f"task must be a name of {TRANSLATION_TASKS} or a file path, got "
+                        f"{type(task).__name__}")
+    task = os.fspath(task)
+    if num_examples is not None and (isinstance(num_examples, bool) or not isinstance(
+            num_examples, (int, np.integer)) or num_examples < 1):
+        raise ValueError(f"num_examples={num_examples!r} must be a positive int or None")
+    if level is not None and level not in LEVELS:
+        raise ValueError(f"level={level!r} must be one of {LEVELS}")
     if task == "numbers-en-fr":
         pairs = number_pairs(num_examples or 20_000, seed)
         return ParallelData.from_pairs(task, pairs, src_level=level or "word",
