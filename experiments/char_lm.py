@@ -20,6 +20,8 @@ The run directory (``--out``) gets ``config.json``, ``metrics.jsonl``, ``checkpo
 with the carry), ``vocab.json``, ``model.json``, ``run.json`` (the arguments, for ``--resume``
 and ``sample``), ``samples.txt`` (a sample at every evaluation), ``curves.png`` and
 ``results.json`` (validation and test bits per character over the whole splits, steps/s).
+``--resume`` keeps the run's configuration: ``--steps`` may extend it, while a model, data or
+optimiser flag that differs from the run's ``run.json`` is an error (start a new ``--out``).
 
 Presets: ``quick`` (default; minutes on a laptop CPU) and ``paper`` (locuslab/TCN's char_cnn
 settings for the TCN; a 2x600 LSTM for the recurrent models). The paper targets (char PTB test
@@ -37,7 +39,21 @@ from typing import Any
 
 import jax
 
+from seqjax.cli import (
+    UserError,
+    check_devices,
+    check_dir,
+    check_file,
+    check_output_dir,
+    fraction,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    read_json,
+    run_main,
+)
 from seqjax.data.corpus import (
+    CORPORA,
     load_corpus,
     load_vocabulary,
     save_vocabulary,
@@ -45,10 +61,11 @@ from seqjax.data.corpus import (
 )
 from seqjax.lm import LM_ARCHS, LanguageModel
 from seqjax.models import param_count
-from seqjax.sample import sample_text
+from seqjax.sample import encode_prime, sample_text
 from seqjax.train import (
     TokenStreams,
     TrainState,
+    check_checkpoint,
     evaluate_stream,
     fit,
     initialize_distributed,
@@ -120,6 +137,18 @@ _OVERRIDES = ("embed", "hidden", "layers", "kernel", "dropout_input", "dropout_h
               "dropout_output", "seq_len", "history", "k2", "batch_size", "steps", "optimizer",
               "lr", "clip", "eval_every", "eval_tokens", "eval_batch_size", "sample_len")
 
+#: Flags that choose the model, the data or the randomness: resuming a run keeps its values (a
+#: different value given with ``--resume`` is an error naming the flag; ``--steps`` may change).
+_FIXED_ON_RESUME = ("model", "corpus", "preset", "seed", "tie") + tuple(
+    n for n in _OVERRIDES if n != "steps")
+#: The config keys a run.json must hold to be resumed, sampled or evaluated.
+_REQUIRED = ("backend", "batch_size", "clip", "corpus", "dropout_hidden", "dropout_input",
+             "dropout_output", "embed", "eval_batch_size", "eval_every", "eval_tokens", "hidden",
+             "history", "k2", "kernel", "layers", "level", "lr", "model", "optimizer",
+             "sample_len", "seed", "seq_len", "steps", "tie")
+_DEFAULTS = {"model": "lstm", "preset": "quick", "seed": 0}
+DEFAULT_CORPUS = {"char": "tinyshakespeare", "word": "ptb-word"}
+
 RUN_FILE = "run.json"
 MODEL_FILE = "model.json"
 SAMPLES_FILE = "samples.txt"
@@ -186,33 +215,99 @@ def default_prime(vocab, valid_ids) -> str:
 # train
 
 
+def read_run_config(run: Path, flag: str, level: str | None = None) -> dict[str, Any]:
+    """``run.json`` of a run directory given as ``flag``, checked: one-line errors naming the
+    flag and the path when it is missing, not JSON, or not a char_lm.py / word_lm.py run."""
+    if not run.exists():
+        raise FileNotFoundError(f"{flag} {run}: no such run directory")
+    check_dir(flag, run)
+    what = "the run.json that char_lm.py / word_lm.py write at the start of a run"
+    saved = read_json(run / RUN_FILE, flag=flag, what=what)
+    cfg = saved.get("config")
+    missing = [k for k in _REQUIRED if k not in cfg] if isinstance(cfg, dict) else ["config"]
+    if missing:
+        raise UserError(f"{flag} {run}: {run / RUN_FILE} lacks {', '.join(missing)}; expected "
+                        f"{what}")
+    if level is not None and cfg["level"] != level:
+        script = "char_lm.py" if cfg["level"] == "char" else "word_lm.py"
+        raise UserError(f"{flag} {run} is a {cfg['level']}-level run; resume it with {script}")
+    return saved
+
+
+def _check_resume_flags(args: argparse.Namespace, cfg: dict[str, Any], out: Path) -> None:
+    """A flag given with ``--resume`` that would change the run's model or data is an error."""
+    for name in _FIXED_ON_RESUME:
+        value = getattr(args, name, None)
+        if value is None or value == cfg.get(name):
+            continue
+        if name == "corpus" and Path(str(value)).resolve() == Path(str(cfg[name])).resolve():
+            continue
+        flag = "--" + name.replace("_", "-")
+        raise UserError(f"{flag} {value} differs from the run's {name}={cfg.get(name)!r} in "
+                        f"{out / RUN_FILE}; a resumed run keeps its configuration (only --steps "
+                        "may change): drop the flag, or start a new run in another --out")
+
+
+def _check_config(cfg: dict[str, Any], out: Path, *, resume: bool) -> None:
+    """Cross-flag checks that no single argparse type can make, before any data is read."""
+    if cfg["history"] >= cfg["seq_len"]:
+        raise UserError(f"--history {cfg['history']} must be smaller than --seq-len "
+                        f"{cfg['seq_len']} (the scored positions are seq_len - history)")
+    if cfg["k2"] is not None and cfg["k2"] > cfg["seq_len"]:
+        raise UserError(f"--k2 {cfg['k2']} must be at most --seq-len {cfg['seq_len']}")
+    done = latest_step(out) if resume else None
+    if done is not None and done > cfg["steps"]:
+        raise UserError(f"--steps {cfg['steps']}: the run in {out} is already at step {done}")
+
+
 def train(args: argparse.Namespace, level: str = "char") -> dict[str, Any]:
     out = Path(args.out)
+    # Everything that can reject the input runs before a file is written or a step compiled.
     if args.resume:
-        run_file = out / RUN_FILE
-        if not run_file.is_file():
-            raise FileNotFoundError(f"--resume: {run_file} not found; is {out} a run directory?")
-        saved = json.loads(run_file.read_text())
+        saved = read_run_config(out, "--resume: --out", level)
         cfg = saved["config"]
+        _check_resume_flags(args, cfg, out)
         if args.steps is not None:
             cfg["steps"] = args.steps
         data_dir = args.data_dir or saved.get("data_dir")
     else:
+        check_output_dir("--out", out)
+        if (out / RUN_FILE).exists() and not args.overwrite:
+            raise FileExistsError(f"--out {out} already holds a run; pass --resume to continue "
+                                  "it, --overwrite to replace it, or choose another --out")
         cfg = resolve_config(args, level)
         data_dir = args.data_dir
+        if cfg["corpus"] not in CORPORA:  # a text file
+            if not Path(cfg["corpus"]).expanduser().exists():
+                raise FileNotFoundError(
+                    f"--corpus {cfg['corpus']}: neither a built-in corpus "
+                    f"({', '.join(CORPORA)}) nor an existing file")
+            check_file("--corpus", cfg["corpus"])
+    if args.data_dir is not None:
+        check_dir("--data-dir", args.data_dir)
+    _check_config(cfg, out, resume=args.resume)
+    check_devices(getattr(args, "devices", 1), cfg["batch_size"],
+                  model=getattr(args, "model_parallel", 1))
     corpus = load_corpus(cfg["corpus"], data_dir, level=level)
     vocab = corpus.vocab
     model = build_model(cfg, len(vocab))
     recurrent = model.is_recurrent
+    if args.sample_prime is not None:
+        try:
+            encode_prime(vocab, args.sample_prime)
+        except ValueError as exc:
+            raise UserError(f"--sample-prime: {exc}") from None
+    if args.resume:  # the checkpoint must fit this model: checked before any file is rewritten
+        check_checkpoint(out, _abstract_state(model, cfg))
 
     out.mkdir(parents=True, exist_ok=True)
-    if not args.resume and (out / RUN_FILE).exists() and not args.overwrite:
-        raise FileExistsError(f"{out} already holds a run; pass --resume to continue it, "
-                              "--overwrite to replace it, or choose another --out")
     (out / RUN_FILE).write_text(json.dumps({"config": cfg, "data_dir": data_dir}, indent=2))
     (out / MODEL_FILE).write_text(json.dumps(model.to_config(), indent=2))
     save_vocabulary(vocab, out / "vocab.json")
-    if not args.resume:
+    start = (latest_step(out) or 0) if args.resume else 0
+    if args.resume:  # the samples of steps after the checkpoint are written again below
+        _truncate_samples(out / SAMPLES_FILE, start)
+    else:
         (out / SAMPLES_FILE).write_text("")
 
     train_ids, valid_ids, test_ids = (corpus.splits[k] for k in ("train", "valid", "test"))
@@ -227,7 +322,6 @@ def train(args: argparse.Namespace, level: str = "char") -> dict[str, Any]:
           f"run directory: {out}", flush=True)
 
     eval_every = max(1, min(cfg["eval_every"], cfg["steps"]))
-    start = (latest_step(out) or 0) if args.resume else 0
     next_eval = [start]
     prime = (args.sample_prime if args.sample_prime is not None
              else default_prime(vocab, corpus.splits["valid"]))
@@ -288,29 +382,71 @@ def train(args: argparse.Namespace, level: str = "char") -> dict[str, Any]:
     return results
 
 
+_SAMPLE_HEADER = "=== step "
+
+
+def _truncate_samples(path: Path, last_step: int) -> None:
+    """Keeps the samples of steps ``<= last_step`` in ``samples.txt`` (a resumed run writes
+    those of the later steps again, so that the file equals an uninterrupted run's)."""
+    if not path.is_file():
+        path.write_text("", encoding="utf-8")
+        return
+    text = path.read_text(encoding="utf-8")
+    cut = len(text)
+    pos = 0
+    while True:
+        pos = text.find(_SAMPLE_HEADER, pos)
+        if pos < 0:
+            break
+        if pos == 0 or text[pos - 1] == "\n":
+            head = text[pos + len(_SAMPLE_HEADER):].split(" ", 1)[0]
+            if head.isdigit() and int(head) > last_step:
+                cut = pos
+                break
+        pos += len(_SAMPLE_HEADER)
+    if cut < len(text):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text[:cut], encoding="utf-8")
+        tmp.replace(path)
+
+
 # ---------------------------------------------------------------------------------------------
 # sample
+
+
+def _abstract_state(model: LanguageModel, cfg: dict[str, Any]) -> TrainState:
+    """The shapes of a run's :class:`TrainState` (what its checkpoints hold), computed without
+    allocating it."""
+    extra = model.initial_carry(cfg["batch_size"]) if model.is_recurrent else None
+    return jax.eval_shape(lambda: TrainState.create(model.init(jax.random.PRNGKey(0)),
+                                                    build_optimizer(cfg), 0, extra))
 
 
 def load_run(run: str | Path, step: int | None = None):
     """``(model, params, vocab, config)`` of a saved run (newest checkpoint by default)."""
     run = Path(run)
-    for name in (RUN_FILE, MODEL_FILE, "vocab.json"):
+    cfg = read_run_config(run, "--run")["config"]
+    for name in (MODEL_FILE, "vocab.json"):
         if not (run / name).is_file():
-            raise FileNotFoundError(f"{run / name} not found; is {run} a run directory of "
-                                    "char_lm.py / word_lm.py?")
-    cfg = json.loads((run / RUN_FILE).read_text())["config"]
-    model = LanguageModel(**json.loads((run / MODEL_FILE).read_text()))
+            raise FileNotFoundError(f"--run {run}: {run / name} not found; is {run} a run "
+                                    "directory of char_lm.py / word_lm.py?")
+    model_cfg = read_json(run / MODEL_FILE, flag="--run", what="a LanguageModel config")
+    try:
+        model = LanguageModel(**model_cfg)
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"--run {run}: {run / MODEL_FILE} does not describe a LanguageModel "
+                        f"({exc})") from None
     vocab = load_vocabulary(run / "vocab.json")
-    extra = model.initial_carry(cfg["batch_size"]) if model.is_recurrent else None
-    like = jax.eval_shape(lambda: TrainState.create(model.init(jax.random.PRNGKey(0)),
-                                                    build_optimizer(cfg), 0, extra))
-    state = restore_checkpoint(run, like, step)
+    state = restore_checkpoint(run, _abstract_state(model, cfg), step)
     return model, state.params, vocab, cfg
 
 
 def sample_command(args: argparse.Namespace) -> str:
     model, params, vocab, _ = load_run(args.run, args.step)
+    try:
+        encode_prime(vocab, args.prime)
+    except ValueError as exc:
+        raise UserError(f"--prime: {exc}") from None
     text = sample_text(model, params, vocab, args.prime, args.n, temperature=args.temperature,
                        top_k=args.top_k, greedy=args.greedy, seed=args.seed)
     print(text)
@@ -319,8 +455,10 @@ def sample_command(args: argparse.Namespace) -> str:
 
 def evaluate_command(args: argparse.Namespace) -> dict[str, Any]:
     """Scores a saved run's checkpoint on whole splits (``--eval-batch-size`` streams)."""
+    if args.data_dir is not None:
+        check_dir("--data-dir", args.data_dir)
     model, params, vocab, cfg = load_run(args.run, args.step)
-    saved = json.loads((Path(args.run) / RUN_FILE).read_text())
+    saved = read_run_config(Path(args.run), "--run")
     corpus = load_corpus(cfg["corpus"], args.data_dir or saved.get("data_dir"), level=vocab.level)
     if tuple(corpus.vocab.tokens) != tuple(vocab.tokens):
         raise ValueError(f"the corpus {cfg['corpus']!r} no longer has the run's vocabulary")
@@ -347,48 +485,52 @@ def _flag(value: str) -> bool:
 
 
 def train_parser(level: str, doc: str) -> argparse.ArgumentParser:
-    default_corpus = "tinyshakespeare" if level == "char" else "ptb-word"
+    default_corpus = DEFAULT_CORPUS[level]
     ap = argparse.ArgumentParser(description=doc.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog=doc)
     corpora = "tinyshakespeare, ptb-char or FILE" if level == "char" else "ptb-word or FILE"
-    ap.add_argument("--corpus", default=default_corpus, help=f"{corpora} (default "
-                    f"{default_corpus})")
-    ap.add_argument("--model", default="lstm", help=f"one of {', '.join(LM_ARCHS)}")
+    ap.add_argument("--corpus", default=None, help=f"{corpora} (default {default_corpus})")
+    ap.add_argument("--model", default=None,
+                    help=f"one of {', '.join(LM_ARCHS)} (default {_DEFAULTS['model']})")
     ap.add_argument("--data-dir", default=None, help="data directory (else $SEQJAX_DATA)")
     ap.add_argument("--out", required=True, help="the run directory")
-    ap.add_argument("--preset", default="quick", choices=("quick", "paper"))
-    ap.add_argument("--steps", type=int, default=None)
-    ap.add_argument("--batch-size", type=int, default=None, help="parallel streams B")
-    ap.add_argument("--seq-len", type=int, default=None,
+    ap.add_argument("--preset", default=None, choices=("quick", "paper"),
+                    help=f"(default {_DEFAULTS['preset']})")
+    ap.add_argument("--steps", type=positive_int, default=None)
+    ap.add_argument("--batch-size", type=positive_int, default=None, help="parallel streams B")
+    ap.add_argument("--seq-len", type=positive_int, default=None,
                     help="TBPTT chunk k1 (recurrent) or window length (TCN)")
-    ap.add_argument("--k2", type=int, default=None, help="backprop through the last k2 steps")
-    ap.add_argument("--history", type=int, default=None,
+    ap.add_argument("--k2", type=positive_int, default=None,
+                    help="backprop through the last k2 steps")
+    ap.add_argument("--history", type=non_negative_int, default=None,
                     help="TCN: unscored context positions per window (seq_len - validseqlen)")
-    ap.add_argument("--embed", type=int, default=None)
-    ap.add_argument("--hidden", type=int, default=None)
-    ap.add_argument("--layers", type=int, default=None)
-    ap.add_argument("--kernel", type=int, default=None, help="TCN kernel size")
-    ap.add_argument("--dropout-input", type=float, default=None)
-    ap.add_argument("--dropout-hidden", type=float, default=None)
-    ap.add_argument("--dropout-output", type=float, default=None)
+    ap.add_argument("--embed", type=positive_int, default=None)
+    ap.add_argument("--hidden", type=positive_int, default=None)
+    ap.add_argument("--layers", type=positive_int, default=None)
+    ap.add_argument("--kernel", type=positive_int, default=None, help="TCN kernel size")
+    ap.add_argument("--dropout-input", type=fraction, default=None)
+    ap.add_argument("--dropout-hidden", type=fraction, default=None)
+    ap.add_argument("--dropout-output", type=fraction, default=None)
     ap.add_argument("--tie", type=_flag, default=None, help="tie input/output embeddings")
     ap.add_argument("--optimizer", default=None, choices=("adam", "adamw", "rmsprop", "sgd"))
-    ap.add_argument("--lr", type=float, default=None)
-    ap.add_argument("--clip", type=float, default=None)
-    ap.add_argument("--eval-every", type=int, default=None)
-    ap.add_argument("--eval-tokens", type=int, default=None,
+    ap.add_argument("--lr", type=positive_float, default=None)
+    ap.add_argument("--clip", type=positive_float, default=None)
+    ap.add_argument("--eval-every", type=positive_int, default=None)
+    ap.add_argument("--eval-tokens", type=positive_int, default=None,
                     help="validation tokens scored during training (the final scores use all)")
-    ap.add_argument("--eval-batch-size", type=int, default=None)
-    ap.add_argument("--sample-len", type=int, default=None, help="tokens per checkpoint sample")
+    ap.add_argument("--eval-batch-size", type=positive_int, default=None)
+    ap.add_argument("--sample-len", type=positive_int, default=None,
+                    help="tokens per checkpoint sample")
     ap.add_argument("--sample-prime", default=None,
                     help="prime of the checkpoint samples (default: the start of the valid split)")
     ap.add_argument("--backend", default="auto", choices=("auto", "scan", "pallas"))
-    ap.add_argument("--devices", type=int, default=1,
+    ap.add_argument("--devices", type=non_negative_int, default=1,
                     help="data-parallel over this many devices (0: all); streams B must divide")
-    ap.add_argument("--model-parallel", type=int, default=1,
+    ap.add_argument("--model-parallel", type=positive_int, default=1,
                     help="split large embedding/output matrices over this many of the devices")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=non_negative_int, default=None,
+                    help=f"(default {_DEFAULTS['seed']})")
     ap.add_argument("--resume", action="store_true",
                     help="continue the run in --out from its newest checkpoint")
     ap.add_argument("--overwrite", action="store_true", help="replace a run in --out")
@@ -400,31 +542,53 @@ def sample_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="sample", description="sample from a saved run")
     ap.add_argument("--run", required=True, help="the run directory")
     ap.add_argument("--prime", default="\n")
-    ap.add_argument("--temperature", type=float, default=1.0)
-    ap.add_argument("-n", type=int, default=500, help="tokens to generate")
-    ap.add_argument("--top-k", type=int, default=None)
+    ap.add_argument("--temperature", type=positive_float, default=1.0)
+    ap.add_argument("-n", type=positive_int, default=500, help="tokens to generate")
+    ap.add_argument("--top-k", type=positive_int, default=None)
     ap.add_argument("--greedy", action="store_true")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--step", type=int, default=None, help="checkpoint step (default newest)")
+    ap.add_argument("--seed", type=non_negative_int, default=0)
+    ap.add_argument("--step", type=non_negative_int, default=None,
+                    help="checkpoint step (default newest)")
     return ap
 
 
 def evaluate_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="evaluate", description="score a saved run")
     ap.add_argument("--run", required=True, help="the run directory")
-    ap.add_argument("--step", type=int, default=None, help="checkpoint step (default newest)")
+    ap.add_argument("--step", type=non_negative_int, default=None,
+                    help="checkpoint step (default newest)")
     ap.add_argument("--data-dir", default=None)
-    ap.add_argument("--eval-batch-size", type=int, default=None,
+    ap.add_argument("--eval-batch-size", type=positive_int, default=None,
                     help="parallel evaluation streams (each starts from a zero carry)")
-    ap.add_argument("--splits", default="valid,test")
+    ap.add_argument("--splits", default="valid,test", help="comma-separated: train, valid, test")
     return ap
+
+
+def parse_evaluate_args(argv) -> argparse.Namespace:
+    ap = evaluate_parser()
+    args = ap.parse_args(argv)
+    splits = [s.strip() for s in args.splits.split(",") if s.strip()]
+    bad = [s for s in splits if s not in ("train", "valid", "test")]
+    if bad or not splits:
+        ap.error(f"--splits {args.splits!r}: unknown split(s) {bad}; choose from train, valid, "
+                 "test")
+    args.splits = ",".join(dict.fromkeys(splits))
+    return args
 
 
 def parse_train_args(argv, level: str, doc: str) -> argparse.Namespace:
     ap = train_parser(level, doc)
     args = ap.parse_args(argv)
-    if not args.resume and args.model not in LM_ARCHS:
-        ap.error(f"unknown --model {args.model!r}; choose from {', '.join(LM_ARCHS)}")
+    if args.resume and args.overwrite:
+        ap.error("--resume continues the run in --out and --overwrite replaces it; give one")
+    if not args.resume:  # on --resume, a flag left out keeps the run's value
+        for name, value in _DEFAULTS.items():
+            if getattr(args, name) is None:
+                setattr(args, name, value)
+        if args.corpus is None:
+            args.corpus = DEFAULT_CORPUS[level]
+        if args.model not in LM_ARCHS:
+            ap.error(f"unknown --model {args.model!r}; choose from {', '.join(LM_ARCHS)}")
     return args
 
 
@@ -434,9 +598,9 @@ def main(argv=None, *, level: str = "char", doc: str = __doc__) -> Any:
     if argv and argv[0] == "sample":
         return sample_command(sample_parser().parse_args(argv[1:]))
     if argv and argv[0] == "evaluate":
-        return evaluate_command(evaluate_parser().parse_args(argv[1:]))
+        return evaluate_command(parse_evaluate_args(argv[1:]))
     return train(parse_train_args(argv, level, doc), level)
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

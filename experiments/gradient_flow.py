@@ -54,9 +54,18 @@ from seqjax.analysis import (
     weight_spectrum,
 )
 from seqjax.cells import SimpleRNN
+from seqjax.cli import (
+    check_devices,
+    check_output_dir,
+    comma_list,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    run_main,
+)
 from seqjax.data import get_task
 from seqjax.data.base import softmax_cross_entropy
-from seqjax.models import SequenceModel, param_count
+from seqjax.models import ARCHS, SequenceModel, param_count
 from seqjax.train import fit, make_optimizer, mesh_for, task_loss_fn
 
 COLOURS = {"rnn": "tab:red", "lstm": "tab:blue", "gru": "tab:green", "tcn": "tab:purple",
@@ -376,28 +385,37 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="output directory (default results/gradient_flow/<task>)")
     p.add_argument("--only", choices=("flow", "radius", "clipping"), action="append",
                    help="run only these parts (repeatable); default all three")
-    p.add_argument("--seq-len", type=int, default=None,
+    p.add_argument("--seq-len", type=positive_int, default=None,
                    help="adding: T (default 100); copy: blank length (default 50, T = len + 20)")
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--hidden", type=int, default=32, help="recurrent hidden size")
-    p.add_argument("--embed", type=int, default=10, help="embedding size for token tasks")
-    p.add_argument("--tcn-hidden", type=int, default=16)
-    p.add_argument("--tcn-levels", type=int, default=4)
-    p.add_argument("--tcn-kernel", type=int, default=4)
-    p.add_argument("--steps", type=int, default=1500, help="training steps of part 1")
-    p.add_argument("--lr", type=float, default=5e-3, help="adam learning rate of part 1")
-    p.add_argument("--clip", type=float, default=1.0, help="global-norm clipping threshold")
-    p.add_argument("--radii", default="0.5,1.0,1.5", help="spectral radii of part 2")
-    p.add_argument("--clip-steps", type=int, default=300, help="SGD steps of part 3")
-    p.add_argument("--clip-lr", type=float, default=0.1, help="SGD learning rate of part 3")
-    p.add_argument("--clip-radius", type=float, default=1.0,
+    p.add_argument("--batch", type=positive_int, default=32)
+    p.add_argument("--hidden", type=positive_int, default=32, help="recurrent hidden size")
+    p.add_argument("--embed", type=positive_int, default=10,
+                   help="embedding size for token tasks")
+    p.add_argument("--tcn-hidden", type=positive_int, default=16)
+    p.add_argument("--tcn-levels", type=positive_int, default=4)
+    p.add_argument("--tcn-kernel", type=positive_int, default=4)
+    p.add_argument("--steps", type=positive_int, default=1500, help="training steps of part 1")
+    p.add_argument("--lr", type=positive_float, default=5e-3,
+                   help="adam learning rate of part 1")
+    p.add_argument("--clip", type=positive_float, default=1.0,
+                   help="global-norm clipping threshold")
+    p.add_argument("--radii", type=comma_list(positive_float), default="0.5,1.0,1.5",
+                   help="spectral radii of part 2")
+    p.add_argument("--clip-steps", type=positive_int, default=300, help="SGD steps of part 3")
+    p.add_argument("--clip-lr", type=positive_float, default=0.1,
+                   help="SGD learning rate of part 3")
+    p.add_argument("--clip-radius", type=positive_float, default=1.0,
                    help="scale of the orthogonal recurrent weight in part 3")
-    p.add_argument("--devices", type=int, default=1,
+    p.add_argument("--devices", type=non_negative_int, default=1,
                     help="data-parallel over this many devices (0: all); the batch must divide")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=non_negative_int, default=0)
     args = p.parse_args(argv)
-    args.models = [m.strip() for m in args.models.split(",") if m.strip()]
-    args.radii = [float(r) for r in args.radii.split(",") if r.strip()]
+    args.models = list(dict.fromkeys(m.strip() for m in args.models.split(",") if m.strip()))
+    unknown = [m for m in args.models if m not in ARCHS]
+    if unknown or not args.models:
+        p.error(f"--models: unknown model(s) {unknown}; choose from {', '.join(ARCHS)}")
+    if not args.radii:
+        p.error("--radii: give at least one spectral radius")
     if args.seq_len is None:
         args.seq_len = DEFAULT_SEQ_LEN[args.task]
     if args.out is None:
@@ -408,8 +426,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
+    check_output_dir("--out", args.out)
+    if "flow" in args.only:
+        check_devices(args.devices, args.batch, batch_flag="--batch")
     task = get_task(args.task, seq_len=args.seq_len, eval_size=args.batch)
+    args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     summary: dict[str, Any] = {
         "task": args.task, "seq_len": args.seq_len,
@@ -458,5 +479,5 @@ def _finite(v: Any) -> Any:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)
     sys.exit(0)

@@ -36,8 +36,17 @@ from matplotlib.figure import Figure
 
 from seqjax.analysis import char_features, hidden_states, html_page, render_png, top_units
 from seqjax.analysis.hidden import unit_correlations
+from seqjax.cli import (
+    UserError,
+    check_devices,
+    check_output_dir,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    run_main,
+)
 from seqjax.data import LanguageModelTask, Vocabulary, resolve_data_dir
-from seqjax.models import SequenceModel, param_count
+from seqjax.models import ARCHS, SequenceModel, param_count
 from seqjax.train import fit, make_optimizer, make_task_evaluator, mesh_for, task_loss_fn
 
 SHAKESPEARE = Path("tinyshakespeare") / "input.txt"
@@ -57,9 +66,12 @@ def read_texts(patterns: list[str]) -> tuple[str, list[str]]:
     missing = [f for f in files if not Path(f).is_file()]
     if not files or missing:
         raise FileNotFoundError(
-            f"text file(s) not found: {missing or patterns}. The default is Karpathy's "
+            f"--text: file(s) not found: {missing or patterns}. The default is Karpathy's "
             f"tiny-shakespeare ({SHAKESPEARE}, from https://raw.githubusercontent.com/karpathy/"
             "char-rnn/master/data/tinyshakespeare/input.txt) in $SEQJAX_DATA; or pass --text.")
+    empty = [f for f in files if Path(f).stat().st_size == 0]
+    if empty:
+        raise UserError(f"--text: empty file(s): {empty}")
     return "".join(Path(f).read_text(encoding="utf-8", errors="replace") for f in files), files
 
 
@@ -100,26 +112,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="text file(s) or glob patterns (default: tiny-shakespeare)")
     p.add_argument("--out", type=Path, default=Path("results") / "hidden_states")
     p.add_argument("--arch", default="lstm", help="lstm, gru, rnn, ... (recurrent)")
-    p.add_argument("--hidden", type=int, default=128)
-    p.add_argument("--embed", type=int, default=32)
-    p.add_argument("--layers", type=int, default=1)
+    p.add_argument("--hidden", type=positive_int, default=128)
+    p.add_argument("--embed", type=positive_int, default=32)
+    p.add_argument("--layers", type=positive_int, default=1)
     p.add_argument("--layer", type=int, default=-1, help="which layer to look at")
     p.add_argument("--state", choices=("auto", "h", "c", "tanh_c"), default="auto",
                    help="auto: tanh(c) for LSTMs, h otherwise")
-    p.add_argument("--seq-len", type=int, default=100)
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--steps", type=int, default=1000)
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--clip", type=float, default=1.0)
-    p.add_argument("--valid-fraction", type=float, default=0.05)
-    p.add_argument("--excerpt", type=int, default=1200, help="characters analysed and shown")
-    p.add_argument("--png-chars", type=int, default=800, help="characters drawn in each PNG")
+    p.add_argument("--seq-len", type=positive_int, default=100)
+    p.add_argument("--batch", type=positive_int, default=32)
+    p.add_argument("--steps", type=positive_int, default=1000)
+    p.add_argument("--lr", type=positive_float, default=3e-3)
+    p.add_argument("--clip", type=positive_float, default=1.0)
+    p.add_argument("--valid-fraction", type=float, default=0.05,
+                   help="held-out fraction of the text, in (0, 1)")
+    p.add_argument("--excerpt", type=positive_int, default=1200,
+                   help="characters analysed and shown")
+    p.add_argument("--png-chars", type=positive_int, default=800,
+                   help="characters drawn in each PNG")
     p.add_argument("--quotes", default='"', help="quote characters for inside_quotes")
-    p.add_argument("--top", type=int, default=3, help="units reported per feature")
-    p.add_argument("--devices", type=int, default=1,
+    p.add_argument("--top", type=positive_int, default=3, help="units reported per feature")
+    p.add_argument("--devices", type=non_negative_int, default=1,
                     help="data-parallel over this many devices (0: all); the batch must divide")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=non_negative_int, default=0)
     args = p.parse_args(argv)
+    if args.arch not in ARCHS:
+        p.error(f"--arch {args.arch!r}: choose from {', '.join(ARCHS)}")
+    if not 0 < args.valid_fraction < 1:
+        p.error(f"--valid-fraction must be in (0, 1), got {args.valid_fraction}")
+    if not -args.layers <= args.layer < args.layers:
+        p.error(f"--layer {args.layer} must index one of the --layers {args.layers} layers "
+                f"(-{args.layers} .. {args.layers - 1})")
     if args.text is None:
         args.text = [str(default_text())]
     return args
@@ -127,6 +149,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    check_output_dir("--out", args.out)
+    check_devices(args.devices, args.batch, batch_flag="--batch")
     t0 = time.perf_counter()
     text, files = read_texts(args.text)
     task = build_task(text, args.seq_len, args.valid_fraction)
@@ -193,5 +217,5 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)
     sys.exit(0)

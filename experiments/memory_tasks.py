@@ -46,10 +46,29 @@ from typing import Any
 import jax
 import numpy as np
 
+from seqjax.cli import (
+    UserError,
+    check_dir,
+    check_output_dir,
+    comma_list,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    read_json,
+    run_main,
+)
 from seqjax.data import get_task
 from seqjax.memory import DNC, NTM, MemoryModel
 from seqjax.models import SequenceModel, param_count
-from seqjax.train import fit_task, make_optimizer, make_task_evaluator, plot_curves
+from seqjax.train import (
+    TrainState,
+    check_checkpoint,
+    fit_task,
+    make_optimizer,
+    make_task_evaluator,
+    plot_curves,
+)
 
 #: ``--task`` -> the task's registry name in :func:`seqjax.data.get_task`.
 TASKS = {
@@ -111,14 +130,27 @@ def sequences_to_threshold(history: list[dict], threshold: float, batch_size: in
     return None
 
 
-def run_model(name: str, model: Any, task: Any, preset: Preset, args: Any, run_dir: Path,
-              resume: bool) -> tuple[dict[str, Any], list[dict], Any]:
-    """Trains ``model``; returns ``(summary, history rows, final params)``."""
+def optimizer_for(preset: Preset):
     decay = {} if not preset.decay_at else {
         "schedule": "step", "decay_rate": 0.1,
         "decay_steps": max(1, round(preset.decay_at * preset.steps))}
-    optimizer = make_optimizer(preset.optimizer, preset.lr, momentum=preset.momentum,
-                               clip_value=preset.clip_value, total_steps=preset.steps, **decay)
+    return make_optimizer(preset.optimizer, preset.lr, momentum=preset.momentum,
+                          clip_value=preset.clip_value, total_steps=preset.steps, **decay)
+
+
+def check_resumable(run_root: Path, models: dict[str, Any], preset: Preset) -> None:
+    """Every model's newest checkpoint fits the model it resumes (checked before any training:
+    one-line error naming the directory and the first mismatching parameter)."""
+    for name, model in models.items():
+        like = jax.eval_shape(lambda m=model: TrainState.create(
+            m.init(jax.random.PRNGKey(0)), optimizer_for(preset), 0))
+        check_checkpoint(run_root / name, like)
+
+
+def run_model(name: str, model: Any, task: Any, preset: Preset, args: Any, run_dir: Path,
+              resume: bool) -> tuple[dict[str, Any], list[dict], Any]:
+    """Trains ``model``; returns ``(summary, history rows, final params)``."""
+    optimizer = optimizer_for(preset)
     evaluate = make_task_evaluator(model, task, preset.eval_batch_size)
     config = {"model": name, "task": task.name, "preset": dataclasses.asdict(preset),
               "seed": args.seed}
@@ -238,22 +270,24 @@ def parse_args(argv=None):
     ap.add_argument("--task", default="copy", choices=tuple(TASKS))
     ap.add_argument("--models", default="ntm,lstm", help=f"comma-separated, from {MODELS}")
     ap.add_argument("--preset", default="quick", choices=tuple(PRESETS))
-    ap.add_argument("--steps", type=int, default=None, help="override the preset's steps")
-    ap.add_argument("--batch-size", type=int, default=None)
-    ap.add_argument("--lr", type=float, default=None)
-    ap.add_argument("--decay-at", type=float, default=None,
+    ap.add_argument("--steps", type=positive_int, default=None,
+                    help="override the preset's steps")
+    ap.add_argument("--batch-size", type=positive_int, default=None)
+    ap.add_argument("--lr", type=positive_float, default=None)
+    ap.add_argument("--decay-at", type=non_negative_float, default=None,
                     help="drop the learning rate 10x after this fraction of the steps "
                          "(0: never; default: the preset's)")
-    ap.add_argument("--eval-every", type=int, default=None)
-    ap.add_argument("--eval-size", type=int, default=None, help="sequences per eval split")
+    ap.add_argument("--eval-every", type=positive_int, default=None)
+    ap.add_argument("--eval-size", type=positive_int, default=None,
+                    help="sequences per eval split")
     ap.add_argument("--eval-lengths", default="40,80,120",
                     help="copy: test lengths of the generalisation table ('' for none)")
-    ap.add_argument("--threshold", type=float, default=0.1,
+    ap.add_argument("--threshold", type=non_negative_float, default=0.1,
                     help="bits of error per sequence that count as solved (default 0.1)")
     ap.add_argument("--remat", action="store_true",
                     help="recompute memory steps in the backward pass (less memory)")
     ap.add_argument("--out", default="results", help="root of the run directories")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=non_negative_int, default=0)
     ap.add_argument("--resume", default=None, metavar="RUN_DIR",
                     help="continue an interrupted run in RUN_DIR (its arguments win)")
     ap.add_argument("--no-progress", action="store_true")
@@ -264,18 +298,39 @@ def parse_args(argv=None):
         ap.error(f"unknown model(s) {unknown}; choose from {', '.join(MODELS)}")
     args.model_names = list(dict.fromkeys(names))
     try:
-        args.lengths = [int(n) for n in args.eval_lengths.split(",") if n.strip()]
-    except ValueError:
-        ap.error(f"--eval-lengths={args.eval_lengths!r} must be comma-separated integers")
-    if any(n < 1 for n in args.lengths):
-        ap.error(f"--eval-lengths must be positive, got {args.lengths}")
+        args.lengths = comma_list(positive_int)(args.eval_lengths)
+    except argparse.ArgumentTypeError as exc:
+        ap.error(f"--eval-lengths must be comma-separated positive integers: {exc}")
     if args.decay_at is not None and not 0 <= args.decay_at <= 1:
         ap.error(f"--decay-at must be in [0, 1], got {args.decay_at}")
-    for flag in ("steps", "batch_size", "eval_every", "eval_size"):
-        value = getattr(args, flag)
-        if value is not None and value < 1:
-            ap.error(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
     return args
+
+
+def read_run(run_root: Path) -> dict:
+    """The ``run.json`` of a run to ``--resume``, checked (one-line errors)."""
+    check_dir("--resume", run_root)
+    saved = read_json(run_root / "run.json", flag="--resume",
+                      what="the run.json of a memory_tasks.py run directory "
+                           "(<out>/memory/<task>/<timestamp>)")
+    argv = saved.get("argv")
+    if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
+        raise UserError(f"--resume {run_root}: {run_root / 'run.json'} has no 'argv' list of "
+                        "strings; is it a run directory of memory_tasks.py?")
+    return saved
+
+
+def resolve_preset(args: argparse.Namespace) -> Preset:
+    """The preset with the command-line overrides (a given flag always wins)."""
+    def pick(value, default):
+        return default if value is None else value
+
+    base = PRESETS[args.preset]
+    steps = pick(args.steps, base.steps)
+    return dataclasses.replace(
+        base, steps=steps, batch_size=pick(args.batch_size, base.batch_size),
+        lr=pick(args.lr, base.lr), eval_every=min(pick(args.eval_every, base.eval_every), steps),
+        eval_size=pick(args.eval_size, base.eval_size),
+        decay_at=base.decay_at if args.decay_at is None else (args.decay_at or None))
 
 
 def main(argv=None) -> dict:
@@ -283,24 +338,22 @@ def main(argv=None) -> dict:
     resuming = bool(args.resume)
     if resuming:
         run_root = Path(args.resume)
-        saved = json.loads((run_root / "run.json").read_text())
-        args = parse_args(saved["argv"])  # the interrupted run's own arguments
+        args = parse_args(read_run(run_root)["argv"])  # the interrupted run's own arguments
     else:
+        check_output_dir("--out", args.out)
+
+    preset = resolve_preset(args)
+    task_name = TASKS[args.task]
+    task = get_task(task_name, eval_size=preset.eval_size)
+    models = {name: build_model(name, task, remat=args.remat) for name in args.model_names}
+    if resuming:
+        check_resumable(run_root, models, preset)
+    else:  # written once the input is known to be good
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         run_root = Path(args.out) / "memory" / args.task / stamp
         run_root.mkdir(parents=True, exist_ok=False)
         argv_used = list(sys.argv[1:] if argv is None else argv)
         (run_root / "run.json").write_text(json.dumps({"argv": argv_used}, indent=2))
-
-    base = PRESETS[args.preset]
-    steps = args.steps or base.steps
-    preset = dataclasses.replace(
-        base, steps=steps, batch_size=args.batch_size or base.batch_size,
-        lr=args.lr or base.lr, eval_every=min(args.eval_every or base.eval_every, steps),
-        eval_size=args.eval_size or base.eval_size,
-        decay_at=base.decay_at if args.decay_at is None else (args.decay_at or None))
-    task_name = TASKS[args.task]
-    task = get_task(task_name, eval_size=preset.eval_size)
     print(f"{task!r}\nrun directory: {run_root}\n", flush=True)
 
     results: dict[str, Any] = {
@@ -310,8 +363,7 @@ def main(argv=None) -> dict:
         "threshold": args.threshold, "seed": args.seed, "models": {}}
     histories = {}
     t0 = time.time()
-    for name in args.model_names:
-        model = build_model(name, task, remat=args.remat)
+    for name, model in models.items():
         r, histories[name], params = run_model(name, model, task, preset, args,
                                                run_root / name, resume=resuming)
         if args.task == "copy" and args.lengths:
@@ -341,4 +393,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

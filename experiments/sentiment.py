@@ -19,6 +19,16 @@ import numpy as np
 import optax
 
 from seqjax.classify import Classifier, evaluate, make_classifier_step
+from seqjax.cli import (
+    UserError,
+    check_dir,
+    check_output_dir,
+    fraction,
+    positive_float,
+    positive_int,
+    run_main,
+)
+from seqjax.data import resolve_data_dir
 from seqjax.data import sentiment as mr
 from seqjax.embeddings import Word2Vec, train_word2vec
 
@@ -29,6 +39,8 @@ MODELS = {
     "gru": dict(kind="gru", bidirectional=False, pool="final"),
     "tcn": dict(kind="tcn", bidirectional=False, pool="max", num_layers=3),
 }
+EMBEDDINGS = ("rand", "w2v")
+NUM_FOLDS = 10
 
 
 def w2v_table(vocab, data, data_dir, dim, epochs, seed):
@@ -78,33 +90,55 @@ def run_fold(cfg, emb, ids, labels, tr, te, args, fold):
     return acc, curve
 
 
-def main(argv=None):
+def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--data-dir", default=None,
                    help="data directory (default: $SEQJAX_DATA, else the repository's data/)")
-    p.add_argument("--models", default="bilstm")
-    p.add_argument("--embeddings", default="rand")
-    p.add_argument("--folds", type=int, default=10, help="folds to run (of 10)")
-    p.add_argument("--epochs", type=int, default=4)
-    p.add_argument("--batch-size", type=int, default=50)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--embed-dim", type=int, default=128)
-    p.add_argument("--hidden", type=int, default=100)
-    p.add_argument("--dropout", type=float, default=0.5)
-    p.add_argument("--max-len", type=int, default=64)
-    p.add_argument("--w2v-epochs", type=int, default=5)
+    p.add_argument("--models", default="bilstm", help=f"comma-separated, from {', '.join(MODELS)}")
+    p.add_argument("--embeddings", default="rand",
+                   help=f"comma-separated, from {', '.join(EMBEDDINGS)}")
+    p.add_argument("--folds", type=positive_int, default=NUM_FOLDS,
+                   help=f"folds to run (of {NUM_FOLDS})")
+    p.add_argument("--epochs", type=positive_int, default=4)
+    p.add_argument("--batch-size", type=positive_int, default=50)
+    p.add_argument("--lr", type=positive_float, default=2e-3)
+    p.add_argument("--embed-dim", type=positive_int, default=128)
+    p.add_argument("--hidden", type=positive_int, default=100)
+    p.add_argument("--dropout", type=fraction, default=0.5)
+    p.add_argument("--max-len", type=positive_int, default=64)
+    p.add_argument("--w2v-epochs", type=positive_int, default=5)
     p.add_argument("--out", default=f"results/sentiment/{time.strftime('%Y%m%d-%H%M%S')}")
     args = p.parse_args(argv)
+    for flag, value, choices in (("--models", args.models, MODELS),
+                                 ("--embeddings", args.embeddings, EMBEDDINGS)):
+        names = [n.strip() for n in value.split(",") if n.strip()]
+        bad = [n for n in names if n not in choices]
+        if bad or not names:
+            p.error(f"{flag} {value!r}: unknown {bad}; choose from {', '.join(choices)}")
+        setattr(args, flag[2:], ",".join(dict.fromkeys(names)))
+    if args.folds > NUM_FOLDS:
+        p.error(f"--folds {args.folds}: at most {NUM_FOLDS} (the folds of the "
+                f"{NUM_FOLDS}-fold cross-validation)")
+    return args
 
-    data = mr.load_mr(args.data_dir)
-    folds = mr.cv_folds(len(data.labels), 10, seed=0)[: args.folds]
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.data_dir is not None:
+        check_dir("--data-dir", args.data_dir)
+    data_dir = resolve_data_dir(args.data_dir)
+    if data_dir is None:
+        raise UserError("no data directory: pass --data-dir or set $SEQJAX_DATA")
+    out = check_output_dir("--out", args.out)
+
+    data = mr.load_mr(data_dir)
+    folds = mr.cv_folds(len(data.labels), NUM_FOLDS, seed=0)[: args.folds]
     vocab = mr.build_vocab(data.sentences)  # all sentences: test words get (untrained) rows
     ids = mr.encode(data.sentences, vocab)
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results, curves = {}, {}
     for emb_name in args.embeddings.split(","):
-        emb = (w2v_table(vocab, data, args.data_dir, args.embed_dim, args.w2v_epochs, 0)
+        emb = (w2v_table(vocab, data, data_dir, args.embed_dim, args.w2v_epochs, 0)
                if emb_name == "w2v" else None)
         for model_name in args.models.split(","):
             cfg = Classifier(vocab_size=len(vocab), embed_dim=args.embed_dim,
@@ -148,4 +182,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

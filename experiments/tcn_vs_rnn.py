@@ -12,6 +12,10 @@ preset fixes it (``paper``: Table 3 of the paper's supplement for the LSTM). The
 sub-directory per model with its ``config.json``, ``metrics.jsonl`` and orbax checkpoints;
 ``--resume`` continues an interrupted comparison from those checkpoints.
 
+Model selection as in the paper's code: each model's reported test metric is that of its params
+at the best validation evaluation (``best_step`` in ``results.json``; ``test_metric_last`` is
+the last params' figure), and the table's valid column is that best validation value.
+
 Presets. ``quick`` (the default) finishes in minutes on a laptop CPU. ``paper`` uses the TCN
 hyperparameters of locuslab/TCN's scripts (the paper's Table 2 where they differ is noted in
 ``PAPER_NOTES``) and the LSTM settings of the paper's Table 3; GRU and RNN use the LSTM's
@@ -33,9 +37,21 @@ from typing import Any
 
 import jax
 
+from seqjax.cli import (
+    UserError,
+    check_devices,
+    check_dir,
+    check_output_dir,
+    non_negative_int,
+    positive_int,
+    read_json,
+    run_main,
+)
 from seqjax.data import TASK_NAMES, get_task
 from seqjax.models import ARCHS, SequenceModel, hidden_for_params, param_count
 from seqjax.train import (
+    TrainState,
+    check_checkpoint,
     fit_task,
     initialize_distributed,
     make_optimizer,
@@ -225,9 +241,23 @@ def build_models(task, preset: Preset, names: list[str], backend: str) -> dict[s
     return models
 
 
+def optimizer_for(preset: Preset, name: str):
+    a = preset.arch(name)
+    return make_optimizer(a.optimizer, a.lr, clip_norm=a.clip)
+
+
+def check_resumable(run_root: Path, models: dict[str, SequenceModel], preset: Preset) -> None:
+    """Every model's newest checkpoint fits the model it resumes (checked before any training:
+    one-line error naming the directory and the first mismatching parameter)."""
+    for name, model in models.items():
+        like = jax.eval_shape(lambda m=model, n=name: TrainState.create(
+            m.init(jax.random.PRNGKey(0)), optimizer_for(preset, n), 0))
+        check_checkpoint(run_root / name, like)
+
+
 def run_model(name, model, task, preset, args, run_dir: Path, resume: bool) -> dict[str, Any]:
     a = preset.arch(name)
-    optimizer = make_optimizer(a.optimizer, a.lr, clip_norm=a.clip)
+    optimizer = optimizer_for(preset, name)
     evaluate = make_task_evaluator(model, task, preset.eval_batch_size,
                                    max_batches=preset.eval_batches)
     params = model.init(jax.random.PRNGKey(args.seed))
@@ -250,12 +280,16 @@ def run_model(name, model, task, preset, args, run_dir: Path, resume: bool) -> d
         desc=f"{task.name} {name}",
         mesh=mesh_for(args.devices),
     )
-    test = make_task_evaluator(model, task, preset.eval_batch_size)(result.state.params, "test")
-    valid = [r for r in result.history if r.get("split") == "valid"]
+    # The protocol of the paper (and locuslab/TCN): test the params of the best validation row.
+    test_on = make_task_evaluator(model, task, preset.eval_batch_size)
+    test = test_on(result.best_params, "test")
+    test_last = test_on(result.state.params, "test")
     return {
         "test_metric": test[task.metric_name],
         "test": test,
-        "valid_metric": valid[-1][task.metric_name] if valid else None,
+        "valid_metric": result.best_value,
+        "best_step": result.best_step,
+        "test_metric_last": test_last[task.metric_name],
         "params": param_count(result.state.params),
         "wall_s": result.wall_s,
         "steps_per_s": result.steps_per_s,
@@ -299,21 +333,21 @@ def parse_args(argv=None):
     ap.add_argument("--data-dir", default=None,
                     help="data directory (default: $SEQJAX_DATA, else the repository's data/)")
     ap.add_argument("--out", default="results", help="root of the run directories")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--steps", type=int, default=None, help="override the preset's steps")
-    ap.add_argument("--batch-size", type=int, default=None)
-    ap.add_argument("--seq-len", type=int, default=None, help="override T (tasks that have one)")
-    ap.add_argument("--eval-every", type=int, default=None)
+    ap.add_argument("--seed", type=non_negative_int, default=0)
+    ap.add_argument("--steps", type=positive_int, default=None,
+                    help="override the preset's steps")
+    ap.add_argument("--batch-size", type=positive_int, default=None)
+    ap.add_argument("--seq-len", type=positive_int, default=None,
+                    help="override T (tasks that have one)")
+    ap.add_argument("--eval-every", type=positive_int, default=None)
     ap.add_argument("--backend", default="auto", choices=("auto", "scan", "pallas"))
     ap.add_argument("--resume", default=None, metavar="RUN_DIR",
                     help="continue an interrupted comparison in RUN_DIR (its config wins)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars")
-    ap.add_argument("--devices", type=int, default=1,
+    ap.add_argument("--devices", type=non_negative_int, default=1,
                     help="data-parallel over the first N devices (0: all); the batch size "
                          "must be divisible by N (default 1: a single device)")
     args = ap.parse_args(argv)
-    if args.devices < 0:
-        ap.error(f"--devices must be >= 0; got {args.devices}")
     names = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = [m for m in names if m not in ARCHS]
     if unknown or not names:
@@ -322,14 +356,58 @@ def parse_args(argv=None):
     return args
 
 
+def read_run(run_root: Path) -> dict:
+    """The ``run.json`` of a comparison to ``--resume``, checked (one-line errors)."""
+    check_dir("--resume", run_root)
+    saved = read_json(run_root / "run.json", flag="--resume",
+                      what="the run.json of a tcn_vs_rnn.py run directory "
+                           "(<out>/<task>/<timestamp>)")
+    argv = saved.get("argv")
+    if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
+        raise UserError(f"--resume {run_root}: {run_root / 'run.json'} has no 'argv' list of "
+                        "strings; is it a run directory of tcn_vs_rnn.py?")
+    return saved
+
+
+def resolve_preset(args: argparse.Namespace) -> Preset:
+    """The preset of ``args.task`` with the command-line overrides (a given flag always wins,
+    zero included: parse_args rejects sizes < 1)."""
+    def pick(value, default):
+        return default if value is None else value
+
+    preset = preset_for(args.task, args.preset)
+    steps = pick(args.steps, preset.steps)
+    return dataclasses.replace(
+        preset,
+        steps=steps,
+        batch_size=pick(args.batch_size, preset.batch_size),
+        seq_len=pick(args.seq_len, preset.seq_len),
+        eval_every=min(pick(args.eval_every, preset.eval_every), steps),
+    )
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     initialize_distributed()  # multi-host runs: SEQJAX_COORDINATOR etc.; a no-op otherwise
     resuming = bool(args.resume)
     if resuming:
         run_root = Path(args.resume)
-        saved = json.loads((run_root / "run.json").read_text())
+        saved = read_run(run_root)
         args = parse_args(saved["argv"])  # the interrupted run's own arguments
+    else:
+        check_output_dir("--out", args.out)
+    if args.data_dir is not None:
+        check_dir("--data-dir", args.data_dir)
+
+    # Everything that can reject the input runs before the run directory is written.
+    preset = resolve_preset(args)
+    task = get_task(args.task, data_dir=args.data_dir, seq_len=preset.seq_len,
+                    **dict(preset.task_kwargs))
+    models = build_models(task, preset, args.model_names, args.backend)
+    check_devices(args.devices, preset.batch_size)
+
+    if resuming:
+        check_resumable(run_root, models, preset)
         saved.setdefault("resumed", []).append(run_provenance())
         (run_root / "run.json").write_text(json.dumps(saved, indent=2))
     else:
@@ -339,18 +417,6 @@ def main(argv=None) -> dict:
         argv_used = list(sys.argv[1:] if argv is None else argv)
         saved = {"argv": argv_used, "provenance": run_provenance()}
         (run_root / "run.json").write_text(json.dumps(saved, indent=2))
-
-    preset = preset_for(args.task, args.preset)
-    preset = dataclasses.replace(
-        preset,
-        steps=args.steps or preset.steps,
-        batch_size=args.batch_size or preset.batch_size,
-        seq_len=args.seq_len or preset.seq_len,
-        eval_every=min(args.eval_every or preset.eval_every, args.steps or preset.steps),
-    )
-    task = get_task(args.task, data_dir=args.data_dir, seq_len=preset.seq_len,
-                    **dict(preset.task_kwargs))
-    models = build_models(task, preset, args.model_names, args.backend)
     print(f"{task!r}\nrun directory: {run_root}\n", flush=True)
 
     results = {"task": task.name, "metric": task.metric_name,
@@ -379,4 +445,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

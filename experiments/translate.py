@@ -32,7 +32,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from seqjax.data.translation import ParallelData, make_translation_data, tokenize
+from seqjax.cli import (
+    check_devices,
+    check_file,
+    check_output_dir,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    run_main,
+)
+from seqjax.data.translation import (
+    TRANSLATION_TASKS,
+    ParallelData,
+    make_translation_data,
+    tokenize,
+)
 from seqjax.models import param_count
 from seqjax.seq2seq import Seq2Seq
 from seqjax.train import (
@@ -222,21 +236,22 @@ def parse_args(argv=None):
     ap.add_argument("--task", default="dates", help="numbers-en-fr, dates, or a TSV file")
     ap.add_argument("--attention", default="bahdanau,none",
                     help=f"comma-separated, from {', '.join(ATTENTION_CHOICES)}")
-    ap.add_argument("--steps", type=int, default=2000)
-    ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--eval-batch-size", type=int, default=500)
-    ap.add_argument("--eval-every", type=int, default=250)
-    ap.add_argument("--lr", type=float, default=3e-3)
-    ap.add_argument("--clip", type=float, default=1.0)
+    ap.add_argument("--steps", type=positive_int, default=2000)
+    ap.add_argument("--batch-size", type=positive_int, default=64)
+    ap.add_argument("--eval-batch-size", type=positive_int, default=500)
+    ap.add_argument("--eval-every", type=positive_int, default=250)
+    ap.add_argument("--lr", type=positive_float, default=3e-3)
+    ap.add_argument("--clip", type=positive_float, default=1.0)
     ap.add_argument("--cell", default="lstm")
-    ap.add_argument("--hidden", type=int, default=128)
-    ap.add_argument("--embed", type=int, default=32)
-    ap.add_argument("--layers", type=int, default=1, help="encoder layers")
+    ap.add_argument("--hidden", type=positive_int, default=128)
+    ap.add_argument("--embed", type=positive_int, default=32)
+    ap.add_argument("--layers", type=positive_int, default=1, help="encoder layers")
     ap.add_argument("--unidirectional", action="store_true", help="one-directional encoder")
     ap.add_argument("--reverse-source", action="store_true", help="Sutskever's reversal")
-    ap.add_argument("--beam", type=int, default=1, help="beam size for the test (1: greedy)")
+    ap.add_argument("--beam", type=positive_int, default=1,
+                    help="beam size for the test (1: greedy)")
     ap.add_argument("--length-penalty", type=float, default=0.0)
-    ap.add_argument("--num-examples", type=int, default=None,
+    ap.add_argument("--num-examples", type=positive_int, default=None,
                     help="pairs to generate / read (default: 20000 generated, all of a file)")
     ap.add_argument("--level", default=None, choices=("char", "word"),
                     help="tokenisation (default: char for dates, word otherwise)")
@@ -244,9 +259,9 @@ def parse_args(argv=None):
     ap.add_argument("--lowercase", action="store_true", help="lowercase a TSV corpus")
     ap.add_argument("--backend", default="auto", choices=("auto", "scan", "pallas"))
     ap.add_argument("--out", default="results", help="root of the run directories")
-    ap.add_argument("--devices", type=int, default=1,
+    ap.add_argument("--devices", type=non_negative_int, default=1,
                     help="data-parallel over this many devices (0: all); the batch must divide")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=non_negative_int, default=0)
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     names = [a.strip() for a in args.attention.split(",") if a.strip()]
@@ -255,12 +270,12 @@ def parse_args(argv=None):
         ap.error(f"unknown --attention {bad}; choose from {', '.join(ATTENTION_CHOICES)}")
     args.attentions = list(dict.fromkeys(names))
     try:
-        args.columns = tuple(int(c) for c in args.columns.split(","))
-        assert len(args.columns) == 2
-    except (ValueError, AssertionError):
-        ap.error(f"--columns={args.columns!r} must be two comma-separated ints")
-    if args.steps < 1 or args.batch_size < 1 or args.beam < 1:
-        ap.error("--steps, --batch-size and --beam must be positive")
+        columns = tuple(int(c) for c in args.columns.split(","))
+    except ValueError:
+        columns = ()
+    if len(columns) != 2 or min(columns) < 0:
+        ap.error(f"--columns={args.columns!r} must be two comma-separated ints >= 0")
+    args.columns = columns
     args.eval_every = min(args.eval_every, args.steps)
     return args
 
@@ -268,9 +283,18 @@ def parse_args(argv=None):
 def main(argv=None) -> dict:
     args = parse_args(argv)
     initialize_distributed()  # multi-host runs: SEQJAX_COORDINATOR etc.; a no-op otherwise
+    # Everything that can reject the input runs before the run directory is written.
+    check_output_dir("--out", args.out)
+    if args.task not in TRANSLATION_TASKS:  # a TSV file
+        if not Path(args.task).expanduser().exists():
+            raise FileNotFoundError(f"--task {args.task}: neither a built-in task "
+                                    f"({', '.join(TRANSLATION_TASKS)}) nor an existing file")
+        check_file("--task", args.task)
+    check_devices(args.devices, args.batch_size)
     data = make_translation_data(args.task, seed=args.seed, num_examples=args.num_examples,
                                  level=args.level, lowercase=args.lowercase,
                                  columns=args.columns)
+    models = {f"{args.cell}-{att}": build_model(args, data, att) for att in args.attentions}
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     run_root = Path(args.out) / f"translate-{data.name}" / stamp
     run_root.mkdir(parents=True, exist_ok=False)
@@ -287,9 +311,7 @@ def main(argv=None) -> dict:
     }
     histories = {}
     t0 = time.time()
-    for att in args.attentions:
-        name = f"{args.cell}-{att}"
-        model = build_model(args, data, att)
+    for name, model in models.items():
         r, histories[name] = run_model(name, model, data, args, run_root / name, buckets)
         results["models"][name] = r
         print(f"{name}: test exact match {100 * r['test']['exact_match']:.2f}%, BLEU "
@@ -308,4 +330,4 @@ def main(argv=None) -> dict:
 
 if __name__ == "__main__":
     jnp.zeros(())  # initialise the backend before the first timing
-    main()
+    run_main(main)

@@ -10,8 +10,19 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
+from seqjax.cli import (
+    UserError,
+    check_dir,
+    check_file,
+    check_output_dir,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    run_main,
+)
+from seqjax.data import resolve_data_dir
 from seqjax.embeddings import Word2Vec, save_word2vec_text, train_word2vec
 
 PROBES = ["money", "company", "stock", "president", "week", "bank", "buy", "good", "market",
@@ -41,23 +52,37 @@ def main(argv=None):
                    help="data directory (default: $SEQJAX_DATA, else the repository's data/)")
     p.add_argument("--text", default=None, help="any text file instead of PTB train")
     p.add_argument("--mode", default="skipgram", choices=["skipgram", "cbow"])
-    p.add_argument("--dim", type=int, default=100)
-    p.add_argument("--window", type=int, default=5)
-    p.add_argument("--negative", type=int, default=5)
-    p.add_argument("--sample", type=float, default=1e-4)
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--lr", type=float, default=None, help="default 0.025 sg / 0.05 cbow")
-    p.add_argument("--batch-size", type=int, default=512)
-    p.add_argument("--min-count", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dim", type=positive_int, default=100)
+    p.add_argument("--window", type=positive_int, default=5)
+    p.add_argument("--negative", type=positive_int, default=5)
+    p.add_argument("--sample", type=non_negative_float, default=1e-4)
+    p.add_argument("--epochs", type=positive_int, default=10)
+    p.add_argument("--lr", type=positive_float, default=None,
+                   help="default 0.025 sg / 0.05 cbow")
+    p.add_argument("--batch-size", type=positive_int, default=512)
+    p.add_argument("--min-count", type=positive_int, default=1)
+    p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--out", default=f"results/word2vec/{time.strftime('%Y%m%d-%H%M%S')}")
     args = p.parse_args(argv)
 
-    path = Path(args.text) if args.text else Path(args.data_dir) / "ptb" / "ptb.train.txt"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found (PTB: Mikolov's simple-examples, ptb.train.txt)")
+    out = check_output_dir("--out", args.out)
+    if args.text:
+        path = check_file("--text", args.text)
+    else:
+        if args.data_dir is not None:
+            check_dir("--data-dir", args.data_dir)
+        root = resolve_data_dir(args.data_dir)
+        if root is None:
+            raise UserError("no data directory for PTB: pass --data-dir, set $SEQJAX_DATA, or "
+                            "give --text")
+        path = root / "ptb" / "ptb.train.txt"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found (PTB: Mikolov's simple-examples, "
+                                    "ptb.train.txt); pass --data-dir or --text")
     tokens = path.read_text(encoding="utf-8", errors="replace").split()
-    lr = args.lr or (0.025 if args.mode == "skipgram" else 0.05)
+    if not tokens:
+        raise UserError(f"{'--text ' if args.text else ''}{path} holds no words")
+    lr = args.lr if args.lr is not None else (0.025 if args.mode == "skipgram" else 0.05)
     cfg = Word2Vec(dim=args.dim, mode=args.mode, window=args.window, negative=args.negative,
                    sample=args.sample, min_count=args.min_count, lr=lr, epochs=args.epochs,
                    batch_size=args.batch_size)
@@ -80,7 +105,6 @@ def main(argv=None):
     acc = correct / max(len(usable), 1)
     print(f"analogy accuracy {correct}/{len(usable)} = {acc:.3f} "
           f"({len(ANALOGIES) - len(usable)} questions skipped: OOV)")
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     save_word2vec_text(out / "vectors.txt", model.words, model.vectors)
     (out / "results.json").write_text(json.dumps({
@@ -90,4 +114,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -27,10 +27,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import char_lm  # noqa: E402  (the shared driver, beside this script)
 
+from seqjax.cli import run_main  # noqa: E402
+
 
 def main(argv=None):
     return char_lm.main(argv, level="word", doc=__doc__)
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -75,7 +75,7 @@ def test_script_resumes_to_the_same_numbers(tmp_path):
     (["--models", "ntm,transformer"], "unknown model"),
     (["--task", "sorting"], "invalid choice"),
     (["--eval-lengths", "40,x"], "eval-lengths"),
-    (["--steps", "0"], "--steps must be >= 1"),
+    (["--steps", "0"], "argument --steps: must be a positive integer"),
 ])
 def test_bad_input(argv, message, capsys):
     with pytest.raises(SystemExit):

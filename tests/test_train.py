@@ -360,6 +360,31 @@ def test_resume_is_bit_for_bit(tmp_path):
     assert not np.array_equal(other.state.params["w"], full.state.params["w"])
 
 
+def test_keep_best_selects_the_best_validation_params_across_a_resume(tmp_path):
+    """keep_best returns the params of the best "valid" row: the same params an uninterrupted
+    run had at that step (checked by re-running to it), also when the run was cut and resumed
+    after that step, and with a large learning rate the best is not the last."""
+    kwargs = _resume_kwargs(optimizer=make_optimizer("sgd", 0.35), keep_best=("loss", "min"),
+                            eval_every=1)
+    full = fit(run_dir=tmp_path / "full", **kwargs)
+    valid = [(r["step"], r["loss"]) for r in full.history if r["split"] == "valid"]
+    best_step, best_loss = min(valid, key=lambda sv: sv[1])
+    assert (full.best_step, full.best_value) == (best_step, best_loss)
+    assert best_step != 12, valid  # the test means something only if the last is not the best
+    upto = fit(run_dir=None, **{**kwargs, "num_steps": best_step, "keep_best": None})
+    assert_trees_equal(full.best_params, upto.state.params)
+    assert abs(np_loss(full.best_params) - best_loss) < 1e-5
+
+    parts = tmp_path / "parts"
+    fit(run_dir=parts, **{**kwargs, "num_steps": 8})
+    resumed = fit(run_dir=parts, resume=True, **kwargs)
+    assert (resumed.best_step, resumed.best_value) == (best_step, best_loss)
+    assert_trees_equal(resumed.best_params, full.best_params)
+    assert sorted(p.name for p in (parts / "best").iterdir()) == [str(best_step)]
+    with pytest.raises(ValueError, match="keep_best"):
+        fit(run_dir=None, **{**kwargs, "eval_fn": None})
+
+
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     def exploding_loss(params, batch, key, train):
         loss, aux = mse_loss(params, batch, key, train)

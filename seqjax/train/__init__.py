@@ -6,7 +6,12 @@ come from ``train_batches(step)``. :func:`fit` trains with logging (``metrics.js
 chain (clip first, then the optimiser, schedules, reduce-on-plateau).
 """
 
-from seqjax.train.checkpoint import latest_step, restore_checkpoint
+from seqjax.train.checkpoint import (
+    CheckpointError,
+    check_checkpoint,
+    latest_step,
+    restore_checkpoint,
+)
 from seqjax.train.loop import (
     FitResult,
     LossFn,
@@ -49,12 +54,14 @@ from seqjax.train.tbptt import (
 __all__ = [
     "OPTIMIZERS",
     "SCHEDULES",
+    "CheckpointError",
     "FitResult",
     "StreamBatch",
     "TokenStreams",
     "LossFn",
     "NonFiniteLossError",
     "TrainState",
+    "check_checkpoint",
     "fit",
     "fit_task",
     "host_local_batch_to_global",

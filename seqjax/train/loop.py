@@ -20,6 +20,7 @@ Files of a run (``run_dir``)::
     config.json            the config dict given to fit
     metrics.jsonl          one JSON object per line: {"step", "split", <metrics>..., "time"}
     checkpoints/<step>/    orbax checkpoints of the whole TrainState
+    best/<step>/, best.json  with keep_best: the params of the best validation row
 """
 
 from __future__ import annotations
@@ -42,7 +43,14 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
-from seqjax.train.checkpoint import checkpoint_dir, open_manager
+from seqjax.train.best import BEST_DIR, BEST_FILE, BestParams
+from seqjax.train.checkpoint import (
+    check_run_dir,
+    checkpoint_dir,
+    open_manager,
+    quiet_orbax,
+    restore_step,
+)
 from seqjax.train.optim import learning_rate_of
 from seqjax.train.plot import plot_curves  # noqa: F401  (re-exported: loop.plot_curves)
 from seqjax.train.state import TrainState, as_raw_key
@@ -105,6 +113,9 @@ class FitResult:
       steps_per_s: training steps per second of this call, not counting the first step
         (which compiles) when more than one step ran.
       start_step: the step this call started from (``> 0`` after a resume).
+      best_step, best_value, best_params: with ``keep_best``, the step, validation value and
+        params of the best validation row of the whole run (resumed parts included); ``None``
+        otherwise.
     """
 
     state: TrainState
@@ -112,6 +123,9 @@ class FitResult:
     wall_s: float
     steps_per_s: float
     start_step: int = 0
+    best_step: int | None = None
+    best_value: float | None = None
+    best_params: Any = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -283,6 +297,7 @@ def fit(
     desc: str = "",
     extra: Any = None,
     mesh: Any = None,
+    keep_best: tuple[str, str] | None = None,
 ) -> FitResult:
     """Trains ``params`` for ``num_steps`` updates, with logs, checkpoints and resume.
 
@@ -294,7 +309,7 @@ def fit(
     2. every ``log_every`` steps and at the last, a ``"train"`` row goes to the history and to
        ``metrics.jsonl``;
     3. every ``eval_every`` steps (if ``> 0``) and at the last, ``eval_fn(params)`` gives a
-       ``"valid"`` row;
+       ``"valid"`` row (and with ``keep_best``, the params are kept if it is the best so far);
     4. every ``checkpoint_every`` steps (if ``> 0``) and at the last, the whole state is saved.
 
     An exception out of the loop (``KeyboardInterrupt`` included) first saves the state of the
@@ -334,6 +349,9 @@ def fit(
         global batch. Only process 0 writes ``config.json`` and ``metrics.jsonl``; checkpoints
         are written through orbax's multi-process support. ``None``: today's single-device
         behaviour.
+      keep_best: ``(metric, "min" | "max")``: keep the params of the best validation row by
+        that metric (:class:`~seqjax.train.best.BestParams`; on disk in ``best/``), returned as
+        ``FitResult.best_params``: the model selection of the usual protocol. Needs ``eval_fn``.
 
     Returns:
       A :class:`FitResult`.
@@ -341,12 +359,18 @@ def fit(
     Raises:
       NonFiniteLossError: on a NaN/inf loss or gradient norm.
       FileExistsError: if ``run_dir`` holds a run and neither ``resume`` nor ``overwrite``.
+      NotADirectoryError: if ``run_dir`` or its ``checkpoints`` is a file.
       ValueError: on invalid arguments, or a checkpoint beyond ``num_steps``.
+      CheckpointError: (a ``ValueError``) on resume, if the newest checkpoint is unreadable or
+        its tree or shapes differ from the state of ``params``/``optimizer``/``extra`` (e.g. a
+        run resumed with other model sizes); raised before any training step.
     """
     t_start = time.perf_counter()
     _validate_fit_args(num_steps=num_steps, eval_every=eval_every, log_every=log_every,
                        checkpoint_every=checkpoint_every, max_to_keep=max_to_keep,
                        run_dir=run_dir, resume=resume)
+    if keep_best is not None and eval_fn is None:
+        raise ValueError(f"{keep_best=} needs an eval_fn (it selects on the validation rows)")
     step_fn = make_train_step(loss_fn, optimizer, stateful=extra is not None, mesh=mesh)
     if mesh is not None:
         from seqjax.train.parallel import host_local_batch_to_global, place_state
@@ -361,6 +385,8 @@ def fit(
                             overwrite=overwrite, num_steps=num_steps, config=config)
         if mesh is not None:
             state = place_state(state, mesh)
+        best = None if keep_best is None else BestParams(*keep_best, run_dir,
+                                                         primary=files.primary)
         start = int(state.step)
         pending: tuple[TrainState, Any] | None = None  # updated, not yet checked for finiteness
         t_first = t_loop_end = time.perf_counter()
@@ -389,6 +415,8 @@ def fit(
                     if eval_fn is not None and ((eval_every and s % eval_every == 0) or last):
                         valid = {k: float(v) for k, v in eval_fn(state.params).items()}
                         files.emit({"step": s, "split": "valid", **valid})
+                        if best is not None:
+                            best.consider(s, state.params, valid)
                         valid_postfix = {f"valid_{k}": f"{v:.4g}" for k, v in valid.items()}
                     bar.set_postfix({"loss": f"{values['loss']:.4g}", **valid_postfix},
                                     refresh=False)
@@ -408,7 +436,10 @@ def fit(
     else:
         steps_per_s = ran / max(t_loop_end - t_start, 1e-9)
     return FitResult(state=state, history=files.history, wall_s=time.perf_counter() - t_start,
-                     steps_per_s=steps_per_s, start_step=start)
+                     steps_per_s=steps_per_s, start_step=start,
+                     best_step=None if best is None else best.step,
+                     best_value=None if best is None else best.value,
+                     best_params=None if best is None else best.params(state.params))
 
 
 def load_history(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
@@ -465,19 +496,20 @@ class _RunFiles:
         """Prepares ``run_dir`` and returns the state to start from (restored on resume)."""
         if self.run_path is None:
             return state
+        check_run_dir(self.run_path)  # neither run_dir nor its checkpoints a file
         self.run_path.mkdir(parents=True, exist_ok=True)
         if not resume and self.primary:
             _clear_previous_run(self.run_path, overwrite)
-        self.manager = open_manager(self.run_path, max_to_keep=self.max_to_keep)
-        self._stack.callback(self.manager.close)
-        self._stack.callback(self.manager.wait_until_finished)
-        restored = self.manager.latest_step() if resume else None
+        with quiet_orbax():  # a damaged directory: the error below says it in one line
+            self.manager = open_manager(self.run_path, max_to_keep=self.max_to_keep)
+            self._stack.callback(self.manager.close)
+            self._stack.callback(self.manager.wait_until_finished)
+            restored = self.manager.latest_step() if resume else None
         if restored is not None:
             if restored > num_steps:
                 raise ValueError(f"the newest checkpoint in {checkpoint_dir(self.run_path)} is "
                                  f"at step {restored}, past {num_steps=}")
-            abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-            state = self.manager.restore(restored, args=ocp.args.StandardRestore(abstract))
+            state = restore_step(self.manager, restored, state)
             self.last_saved = restored
             logger.info("resumed %s from step %d", self.run_path, restored)
         metrics_path = self.run_path / METRICS_FILE
@@ -543,6 +575,8 @@ def _clear_previous_run(run_path: Path, overwrite: bool) -> None:
     if ckpt.is_dir():
         shutil.rmtree(ckpt)
     metrics.unlink(missing_ok=True)
+    shutil.rmtree(run_path / BEST_DIR, ignore_errors=True)
+    (run_path / BEST_FILE).unlink(missing_ok=True)
 
 
 def _truncate_history(path: Path, last_step: int) -> list[dict[str, Any]]:

@@ -77,9 +77,14 @@ def fit_task(
     The loss is :func:`task_loss_fn`, step ``i`` trains on ``task.train_batch(i, batch_size,
     seed)``, every ``eval_every`` steps ``evaluate(params, "valid")`` (a
     :func:`make_task_evaluator`) gives a validation row and the state is checkpointed, and a
-    training row is logged five times per evaluation period. ``fit_kwargs`` go to ``fit``
-    (``resume``, ``config``, ``progress``, ``desc``, ``mesh``, ...).
+    training row is logged five times per evaluation period. With ``evaluate``, the params of
+    the best validation row by the task's headline metric are kept (``FitResult.best_params``,
+    the model the usual protocol tests; ``keep_best=None`` turns it off). ``fit_kwargs`` go to
+    ``fit`` (``resume``, ``config``, ``progress``, ``desc``, ``mesh``, ...).
     """
+    if evaluate is not None:
+        mode = "min" if task.lower_is_better else "max"
+        fit_kwargs.setdefault("keep_best", (task.metric_name, mode))
     return fit(
         params=params,
         loss_fn=task_loss_fn(model, task),

@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from seqjax.data.base import softmax_cross_entropy
+from seqjax.data.base import classification_terms
 
 Array = jax.Array
 
@@ -209,9 +209,10 @@ def truncated_forward(
 
 
 def _sum_ce(logits: Array, targets: Array, mask: Array) -> tuple[Array, Array]:
-    ce = softmax_cross_entropy(logits, targets)
-    m = mask.astype(jnp.float32)
-    return jnp.sum(ce * m), jnp.sum(m)
+    """Summed cross-entropy and count over ``mask``; masked-out positions change no value and
+    no gradient, even when their logits are NaN (:func:`seqjax.data.base.classification_terms`)."""
+    terms = classification_terms(logits, targets, mask)
+    return terms["loss"], terms["count"]
 
 
 def make_tbptt_loss_fn(model: Any, *, k2: int | None = None) -> Callable:
