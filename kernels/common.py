@@ -16,25 +16,40 @@ built with ``interpret=False`` can be lowered for ``cuda`` or ``tpu`` on a CPU-o
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from typing import Any
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 __all__ = [
+    "DEFAULT_MAX_PROGRAMS",
     "GPU",
     "TPU",
+    "PersistentGrid",
     "cdiv",
     "check_block_sizes",
+    "default_max_programs",
+    "default_persistent_blocks",
     "dot_nt",
     "gpu_barrier",
+    "grid_barrier",
     "interpret_arg",
+    "is_persistent",
+    "k_tiling",
     "kernel_platform",
     "largest_divisor_at_most",
     "next_pow2",
     "pad_bh",
+    "persistent_call",
+    "persistent_grid",
+    "resident_num_warps",
     "round_up",
     "sigmoid",
+    "tile",
 ]
 
 GPU = "gpu"
@@ -158,3 +173,229 @@ def pad_bh(x, batch_p: int, hidden_p: int):
     """Zero-pad the last two axes ``[..., B, H]`` to ``[..., Bp, Hp]``."""
     pad = [(0, 0)] * (x.ndim - 2) + [(0, batch_p - x.shape[-2]), (0, hidden_p - x.shape[-1])]
     return jnp.pad(x, pad)
+
+
+# ------------------------------------------------------------------------------------------
+# Persistent GPU kernels: the grid plan and the grid-wide barrier
+# ------------------------------------------------------------------------------------------
+
+#: Default cap on the number of programs of a persistent GPU kernel: the SM count of an
+#: H100/H200 SXM (132). Every program of a persistent kernel must be resident at once (they
+#: wait for each other at a grid-wide barrier every step), so the grid must not exceed the SMs
+#: of the GPU it runs on: lower it (``max_programs=`` of the block sizes) for smaller GPUs, e.g.
+#: 114 for an H100 PCIe, 108 for an A100 (:func:`default_max_programs` does so for the GPU the
+#: process sees).
+DEFAULT_MAX_PROGRAMS = 132
+
+_MAX_K_TILES = 8  # K tiles a step unrolls before the tile width is doubled (code size)
+_MAX_BLOCK_K = 256  # widest K tile
+_TILE_ELEMENTS = 8192  # cap on block_b * block_k: one [block_b, block_k] float32 tile of h
+
+
+@dataclasses.dataclass(frozen=True)
+class PersistentGrid:
+    """How a persistent GPU kernel splits a ``[B, H]`` recurrence over programs.
+
+    Program ``(n, p)`` owns hidden block ``n`` (``block_h`` units: the gate columns of those
+    units) for the ``blocks_per_program`` batch blocks ``p * blocks_per_program + j`` of
+    ``block_b`` rows. The hidden size is padded to ``hidden_p``, a multiple of ``block_k`` (the
+    width of one K tile of the ``h @ W`` contraction: ``hidden_p // block_k`` tiles), which is a
+    multiple of ``block_h``; the batch to ``batch_p``.
+    """
+
+    block_b: int
+    block_h: int
+    block_k: int
+    hidden_p: int
+    batch_groups: int
+    blocks_per_program: int
+
+    @property
+    def hidden_blocks(self) -> int:
+        return self.hidden_p // self.block_h
+
+    @property
+    def k_tiles(self) -> int:
+        return self.hidden_p // self.block_k
+
+    @property
+    def batch_blocks(self) -> int:
+        return self.batch_groups * self.blocks_per_program
+
+    @property
+    def batch_p(self) -> int:
+        return self.batch_blocks * self.block_b
+
+    @property
+    def programs(self) -> int:
+        return self.hidden_blocks * self.batch_groups
+
+
+def k_tiling(hidden: int, block_h: int, block_b: int) -> tuple[int, int]:
+    """``(hidden_p, block_k)``: the padded hidden size and the K-tile width of ``h @ W``.
+
+    Triton tensors have power-of-two shapes, so ``h_{t-1} [block_b, H]`` is contracted in K tiles
+    of ``block_k`` columns (a power of two, ``block_h <= block_k <= min(256, 8192 / block_b)``).
+    ``block_k`` starts at ``block_h`` and doubles while more than 8 tiles would be needed;
+    ``hidden_p`` is ``H`` rounded up to it; then ``block_k`` grows to the widest power of two
+    (within the cap) that divides ``hidden_p``. E.g. ``H = 768`` -> 3 tiles of 256,
+    ``H = 200`` -> ``hidden_p = 224``, 7 tiles of 32, ``H = 40`` -> 48, 3 tiles of 16.
+    """
+    cap = max(block_h, min(_MAX_BLOCK_K, _TILE_ELEMENTS // block_b))
+    block_k = block_h
+    while cdiv(hidden, block_k) > _MAX_K_TILES and block_k < cap:
+        block_k *= 2
+    hidden_p = round_up(hidden, block_k)
+    while block_k < cap and hidden_p % (2 * block_k) == 0:
+        block_k *= 2
+    return hidden_p, block_k
+
+
+def persistent_grid(batch: int, hidden: int, block_b: int, block_h: int,
+                    max_programs: int) -> PersistentGrid:
+    """The :class:`PersistentGrid` for ``[batch, hidden]`` with at most ``max_programs``
+    programs: as many batch groups as fit beside the ``hidden_blocks`` programs of one group,
+    each looping over ``blocks_per_program`` batch blocks per step.
+
+    Raises:
+      ValueError: if the hidden blocks alone exceed ``max_programs`` (a larger ``block_h`` is
+        needed).
+    """
+    hidden_p, block_k = k_tiling(hidden, block_h, block_b)
+    hidden_blocks = hidden_p // block_h
+    if hidden_blocks > max_programs:
+        raise ValueError(
+            f"hidden={hidden} in blocks of block_h={block_h} gives {hidden_blocks} programs > "
+            f"max_programs={max_programs} (all must be resident at once): use a larger block_h")
+    blocks = cdiv(batch, block_b)
+    per_program = cdiv(blocks, max_programs // hidden_blocks)
+    return PersistentGrid(block_b, block_h, block_k, hidden_p, cdiv(blocks, per_program),
+                          per_program)
+
+
+def default_max_programs() -> int:
+    """The program cap ``default()`` plans for: the SM count (``Device.core_count``) of the
+    smallest CUDA GPU this process sees, else :data:`DEFAULT_MAX_PROGRAMS` (132: an H100/H200
+    SXM; also what a CPU-only process lowering for ``cuda`` gets)."""
+    try:
+        devices = jax.devices("gpu")
+    except RuntimeError:  # no GPU backend in this process
+        return DEFAULT_MAX_PROGRAMS
+    counts = [getattr(d, "core_count", None) for d in devices]
+    counts = [c for c in counts if isinstance(c, int) and c > 0]
+    return min(counts) if counts else DEFAULT_MAX_PROGRAMS
+
+
+def default_persistent_blocks(batch: int, hidden: int, max_programs: int = DEFAULT_MAX_PROGRAMS
+                              ) -> tuple[int, int, PersistentGrid]:
+    """``(block_b, block_h, grid)`` the kernels' ``default()`` picks on GPU: ``block_h = 16``
+    (the most programs per batch row; doubled only if the hidden blocks alone exceeded
+    ``max_programs``), ``block_b`` the smallest of 16, 32, 64, 128 whose batch blocks all get a
+    program of their own beside the hidden blocks, else 128 with several batch blocks looped
+    over per program."""
+    block_h = 16
+    while k_tiling(hidden, block_h, 16)[0] // block_h > max_programs:
+        block_h *= 2
+    block_b = 16
+    grid = persistent_grid(batch, hidden, block_b, block_h, max_programs)
+    while block_b < 128 and grid.blocks_per_program > 1:
+        block_b *= 2
+        grid = persistent_grid(batch, hidden, block_b, block_h, max_programs)
+    return block_b, block_h, grid
+
+
+def resident_num_warps(weight_bytes: int, *, regs_per_thread: int = 96) -> int:
+    """Warps (4 to 16, a power of two) so that a program's resident weight slice of
+    ``weight_bytes`` spreads to about ``regs_per_thread`` 32-bit registers per thread."""
+    want = cdiv(weight_bytes // 4, 32 * regs_per_thread)
+    return min(16, max(4, next_pow2(want)))
+
+
+def grid_barrier(count_ref, group, target, *, interpret: bool) -> None:
+    """A barrier across the programs of one group of a persistent GPU kernel.
+
+    Every program of the group calls it with the same ``target = (k + 1) * programs_in_group``
+    at its ``k``-th barrier:
+
+    1. a block-wide barrier: all of this program's global stores are issued;
+    2. one atomic increment of ``count_ref[group]`` (Triton lowers a scalar atomic to one
+       thread's ``atom.acq_rel.gpu`` and broadcasts the result to the program's threads: the
+       release publishes the program's stores);
+    3. a spin on atomic reads (``+ 0``, acquire-release) of the counter until it reaches
+       ``target``: the read that ends the spin reads the last increment of the counter's
+       release sequence, so everything every program stored before arriving happens-before
+       this program's next loads (an atomic, not a plain or volatile load: its write effect
+       keeps JAX and MLIR from deleting a loop whose result is unused);
+    4. a block-wide barrier (the other threads of the program wait for the one that spun).
+
+    The counter only grows within a launch (it starts at zero: the kernel takes it as a zero
+    input aliased to an output), so no reset and no sense reversal are needed. Deadlock-free
+    only when every program of the grid is resident at once (``PersistentGrid.programs`` <= the
+    SMs). In interpret mode programs run one after another, so a spin could only end for a
+    group of one program, where the increment alone reaches ``target``: there the barrier is
+    the increment alone (and JAX 0.10's interpret mode cannot discharge an atomic inside a
+    ``while`` loop).
+    """
+    from jax.experimental.pallas import triton as plgpu
+
+    one, zero = np.int32(1), np.int32(0)
+    if interpret:
+        plgpu.atomic_add(count_ref, (group,), one)
+        return
+    plgpu.debug_barrier()
+    seen = plgpu.atomic_add(count_ref, (group,), one) + one
+    lax.while_loop(lambda c: c < target, lambda _: plgpu.atomic_add(count_ref, (group,), zero),
+                   seen)
+    plgpu.debug_barrier()
+
+
+def tile(i, size: int):
+    """``pl.ds`` of the ``i``-th block of ``size`` (``i`` a Python int or traced)."""
+    from jax.experimental import pallas as pl
+
+    if isinstance(i, int):
+        return pl.ds(i * size, size)
+    return pl.ds(pl.multiple_of(i * size, size), size)
+
+
+def is_persistent(interpret: bool, grid: PersistentGrid) -> bool:
+    """Whether a GPU-style kernel runs as the persistent kernel (always on the device; in
+    interpret mode only for one hidden block, where its barrier never waits) rather than its
+    sequential driver."""
+    return not interpret or grid.hidden_blocks == 1
+
+
+def persistent_call(bs: Any, grid: PersistentGrid, phases: int, kernel_gpu, kernel_seq,
+                    out_shape, name: str):
+    """A GPU-style ``pallas_call`` on whole-array refs, for block sizes ``bs`` (with
+    ``num_warps``, ``num_stages``, ``interpret``).
+
+    Either the persistent kernel ``kernel_gpu(*inputs, count_in, *outputs, count, grid=,
+    interpret=)`` with grid ``(hidden blocks, batch groups)`` and a zero int32 counter per batch
+    group (an input aliased to an extra last output, dropped here), or (interpret mode, several
+    hidden blocks: :func:`is_persistent`) the sequential driver ``kernel_seq(*inputs,
+    *outputs, grid=)`` with grid ``(phases, hidden blocks, batch blocks)``, phase outermost.
+    Returns ``f(*inputs) -> outputs``.
+    """
+    from jax.experimental import pallas as pl
+    from jax.experimental.pallas import triton as plgpu
+
+    params = plgpu.CompilerParams(num_warps=bs.num_warps, num_stages=bs.num_stages)
+    if not is_persistent(bs.interpret, grid):
+        return pl.pallas_call(
+            functools.partial(kernel_seq, grid=grid),
+            grid=(phases, grid.hidden_blocks, grid.batch_blocks),
+            out_shape=out_shape, compiler_params=params, interpret=bs.interpret, name=name)
+    count = jax.ShapeDtypeStruct((grid.batch_groups,), jnp.int32)
+
+    def call(*inputs):
+        outs = pl.pallas_call(
+            functools.partial(kernel_gpu, grid=grid, interpret=bs.interpret),
+            grid=(grid.hidden_blocks, grid.batch_groups),
+            out_shape=[*out_shape, count],
+            input_output_aliases={len(inputs): len(out_shape)},
+            compiler_params=params, interpret=bs.interpret, name=name,
+        )(*inputs, jnp.zeros(count.shape, count.dtype))
+        return outs[:-1]
+
+    return call

@@ -40,17 +40,29 @@ Layout: inside the kernels gates live on their own leading axis (``gx [T, 3, B, 
 ``w_h [3, H, H]``): the Triton lowering has no ``slice``, and on TPU a gate block is then a whole
 ``[block_b, H]`` tile. ``b_hr`` and ``b_hz`` are folded into ``gx`` by the wrapper; ``b_hn`` goes
 into the kernel (for "after" it sits inside the reset product). The wrappers relayout and
-zero-pad (batch to a multiple of ``block_b``, hidden to a multiple of ``block_h``); zero padding
-is exact (padded units stay 0, padded rows have length 0). The forward saves ``(r, z, n)`` and,
+zero-pad (batch and hidden to the sizes :meth:`GRUBlockSizes.padded` gives); zero padding is
+exact (padded units stay 0, padded rows have length 0). The forward saves ``(r, z, n)`` and,
 for "after", :math:`h_{t-1} W_{hn} + b_{hn}` as a fourth "gate", plus the states.
 
 Two kernel styles, chosen by :class:`GRUBlockSizes.platform`:
 
-* ``"gpu"`` (Triton): the grid splits the batch; each program runs the time loop for ``block_b``
-  rows, ``block_h`` hidden tiles at a time, streaming the recurrent weight tile by tile from
-  global memory (L2-resident) every step. A step is one phase for "after"; for "before" two (r and
-  z, then n, which needs all of :math:`r \odot h_{t-1}`), and values that cross tiles go through
-  global memory behind a block-wide barrier. The backward has two phases ("after") or three.
+* ``"gpu"``: the **persistent** Triton kernel of :mod:`seqjax.kernels.lstm` (read its
+  docstring for the design and for why Triton rather than Mosaic GPU). Grid ``(hidden blocks,
+  batch groups)``; program ``(n, p)`` owns ``block_h`` hidden units (their r, z, n columns),
+  keeps its slice of ``w_h`` on-chip for the whole sequence, and the programs of a batch group
+  meet at a grid barrier (:func:`seqjax.kernels.common.grid_barrier`) where values cross hidden
+  blocks. Forward: one barrier a step for "after" (the exchange buffer is the state output
+  ``hcar [T+1, B, H]``, each row written once); two for "before" (phase 1: r and z, publishing
+  :math:`r \odot h_{t-1}`; phase 2: n, which needs all of it, then :math:`h_t`; the one-row
+  exchange buffer of :math:`r \odot h_{t-1}` is rewritten each step only after the barrier that
+  ends the previous step, which every reader of it has passed). Backward, reverse time: the
+  pointwise gate gradients, a barrier, ("before": :math:`\overline{(rh)} = \bar a_n W_{hn}^\top`
+  and :math:`\bar a_r`, a barrier,) then each tile's :math:`\bar h_{t-1}` from all of the
+  step's gate gradients (the ``dgx`` output is the exchange buffer: each step's slot written
+  once, so no barrier ends the step). A tile's own carries (``h_{t-1}``, ``z``, the state
+  cotangent) are re-read from the outputs. In interpret mode the same phase functions run under
+  a sequential driver, grid ``(1 + phases * T, hidden blocks, batch blocks)``, phase outermost
+  (or, for one hidden block, the persistent kernel itself).
 * ``"tpu"`` (Mosaic): grid ``(batch blocks, time blocks)`` with the time axis sequential
   (``"arbitrary"``); ``w_h`` sits whole in VMEM, ``h`` in VMEM scratch across grid steps, ``gx``
   and the outputs stream through ``block_t``-step blocks that Pallas double-buffers.
@@ -67,7 +79,6 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
-from jax.experimental.pallas import triton as plgpu
 
 from . import common
 
@@ -112,6 +123,9 @@ class GRUBlockSizes:
         a barrier, and Triton's pipeliner does no alias analysis.
       vmem_limit_bytes: Mosaic scoped-VMEM limit (TPU only; ``None``: the compiler's default).
       interpret: run in Pallas interpret mode (CPU tests); ``False`` to lower for the device.
+      max_programs: GPU only: the most programs the persistent kernel may launch; all must be
+        resident at once (see :class:`seqjax.kernels.LSTMBlockSizes`; default 132, an
+        H100/H200 SXM; :meth:`default` uses the SM count of the local GPU when there is one).
     """
 
     platform: str
@@ -123,11 +137,14 @@ class GRUBlockSizes:
     num_stages: int = 1
     vmem_limit_bytes: int | None = None
     interpret: bool = False
+    max_programs: int = common.DEFAULT_MAX_PROGRAMS
 
     def __post_init__(self):
         common.check_block_sizes(self.platform, self.block_b, self.block_h, self.block_t)
         if self.reset not in RESETS:
             raise ValueError(f"reset={self.reset!r} must be 'after' or 'before'")
+        if self.max_programs < 1:
+            raise ValueError(f"max_programs={self.max_programs} must be positive")
 
     @property
     def saved_gates(self) -> int:
@@ -143,11 +160,12 @@ class GRUBlockSizes:
         """Block sizes for ``shape = (T, B, H)`` and weight ``dtype`` on ``platform``.
 
         ``platform`` is ``"gpu"``/``"cuda"``/``"rocm"``, ``"tpu"`` or ``"cpu"`` (the GPU-style
-        kernel in interpret mode). GPU: ``block_h = min(64, next_pow2(max(H, 16)))``;
-        ``block_b`` 16 up to B = 2048 (one program per SM on an H100), then 32 up to 8192, then
-        64; 8 warps when a tile has more than 1024 elements. TPU: ``block_h`` is ``H`` rounded up
-        to 128; ``block_b`` up to 128 rows and ``block_t`` the largest divisor of ``T`` up to 16,
-        halved until the VMEM estimate fits 48 MiB.
+        kernel in interpret mode). GPU: as :meth:`seqjax.kernels.LSTMBlockSizes.default`
+        (persistent kernel, ``block_h = 16``, ``block_b`` the smallest of 16 to 128 whose batch
+        blocks fit beside the hidden blocks in ``max_programs`` programs (the local GPU's SMs,
+        else 132), ``num_warps`` from the resident weight slice ``3 * Hp * block_h``). TPU:
+        ``block_h`` is ``H`` rounded up to 128; ``block_b`` up to 128 rows and ``block_t`` the
+        largest divisor of ``T`` up to 16, halved until the VMEM estimate fits 48 MiB.
         """
         steps, batch, hidden = (int(s) for s in shape)
         if jnp.dtype(dtype) not in WEIGHT_DTYPES:
@@ -155,11 +173,12 @@ class GRUBlockSizes:
         style, on_cpu = common.kernel_platform(platform)
         interpret = bool(interpret or on_cpu)
         if style == common.GPU:
-            block_h = min(64, common.next_pow2(max(hidden, 16)))
-            block_b = 16 if batch <= 2048 else 32 if batch <= 8192 else 64
-            num_warps = 4 if block_b * block_h <= 1024 else 8
-            return cls(common.GPU, block_b, block_h, reset, num_warps=num_warps,
-                       interpret=interpret)
+            cap = common.default_max_programs()
+            block_b, block_h, grid = common.default_persistent_blocks(batch, hidden, cap)
+            weight_bytes = 3 * grid.hidden_p * block_h * jnp.dtype(dtype).itemsize
+            return cls(common.GPU, block_b, block_h, reset,
+                       num_warps=common.resident_num_warps(weight_bytes), interpret=interpret,
+                       max_programs=cap)
         block_h = common.round_up(hidden, 128)
         block_b = min(common.round_up(batch, 8), 128)
         block_t = common.largest_divisor_at_most(steps, 16)
@@ -172,9 +191,19 @@ class GRUBlockSizes:
         return cls(common.TPU, block_b, block_h, reset, block_t, vmem_limit_bytes=limit,
                    interpret=interpret)
 
+    def grid(self, batch: int, hidden: int) -> common.PersistentGrid:
+        """The GPU kernel's :class:`~seqjax.kernels.common.PersistentGrid` for ``[B, H]``."""
+        if self.platform != common.GPU:
+            raise ValueError("grid() is for the GPU kernel")
+        return common.persistent_grid(batch, hidden, self.block_b, self.block_h,
+                                      self.max_programs)
+
     def padded(self, batch: int, hidden: int) -> tuple[int, int]:
         """``(B_pad, H_pad)``: the batch and hidden sizes the kernel runs at."""
-        if self.platform == common.TPU and hidden > self.block_h:
+        if self.platform == common.GPU:
+            grid = self.grid(batch, hidden)
+            return grid.batch_p, grid.hidden_p
+        if hidden > self.block_h:
             raise ValueError(
                 f"hidden={hidden} > block_h={self.block_h}: on TPU block_h is all of H")
         return common.round_up(batch, self.block_b), common.round_up(hidden, self.block_h)
@@ -207,187 +236,304 @@ def _pointwise_vjp(dh: Array, z: Array, n: Array, h_prev: Array) -> tuple[Array,
     return da_n, da_z
 
 
-def _fwd_kernel_gpu(len_ref, gx_ref, w_ref, b_ref, h0_ref, hcar_ref, *rest, steps: int,
-                    tiles: int, block_h: int, reset: str, save: bool, interpret: bool):
-    """Triton forward for one batch block.
+# GPU (Triton), persistent. Refs are whole arrays in global memory; a program addresses its
+# tiles with ``pl.ds``: ``rows`` (a batch block), ``cols`` (its hidden block), K tiles of
+# ``block_k``. The carries a tile needs from its own previous phase (``h_{t-1}``, ``z``, the
+# state cotangent) are re-read from the outputs; what other programs wrote is read after a
+# grid barrier.
 
-    Refs (one batch block): ``len [bb]``, ``gx [T, 3, bb, Hp]`` (``b_hr``, ``b_hz`` folded in),
-    ``w [3, Hp, Hp]``, ``b [Hp]`` (``b_hn``), ``h0 [bb, Hp]`` -> ``hcar [T+1, bb, Hp]`` (row
-    ``t`` is the state step ``t`` reads; row 0 the initial state), for "before" ``tmp [2, bb,
-    Hp]`` (``r * h_{t-1}`` and ``z`` of the current step, shared across tiles), optionally
-    ``acts [T, G, bb, Hp]`` (``G = 4`` after, 3 before).
-    """
-    rest = list(rest)
+_tile = common.tile
+
+
+def _fwd_weights(w_ref, cols, grid: common.PersistentGrid):
+    """A program's resident forward weight slice: ``w[g][k] = w_ref[g, K tile k, cols]``."""
+    return [[w_ref[g, _tile(k, grid.block_k), cols] for k in range(grid.k_tiles)]
+            for g in range(3)]
+
+
+def _bwd_weights(w_ref, cols, grid: common.PersistentGrid):
+    """A program's resident backward weight slice: ``w[g][k] = w_ref[g, cols, K tile k]``."""
+    return [[w_ref[g, cols, _tile(k, grid.block_k)] for k in range(grid.k_tiles)]
+            for g in range(3)]
+
+
+def _contract(src, w, gates, grid: common.PersistentGrid, transposed: bool = False):
+    """``[sum_k src(g, k) @ w[g][k] for g in gates]`` (``@ w[g][k]^T`` when ``transposed``),
+    float32; ``src(g, k)`` loads the ``[rows, block_k]`` K tile ``k`` for gate ``g``."""
+    acc = [None] * len(gates)
+    for k in range(grid.k_tiles):
+        for i, g in enumerate(gates):
+            w_gk = w[g][k].astype(_F32)
+            term = (_dot_nt(src(g, k), w_gk) if transposed
+                    else jnp.dot(src(g, k), w_gk, preferred_element_type=_F32))
+            acc[i] = term if acc[i] is None else acc[i] + term
+    return acc
+
+
+def _fwd_gates(t, rows, cols, w, len_ref, gx_ref, b_ref, hcar_ref, tmp_ref, acts_ref,
+               grid: common.PersistentGrid, reset: str):
+    """Forward phase 1 of step ``t`` for one tile. "after": the whole step (writes
+    ``hcar[t + 1]``). "before": ``r`` and ``z``; publishes ``r * h_{t-1}`` (``tmp[0]``, read by
+    every program in phase 2) and ``z`` (``tmp[1]``)."""
+    h_prev = hcar_ref[t, rows, cols]
+    gates = (0, 1, 2) if reset == "after" else (0, 1)
+    acc = _contract(lambda g, k: hcar_ref[t, rows, _tile(k, grid.block_k)], w, gates, grid)
+    r = _sigmoid(gx_ref[t, 0, rows, cols] + acc[0])
+    z = _sigmoid(gx_ref[t, 1, rows, cols] + acc[1])
+    if reset == "after":
+        live = (t < len_ref[rows])[:, None]
+        hn = acc[2] + b_ref[cols][None, :]
+        n = jnp.tanh(gx_ref[t, 2, rows, cols] + r * hn)
+        hcar_ref[t + 1, rows, cols] = jnp.where(live, _new_state(n, z, h_prev), h_prev)
+        acts = (r, z, n, hn)
+    else:
+        tmp_ref[0, rows, cols] = r * h_prev
+        tmp_ref[1, rows, cols] = z
+        acts = (r, z)
+    if acts_ref is not None:
+        for g, a in enumerate(acts):
+            acts_ref[t, g, rows, cols] = a
+
+
+def _fwd_new(t, rows, cols, w, len_ref, gx_ref, b_ref, hcar_ref, tmp_ref, acts_ref,
+             grid: common.PersistentGrid):
+    """Forward phase 2 of step ``t`` ("before"): ``n`` from ``(r * h_{t-1}) W_hn`` (all of
+    ``tmp[0]``), then ``h_t``."""
+    live = (t < len_ref[rows])[:, None]
+    (rhn,) = _contract(lambda g, k: tmp_ref[0, rows, _tile(k, grid.block_k)], w, (2,), grid)
+    n = jnp.tanh(gx_ref[t, 2, rows, cols] + rhn + b_ref[cols][None, :])
+    h_prev = hcar_ref[t, rows, cols]
+    hcar_ref[t + 1, rows, cols] = jnp.where(live, _new_state(n, tmp_ref[1, rows, cols], h_prev),
+                                            h_prev)
+    if acts_ref is not None:
+        acts_ref[t, 2, rows, cols] = n
+
+
+def _fwd_split(refs, reset: str, save: bool):
+    """``(len, gx, b, hcar, tmp | None, acts | None)`` from the forward refs after ``w``/``h0``."""
+    len_ref, gx_ref, b_ref, hcar_ref, *rest = refs
     tmp_ref = rest.pop(0) if reset == "before" else None
     acts_ref = rest.pop(0) if save else None
-    barrier = common.gpu_barrier(interpret)
-    bb = h0_ref.shape[0]
+    return (len_ref, gx_ref, b_ref, hcar_ref, tmp_ref, acts_ref), rest
 
-    def tile(n):
-        return pl.ds(pl.multiple_of(n * block_h, block_h), block_h)
 
-    def init(n, _):
-        cols = tile(n)
-        hcar_ref[0, :, cols] = h0_ref[:, cols]
+def _fwd_kernel_gpu(len_ref, gx_ref, w_ref, b_ref, h0_ref, count_in_ref, hcar_ref, *rest,
+                    grid: common.PersistentGrid, steps: int, reset: str, save: bool,
+                    interpret: bool):
+    """The persistent forward: program ``(n, p)``, time loop inside; one grid barrier a step
+    ("after") or two ("before": ``n`` needs all of ``r * h_{t-1}``).
 
-    lax.fori_loop(0, tiles, init, None)
-    barrier()
-    lengths = len_ref[...]
-    zeros = jnp.zeros((bb, block_h), _F32)
+    Refs (whole arrays): ``len [Bp]``, ``gx [T, 3, Bp, Hp]`` (``b_hr``, ``b_hz`` folded in),
+    ``w [3, Hp, Hp]``, ``b [Hp]`` (``b_hn``), ``h0 [Bp, Hp]``, ``count [groups]`` -> ``hcar
+    [T+1, Bp, Hp]`` (row ``t`` the state step ``t`` reads), for "before" ``tmp [2, Bp, Hp]``
+    (``r * h_{t-1}`` and ``z`` of the current step), optionally ``acts [T, G, Bp, Hp]``
+    (``G = 4`` after, 3 before), then ``count``.
+    """
+    del count_in_ref
+    refs, (count_ref,) = _fwd_split((len_ref, gx_ref, b_ref, hcar_ref, *rest), reset, save)
+    n, p = pl.program_id(0), pl.program_id(1)
+    cols = _tile(n, grid.block_h)
+    w = _fwd_weights(w_ref, cols, grid)  # on-chip for the whole sequence
+    per_program = grid.blocks_per_program
+    phases = 1 if reset == "after" else 2
 
-    def contract(src_ref, src_idx, gates, cols):
-        """``sum_k src[:, k-tile] @ w[g, k-tile, cols]`` for each gate ``g`` in ``gates``."""
+    def rows(j):
+        return _tile(p * per_program + j, grid.block_b)
 
-        def body(k, acc):
-            rows = tile(k)
-            x = src_ref[src_idx + (slice(None), rows)]
-            return tuple(a + jnp.dot(x, w_ref[g, rows, cols].astype(_F32),
-                                     preferred_element_type=_F32)
-                         for a, g in zip(acc, gates))
+    def barrier(k):
+        common.grid_barrier(count_ref, p, (k + 1) * grid.hidden_blocks, interpret=interpret)
 
-        return lax.fori_loop(0, tiles, body, (zeros,) * len(gates))
+    def each_block(fn):
+        lax.fori_loop(0, per_program, lambda j, _: fn(rows(j)), None)
 
-    def step_after(t, live):
-        def out_tile(j, _):
-            cols = tile(j)
-            hr, hz, hn = contract(hcar_ref, (t,), (0, 1, 2), cols)
-            hn = hn + b_ref[cols][None, :]
-            r = _sigmoid(gx_ref[t, 0, :, cols] + hr)
-            z = _sigmoid(gx_ref[t, 1, :, cols] + hz)
-            n = jnp.tanh(gx_ref[t, 2, :, cols] + r * hn)
-            h_prev = hcar_ref[t, :, cols]
-            hcar_ref[t + 1, :, cols] = jnp.where(live, _new_state(n, z, h_prev), h_prev)
-            if acts_ref is not None:
-                for g, a in enumerate((r, z, n, hn)):
-                    acts_ref[t, g, :, cols] = a
+    def init(r):
+        hcar_ref[0, r, cols] = h0_ref[r, cols]
 
-        lax.fori_loop(0, tiles, out_tile, None)
-
-    def step_before(t, live):
-        def gate_tile(j, _):  # phase 1: r, z; publish r * h_{t-1} and z
-            cols = tile(j)
-            hr, hz = contract(hcar_ref, (t,), (0, 1), cols)
-            r = _sigmoid(gx_ref[t, 0, :, cols] + hr)
-            z = _sigmoid(gx_ref[t, 1, :, cols] + hz)
-            tmp_ref[0, :, cols] = r * hcar_ref[t, :, cols]
-            tmp_ref[1, :, cols] = z
-            if acts_ref is not None:
-                acts_ref[t, 0, :, cols] = r
-                acts_ref[t, 1, :, cols] = z
-
-        lax.fori_loop(0, tiles, gate_tile, None)
-        barrier()  # phase 2 reads all of r * h_{t-1}
-
-        def out_tile(j, _):  # phase 2: n from (r * h_{t-1}) W_hn, then h_t
-            cols = tile(j)
-            (rhn,) = contract(tmp_ref, (0,), (2,), cols)
-            n = jnp.tanh(gx_ref[t, 2, :, cols] + rhn + b_ref[cols][None, :])
-            h_prev = hcar_ref[t, :, cols]
-            hcar_ref[t + 1, :, cols] = jnp.where(live, _new_state(n, tmp_ref[1, :, cols], h_prev),
-                                                 h_prev)
-            if acts_ref is not None:
-                acts_ref[t, 2, :, cols] = n
-
-        lax.fori_loop(0, tiles, out_tile, None)
+    each_block(init)
+    barrier(0)
 
     def step(t, _):
-        live = (t < lengths)[:, None]
-        (step_after if reset == "after" else step_before)(t, live)
-        barrier()  # step t+1 reads all of h_t (and overwrites tmp)
+        each_block(lambda r: _fwd_gates(t, r, cols, w, *refs, grid, reset))
+        barrier(phases * t + 1)
+        if reset == "before":
+            each_block(lambda r: _fwd_new(t, r, cols, w, *refs, grid))
+            barrier(phases * t + 2)
 
     lax.fori_loop(0, steps, step, None)
 
 
-def _bwd_kernel_gpu(len_ref, w_ref, acts_ref, hcar_ref, dhs_ref, dht_ref, dgx_ref, dh_ref, *,
-                    steps: int, tiles: int, block_h: int, reset: str, interpret: bool):
-    """Triton backward for one batch block, reverse time.
+def _fwd_kernel_seq(len_ref, gx_ref, w_ref, b_ref, h0_ref, hcar_ref, *rest,
+                    grid: common.PersistentGrid, reset: str, save: bool):
+    """The sequential driver (interpret mode): grid ``(1 + phases * T, hidden blocks, batch
+    blocks)``, phase outermost; phase 0 writes ``h0``. Same refs as :func:`_fwd_kernel_gpu`,
+    without the counter."""
+    refs, _ = _fwd_split((len_ref, gx_ref, b_ref, hcar_ref, *rest), reset, save)
+    s, n, b = pl.program_id(0), pl.program_id(1), pl.program_id(2)
+    rows, cols = _tile(b, grid.block_b), _tile(n, grid.block_h)
+    phases = 1 if reset == "after" else 2
+    t, phase = (s - 1) // phases, (s - 1) % phases
 
-    Refs: ``len [bb]``, ``w [3, Hp, Hp]``, ``acts [T, G, bb, Hp]``, ``hcar [T+1, bb, Hp]``,
-    ``dhs [T, bb, Hp]``, ``dht [bb, Hp]`` -> ``dgx [T, 3, bb, Hp]`` (gate pre-activation
-    gradients ``da``), ``dh [R, bb, Hp]``: rows 0 and 1 ping-pong state cotangents, row ``t % 2``
-    holding the cotangent of the state step ``t`` reads once step ``t`` is done (row 0 at the
-    end: ``dh0``); for "before" row 2 holds ``(da_n W_hn^T) * r`` between phases.
+    @pl.when(s == 0)
+    def _():
+        hcar_ref[0, rows, cols] = h0_ref[rows, cols]
+
+    @pl.when((s > 0) & (phase == 0))
+    def _():
+        _fwd_gates(t, rows, cols, _fwd_weights(w_ref, cols, grid), *refs, grid, reset)
+
+    if reset == "before":
+        @pl.when((s > 0) & (phase == 1))
+        def _():
+            _fwd_new(t, rows, cols, _fwd_weights(w_ref, cols, grid), *refs, grid)
+
+
+def _bwd_cell(t, rows, cols, len_ref, acts_ref, hcar_ref, dhs_ref, dgx_ref, dh_ref, tmp_ref,
+              reset: str):
+    """Backward phase 1 of step ``t`` for one tile: the gate gradients that need no matmul,
+    ``da_z``, ``da_n`` (and ``da_r`` for "after"), from the tile's state cotangent ``dh``."""
+    del tmp_ref
+    live = (t < len_ref[rows])[:, None]
+    dh = dh_ref[rows, cols] + dhs_ref[t, rows, cols]
+    z, n = acts_ref[t, 1, rows, cols], acts_ref[t, 2, rows, cols]
+    da_n, da_z = _pointwise_vjp(dh, z, n, hcar_ref[t, rows, cols])
+    dgx_ref[t, 1, rows, cols] = jnp.where(live, da_z, 0.0)
+    dgx_ref[t, 2, rows, cols] = jnp.where(live, da_n, 0.0)
+    if reset == "after":
+        r, hn = acts_ref[t, 0, rows, cols], acts_ref[t, 3, rows, cols]
+        dgx_ref[t, 0, rows, cols] = jnp.where(live, da_n * hn * r * (1.0 - r), 0.0)
+
+
+def _bwd_reset(t, rows, cols, w, len_ref, acts_ref, hcar_ref, dhs_ref, dgx_ref, dh_ref, tmp_ref,
+               grid: common.PersistentGrid):
+    """Backward phase 2 of step ``t`` ("before"): ``d(r h) = da_n W_hn^T`` (all of
+    ``da_n``), then ``da_r``; keeps ``d(r h) * r`` in ``tmp`` for phase 3."""
+    del dhs_ref, dh_ref
+    live = (t < len_ref[rows])[:, None]
+    (drh,) = _contract(lambda g, k: dgx_ref[t, 2, rows, _tile(k, grid.block_k)], w, (2,), grid,
+                       transposed=True)
+    r = acts_ref[t, 0, rows, cols]
+    da_r = drh * hcar_ref[t, rows, cols] * r * (1.0 - r)
+    dgx_ref[t, 0, rows, cols] = jnp.where(live, da_r, 0.0)
+    tmp_ref[rows, cols] = drh * r
+
+
+def _bwd_dh(t, rows, cols, w, len_ref, acts_ref, hcar_ref, dhs_ref, dgx_ref, dh_ref, tmp_ref,
+            grid: common.PersistentGrid, reset: str):
+    """Backward last phase of step ``t``: the tile's cotangent of ``h_{t-1}``, ``dh z`` plus
+    ``[da_r, da_z, da_n r] W_h^T`` ("after"; all of step ``t``'s gate gradients) or ``d(r h) r
+    + [da_r, da_z] [W_hr, W_hz]^T`` ("before"), where step ``t`` is live."""
+    del hcar_ref
+    live = (t < len_ref[rows])[:, None]
+    dh_in = dh_ref[rows, cols]
+    dh = (dh_in + dhs_ref[t, rows, cols]) * acts_ref[t, 1, rows, cols]
+    if reset == "after":
+        def src(g, k):
+            kt = _tile(k, grid.block_k)
+            da = dgx_ref[t, g, rows, kt]
+            return da * acts_ref[t, 0, rows, kt] if g == 2 else da
+
+        gates = (0, 1, 2)
+    else:
+        dh = dh + tmp_ref[rows, cols]
+
+        def src(g, k):
+            return dgx_ref[t, g, rows, _tile(k, grid.block_k)]
+
+        gates = (0, 1)
+    for term in _contract(src, w, gates, grid, transposed=True):
+        dh = dh + term
+    dh_ref[rows, cols] = jnp.where(live, dh, dh_in)
+
+
+def _bwd_phases(t, phase, rows, cols, w, refs, grid, reset: str, when):
+    """Run backward phase ``phase`` of step ``t`` (``when(cond)`` guards each)."""
+    last = 1 if reset == "after" else 2
+
+    @when(phase == 0)
+    def _():
+        _bwd_cell(t, rows, cols, *refs, reset)
+
+    if reset == "before":
+        @when(phase == 1)
+        def _():
+            _bwd_reset(t, rows, cols, w, *refs, grid)
+
+    @when(phase == last)
+    def _():
+        _bwd_dh(t, rows, cols, w, *refs, grid, reset)
+
+
+def _bwd_kernel_gpu(len_ref, w_ref, acts_ref, hcar_ref, dhs_ref, dht_ref, count_in_ref,
+                    dgx_ref, dh_ref, *rest, grid: common.PersistentGrid, steps: int, reset: str,
+                    interpret: bool):
+    """The persistent backward, reverse time: per step the pointwise gate gradients, a grid
+    barrier, ("before": ``d(r h)`` and ``da_r``, a grid barrier,) then the tile's ``dh_{t-1}``
+    from all of step ``t``'s gate gradients (each step's ``dgx`` slot is written once, so the
+    next step needs no barrier before it starts).
+
+    Refs: ``len [Bp]``, ``w [3, Hp, Hp]``, ``acts [T, G, Bp, Hp]``, ``hcar [T+1, Bp, Hp]``,
+    ``dhs [T, Bp, Hp]``, ``dht [Bp, Hp]``, ``count [groups]`` -> ``dgx [T, 3, Bp, Hp]`` (the
+    gate pre-activation gradients ``da``), ``dh [Bp, Hp]`` (the state cotangent: ``dh0`` at the
+    end), for "before" ``tmp [Bp, Hp]``, then ``count``.
     """
-    barrier = common.gpu_barrier(interpret)
-    bb = dht_ref.shape[0]
+    del count_in_ref
+    *tmp_ref, count_ref = rest
+    refs = (len_ref, acts_ref, hcar_ref, dhs_ref, dgx_ref, dh_ref, tmp_ref[0] if tmp_ref else None)
+    n, p = pl.program_id(0), pl.program_id(1)
+    cols = _tile(n, grid.block_h)
+    w = _bwd_weights(w_ref, cols, grid)  # on-chip for the whole sequence
+    per_program = grid.blocks_per_program
 
-    def tile(n):
-        return pl.ds(pl.multiple_of(n * block_h, block_h), block_h)
+    def rows(j):
+        return _tile(p * per_program + j, grid.block_b)
 
-    def init(n, _):
-        cols = tile(n)
-        dh_ref[steps % 2, :, cols] = dht_ref[:, cols]
+    def barrier(k):
+        common.grid_barrier(count_ref, p, (k + 1) * grid.hidden_blocks, interpret=interpret)
 
-    lax.fori_loop(0, tiles, init, None)
-    barrier()
-    lengths = len_ref[...]
-    zeros = jnp.zeros((bb, block_h), _F32)
+    def each_block(fn):
+        lax.fori_loop(0, per_program, lambda j, _: fn(rows(j)), None)
 
-    def contract_t(t, gates, cols, scale_n=False):
-        """``sum_k sum_g dgx[t, g][:, k-tile] @ w[g, cols, k-tile]^T`` (the n-gate rows times
-        ``r`` when ``scale_n``)."""
+    def init(r):
+        dh_ref[r, cols] = dht_ref[r, cols]
 
-        def body(k, acc):
-            rows = tile(k)
-            for g in gates:
-                dz = dgx_ref[t, g, :, rows]
-                if scale_n and g == 2:
-                    dz = dz * acts_ref[t, 0, :, rows]
-                acc = acc + _dot_nt(dz, w_ref[g, cols, rows].astype(_F32))
-            return acc
-
-        return lax.fori_loop(0, tiles, body, zeros)
-
-    def pointwise_tile(t, src, live):
-        def body(j, _):  # phase 1: da_z, da_n (and da_r for "after")
-            cols = tile(j)
-            dh = dh_ref[src, :, cols] + dhs_ref[t, :, cols]
-            z, n = acts_ref[t, 1, :, cols], acts_ref[t, 2, :, cols]
-            da_n, da_z = _pointwise_vjp(dh, z, n, hcar_ref[t, :, cols])
-            dgx_ref[t, 1, :, cols] = jnp.where(live, da_z, 0.0)
-            dgx_ref[t, 2, :, cols] = jnp.where(live, da_n, 0.0)
-            if reset == "after":
-                r, hn = acts_ref[t, 0, :, cols], acts_ref[t, 3, :, cols]
-                dgx_ref[t, 0, :, cols] = jnp.where(live, da_n * hn * r * (1.0 - r), 0.0)
-
-        lax.fori_loop(0, tiles, body, None)
-
-    def finish_tile(t, src, dst, live, gates, scale_n, extra):
-        def body(j, _):  # last phase: dh_{t-1} = dh z (+ extra) + matmul
-            cols = tile(j)
-            dh_src = dh_ref[src, :, cols]
-            dh = (dh_src + dhs_ref[t, :, cols]) * acts_ref[t, 1, :, cols]
-            if extra:
-                dh = dh + dh_ref[2, :, cols]
-            dh = dh + contract_t(t, gates, cols, scale_n)
-            dh_ref[dst, :, cols] = jnp.where(live, dh, dh_src)
-
-        lax.fori_loop(0, tiles, body, None)
+    each_block(init)  # tile-private: no barrier
 
     def step(s, _):
         t = steps - 1 - s
-        src, dst = lax.rem(t + 1, 2), lax.rem(t, 2)
-        live = (t < lengths)[:, None]
-        pointwise_tile(t, src, live)
-        barrier()  # the matmuls below read every gate tile of step t
+        each_block(lambda r: _bwd_cell(t, r, cols, *refs, reset))
         if reset == "after":
-            finish_tile(t, src, dst, live, (0, 1, 2), True, False)
+            barrier(s)
         else:
-
-            def reset_tile(j, _):  # phase 2: d(r h) = da_n W_hn^T, then da_r
-                cols = tile(j)
-                drh = contract_t(t, (2,), cols)
-                r = acts_ref[t, 0, :, cols]
-                da_r = drh * hcar_ref[t, :, cols] * r * (1.0 - r)
-                dgx_ref[t, 0, :, cols] = jnp.where(live, da_r, 0.0)
-                dh_ref[2, :, cols] = drh * r
-
-            lax.fori_loop(0, tiles, reset_tile, None)
-            barrier()  # phase 3 reads every da_r tile
-            finish_tile(t, src, dst, live, (0, 1), False, True)
-        barrier()  # step t-1 reads all of dh
+            barrier(2 * s)
+            each_block(lambda r: _bwd_reset(t, r, cols, w, *refs, grid))
+            barrier(2 * s + 1)
+        each_block(lambda r: _bwd_dh(t, r, cols, w, *refs, grid, reset))
 
     lax.fori_loop(0, steps, step, None)
+
+
+def _bwd_kernel_seq(len_ref, w_ref, acts_ref, hcar_ref, dhs_ref, dht_ref, dgx_ref, dh_ref,
+                    *tmp_ref, grid: common.PersistentGrid, steps: int, reset: str):
+    """The sequential driver (interpret mode): grid ``(1 + phases * T, hidden blocks, batch
+    blocks)``; phase 0 copies ``dht`` into ``dh``, then each step's phases in reverse time.
+    Same refs as :func:`_bwd_kernel_gpu`, without the counter."""
+    refs = (len_ref, acts_ref, hcar_ref, dhs_ref, dgx_ref, dh_ref, tmp_ref[0] if tmp_ref else None)
+    s, n, b = pl.program_id(0), pl.program_id(1), pl.program_id(2)
+    rows, cols = _tile(b, grid.block_b), _tile(n, grid.block_h)
+    phases = 2 if reset == "after" else 3
+    t, phase = steps - 1 - (s - 1) // phases, (s - 1) % phases
+
+    @pl.when(s == 0)
+    def _():
+        dh_ref[rows, cols] = dht_ref[rows, cols]
+
+    def when(cond):
+        return pl.when((s > 0) & cond)
+
+    _bwd_phases(t, phase, rows, cols, _bwd_weights(w_ref, cols, grid), refs, grid, reset, when)
+
+
+# TPU (Mosaic)
 
 
 def _fwd_kernel_tpu(len_ref, gx_ref, w_ref, b_ref, h0_ref, hs_ref, *rest, block_t: int,
@@ -510,7 +656,8 @@ def _kernel_weights(bs: GRUBlockSizes, w_h: Array, hidden_p: int) -> Array:
     return w.astype(_F32) if bs.platform == common.TPU else w
 
 
-def _fwd_call(bs: GRUBlockSizes, steps: int, batch_p: int, hidden_p: int, save: bool):
+def _fwd_call(bs: GRUBlockSizes, steps: int, batch_p: int, hidden_p: int, save: bool,
+              grid: common.PersistentGrid | None = None):
     """The forward ``pallas_call``: ``(len, gx3, w3, b_hn, h0) -> (hcar[, tmp][, acts])`` on GPU,
     ``-> (hs[, acts])`` on TPU (see the kernels for shapes)."""
     bb, interpret = bs.block_b, common.interpret_arg(bs.platform, bs.interpret)
@@ -518,33 +665,16 @@ def _fwd_call(bs: GRUBlockSizes, steps: int, batch_p: int, hidden_p: int, save: 
     name = f"seqjax_gru_{bs.reset}_fwd" + ("_res" if save else "")
     ng = bs.saved_gates
     if bs.platform == common.GPU:
-        kernel = functools.partial(_fwd_kernel_gpu, steps=steps, tiles=hidden_p // bs.block_h,
-                                   block_h=bs.block_h, reset=bs.reset, save=save,
-                                   interpret=bs.interpret)
         out_shape = [f32(steps + 1, batch_p, hidden_p)]
-        out_specs = [pl.BlockSpec((steps + 1, bb, hidden_p), lambda b: (0, b, 0))]
         if bs.reset == "before":
             out_shape.append(f32(2, batch_p, hidden_p))
-            out_specs.append(pl.BlockSpec((2, bb, hidden_p), lambda b: (0, b, 0)))
         if save:
             out_shape.append(f32(steps, ng, batch_p, hidden_p))
-            out_specs.append(pl.BlockSpec((steps, ng, bb, hidden_p), lambda b: (0, 0, b, 0)))
-        return pl.pallas_call(
-            kernel,
-            grid=(batch_p // bb,),
-            in_specs=[
-                pl.BlockSpec((bb,), lambda b: (b,)),
-                pl.BlockSpec((steps, 3, bb, hidden_p), lambda b: (0, 0, b, 0)),
-                pl.BlockSpec((3, hidden_p, hidden_p), lambda b: (0, 0, 0)),
-                pl.BlockSpec((hidden_p,), lambda b: (0,)),
-                pl.BlockSpec((bb, hidden_p), lambda b: (b, 0)),
-            ],
-            out_specs=out_specs,
-            out_shape=out_shape,
-            compiler_params=plgpu.CompilerParams(num_warps=bs.num_warps, num_stages=bs.num_stages),
-            interpret=interpret,
-            name=name,
-        )
+        statics = dict(reset=bs.reset, save=save)
+        return common.persistent_call(
+            bs, grid, 1 + (1 if bs.reset == "after" else 2) * steps,
+            functools.partial(_fwd_kernel_gpu, steps=steps, **statics),
+            functools.partial(_fwd_kernel_seq, **statics), out_shape, name)
     bt = bs.block_t
     kernel = functools.partial(_fwd_kernel_tpu, block_t=bt, reset=bs.reset)
     out_shape = [f32(steps, batch_p, hidden_p)]
@@ -573,35 +703,23 @@ def _fwd_call(bs: GRUBlockSizes, steps: int, batch_p: int, hidden_p: int, save: 
     )
 
 
-def _bwd_call(bs: GRUBlockSizes, steps: int, batch_p: int, hidden_p: int):
-    """The backward ``pallas_call``. GPU: ``(len, w3, acts, hcar, dhs, dhT) -> (dgx, dh)`` with
-    ``dh [R, Bp, Hp]`` (ping-pong rows, plus a row between phases for "before"); TPU:
+def _bwd_call(bs: GRUBlockSizes, steps: int, batch_p: int, hidden_p: int,
+              grid: common.PersistentGrid | None = None):
+    """The backward ``pallas_call``. GPU: ``(len, w3, acts, hcar, dhs, dhT) -> (dgx, dh0[,
+    tmp])``; TPU:
     ``(len, w3, acts, hprev, dhs, dhT) -> (dgx, dh0)``."""
     bb, interpret = bs.block_b, common.interpret_arg(bs.platform, bs.interpret)
     f32 = lambda *shape: jax.ShapeDtypeStruct(shape, _F32)  # noqa: E731
     name = f"seqjax_gru_{bs.reset}_bwd"
     ng = bs.saved_gates
     if bs.platform == common.GPU:
-        kernel = functools.partial(_bwd_kernel_gpu, steps=steps, tiles=hidden_p // bs.block_h,
-                                   block_h=bs.block_h, reset=bs.reset, interpret=bs.interpret)
-        seq = lambda n: pl.BlockSpec((n, bb, hidden_p), lambda b: (0, b, 0))  # noqa: E731
-        gates = lambda g: pl.BlockSpec((steps, g, bb, hidden_p), lambda b: (0, 0, b, 0))  # noqa: E731
-        rows = 2 if bs.reset == "after" else 3
-        return pl.pallas_call(
-            kernel,
-            grid=(batch_p // bb,),
-            in_specs=[
-                pl.BlockSpec((bb,), lambda b: (b,)),
-                pl.BlockSpec((3, hidden_p, hidden_p), lambda b: (0, 0, 0)),
-                gates(ng), seq(steps + 1), seq(steps),
-                pl.BlockSpec((bb, hidden_p), lambda b: (b, 0)),
-            ],
-            out_specs=[gates(3), seq(rows)],
-            out_shape=[f32(steps, 3, batch_p, hidden_p), f32(rows, batch_p, hidden_p)],
-            compiler_params=plgpu.CompilerParams(num_warps=bs.num_warps, num_stages=bs.num_stages),
-            interpret=interpret,
-            name=name,
-        )
+        out_shape = [f32(steps, 3, batch_p, hidden_p), f32(batch_p, hidden_p)]
+        if bs.reset == "before":
+            out_shape.append(f32(batch_p, hidden_p))
+        return common.persistent_call(
+            bs, grid, 1 + (2 if bs.reset == "after" else 3) * steps,
+            functools.partial(_bwd_kernel_gpu, steps=steps, reset=bs.reset),
+            functools.partial(_bwd_kernel_seq, steps=steps, reset=bs.reset), out_shape, name)
     bt, nt = bs.block_t, steps // bs.block_t
     kernel = functools.partial(_bwd_kernel_tpu, block_t=bt, time_blocks=nt, reset=bs.reset)
     seq = pl.BlockSpec((bt, bb, hidden_p), lambda b, s: (nt - 1 - s, b, 0))
@@ -645,7 +763,8 @@ def _fwd(w_h, b_h, gx, h0, lengths, block_sizes: GRUBlockSizes, save: bool = Tru
     b_hn = jnp.pad(b3[2], (0, hidden_p - hidden))
     w3 = _kernel_weights(bs, w_h, hidden_p)
     h0_p = common.pad_bh(h0, batch_p, hidden_p)
-    call = _fwd_call(bs, steps, batch_p, hidden_p, save)
+    grid = bs.grid(batch, hidden) if bs.platform == common.GPU else None
+    call = _fwd_call(bs, steps, batch_p, hidden_p, save, grid)
     if bs.platform == common.GPU:
         hcar, *rest = call(lens, gx3, w3, b_hn, h0_p)
         acts = rest[-1] if save else None
@@ -669,10 +788,10 @@ def _bwd(block_sizes: GRUBlockSizes, res, cts):
     batch_p, hidden_p = hcar.shape[1:]
     w3 = _kernel_weights(bs, w_h, hidden_p)
     dhs_p, dht_p = (common.pad_bh(x.astype(_F32), batch_p, hidden_p) for x in (dhs, dht))
-    call = _bwd_call(bs, steps, batch_p, hidden_p)
+    grid = bs.grid(batch, hidden) if bs.platform == common.GPU else None
+    call = _bwd_call(bs, steps, batch_p, hidden_p, grid)
     if bs.platform == common.GPU:
-        da, dh = call(lens, w3, acts, hcar, dhs_p, dht_p)
-        dh0 = dh[0]
+        da, dh0, *_ = call(lens, w3, acts, hcar, dhs_p, dht_p)
     else:
         da, dh0 = call(lens[:, None], w3, acts, hcar[:-1], dhs_p, dht_p)
     da = da[:, :, :batch, :hidden]  # [T, 3, B, H]: d gx

@@ -31,16 +31,53 @@ steps; :math:`\bar{gx}_t = \bar z_t`.
 
 Layout: inside the kernels gates live on their own leading axis (``gx [T, 4, B, H]``,
 ``w_h [4, H, H]``): the Triton lowering has no ``slice``, and on TPU a gate block is then a whole
-``[block_b, H]`` tile. The wrappers relayout and zero-pad (batch to a multiple of ``block_b``,
-hidden to a multiple of ``block_h``); zero padding is exact (padded units stay 0, padded rows
+``[block_b, H]`` tile. The wrappers relayout and zero-pad (batch and hidden to the sizes
+:meth:`LSTMBlockSizes.padded` gives); zero padding is exact (padded units stay 0, padded rows
 have length 0).
 
 Two kernel styles, chosen by :class:`LSTMBlockSizes.platform`:
 
-* ``"gpu"`` (Triton): the grid splits the batch; each program runs the time loop for
-  ``block_b`` rows. The hidden dimension is processed in ``block_h`` tiles; the recurrent weight
-  is streamed tile by tile from global memory (L2-resident) every step, the carries are written
-  to the residual outputs and read back after a block-wide barrier, so any hidden size fits.
+* ``"gpu"``: a **persistent** Triton kernel (the persistent-RNN design of Diamos et al. 2016,
+  as in FlashRNN's fused CUDA kernel). The grid is ``(hidden blocks, batch groups)``; program
+  ``(n, p)`` owns ``block_h`` hidden units, i.e. the four gate columns of those units. It loads
+  its slice of the recurrent weight, ``w[:, :, n-th block] [4, Hp, block_h]``, once and keeps
+  it on-chip for the whole sequence (a loop-invariant Triton tensor: Triton decides between
+  registers and shared memory, where it stages dot operands; how well that works at each size
+  is unmeasured: no GPU has run this kernel yet); its ``c`` slice stays in registers. Per
+  step it reads the full ``h_{t-1}`` of its batch rows from global memory, computes its gate
+  slice ``gx_t[slice] + h_{t-1} W[:, slice]`` (K-tiled, float32 accumulation), updates ``c`` and
+  writes its ``h_t`` slice; then all programs of the batch group meet at **one grid barrier**
+  (:func:`seqjax.kernels.common.grid_barrier`: an atomic counter per group in global memory
+  and a spin wait on a monotonically growing target ``(k + 1) * hidden_blocks``). The exchange
+  buffer is the carry output ``hcar [T+1, B, H]`` itself: step ``t`` reads row ``t`` and writes
+  row ``t + 1``, every row is written once, so no program can overwrite what a slower one has
+  yet to read (the role double-buffering plays when the buffer is reused). The backward kernel
+  is the same pattern in reverse time: program ``n`` owns the gate gradients ``dz[..., n]`` of
+  its units and the slice ``dh[:, n] = dz_{t+1} W[n-th block, :]^T`` of the carry cotangent; the
+  exchange buffer is the ``dz [T, 4, B, H]`` output (each step's slot written once) and its
+  weight slice ``w[:, n-th block, :] [4, block_h, Hp]`` is the one on-chip. All programs must be
+  resident at once or the barrier deadlocks, so the grid is capped at
+  :attr:`LSTMBlockSizes.max_programs` (default 132, the SMs of an H100/H200 SXM): batch blocks
+  beyond the cap are looped over inside each program (``blocks_per_program`` of
+  :class:`seqjax.kernels.common.PersistentGrid`), with the carries then kept in the outputs.
+
+  **Triton, not Mosaic GPU**: Pallas' Triton lowering has the global-memory atomics
+  (``plgpu.atomic_add``, acquire-release at GPU scope) and the ``while`` loop a grid barrier
+  needs, lowers a plain ``jnp.dot`` at any power-of-two tile of at least 16, and is the
+  backend these kernels were already verified on (an H200 with JAX 0.11). Mosaic GPU (the
+  default for ``cuda`` in JAX 0.10) rejects a plain ``jnp.dot`` inside a loop ("Unimplemented
+  primitive dot_general"): it wants warpgroup-style Hopper kernels (64-row ``wgmma`` tiles,
+  which a 16-row batch block does not fill), a rewrite that cannot be checked without a GPU.
+
+  Interpret mode runs grid programs one after another, so a spin barrier would wait for
+  ever there. The per-step maths of one program (``_fwd_step``; ``_bwd_dh`` and
+  ``_bwd_cell``) is therefore written once and driven two ways: by the persistent kernel
+  (time loop inside, grid barrier per step) and by a sequential driver with grid
+  ``(T + 1, hidden blocks, batch blocks)``, time outermost, no barrier: the state a program
+  needs from the previous step is in the outputs by then. Interpret mode uses the sequential
+  driver, except for a grid of one hidden block, where the barrier never waits and the
+  persistent kernel itself runs, its spin loop left out (so the CPU tests execute its loops,
+  counter increments and batch-group loop too).
 * ``"tpu"`` (Mosaic): grid ``(batch blocks, time blocks)`` with the time axis sequential
   (``"arbitrary"``); ``w_h`` sits whole in VMEM, ``h``/``c`` in VMEM scratch across grid steps,
   ``gx`` and the outputs stream through ``block_t``-step blocks that Pallas double-buffers.
@@ -57,7 +94,6 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
-from jax.experimental.pallas import triton as plgpu
 
 from . import common
 
@@ -85,18 +121,22 @@ class LSTMBlockSizes:
     """Static kernel choices (hashable: it travels as the op's one non-differentiable argument).
 
     Attributes:
-      platform: ``"gpu"`` (Triton kernel) or ``"tpu"`` (Mosaic kernel).
-      block_b: batch rows per program (GPU: a power of two >= 16, the minimum ``tl.dot`` size;
+      platform: ``"gpu"`` (persistent Triton kernel) or ``"tpu"`` (Mosaic kernel).
+      block_b: batch rows per block (GPU: a power of two >= 16, the minimum ``tl.dot`` size;
         TPU: a multiple of 8).
-      block_h: hidden tile (GPU: a power of two >= 16; TPU: the whole padded hidden size, a
-        multiple of 128).
+      block_h: hidden units per program (GPU: a power of two >= 16; each program owns the four
+        gate columns of its units); TPU: the whole padded hidden size, a multiple of 128.
       block_t: time steps per grid step (TPU only; divides ``T``). 1 on GPU.
       num_warps, num_stages: Triton launch parameters (GPU only). ``num_stages=1`` (no software
-        pipelining) by default: each step reads through global memory what the previous step
-        wrote behind a barrier, and Triton's pipeliner does no alias analysis, so prefetching the
-        next step's loads across that barrier would race.
+        pipelining): each step reads through global memory what other programs wrote before the
+        grid barrier, and Triton's pipeliner would prefetch those loads across it.
       vmem_limit_bytes: Mosaic scoped-VMEM limit (TPU only; ``None``: the compiler's default).
       interpret: run in Pallas interpret mode (CPU tests); ``False`` to lower for the device.
+      max_programs: GPU only: the most programs the persistent kernel may launch. They all wait
+        for each other every step, so they must all be resident at once: keep it <= the SMs of
+        the GPU (the field's default is 132, an H100/H200 SXM; :meth:`default` uses the SM
+        count of the local GPU when the process has one: 114 on an H100 PCIe, 108 on an A100).
+        Batch blocks beyond it are looped over inside the programs.
     """
 
     platform: str
@@ -107,26 +147,12 @@ class LSTMBlockSizes:
     num_stages: int = 1
     vmem_limit_bytes: int | None = None
     interpret: bool = False
+    max_programs: int = common.DEFAULT_MAX_PROGRAMS
 
     def __post_init__(self):
-        pow2 = lambda x: x > 0 and x & (x - 1) == 0  # noqa: E731
-        if self.platform == common.GPU:
-            for name in ("block_b", "block_h"):
-                value = getattr(self, name)
-                if not (pow2(value) and value >= 16):
-                    raise ValueError(f"{name}={value} must be a power of two >= 16 on GPU")
-            if self.block_t != 1:
-                raise ValueError(f"block_t={self.block_t} must be 1 on GPU (the loop is in-kernel)")
-        elif self.platform == common.TPU:
-            if self.block_b <= 0 or self.block_b % 8:
-                raise ValueError(f"block_b={self.block_b} must be a positive multiple of 8 on TPU")
-            if self.block_h <= 0 or self.block_h % 128:
-                raise ValueError(
-                    f"block_h={self.block_h} must be a positive multiple of 128 on TPU")
-            if self.block_t <= 0:
-                raise ValueError(f"block_t={self.block_t} must be positive")
-        else:
-            raise ValueError(f"platform={self.platform!r} must be 'gpu' or 'tpu'")
+        common.check_block_sizes(self.platform, self.block_b, self.block_h, self.block_t)
+        if self.max_programs < 1:
+            raise ValueError(f"max_programs={self.max_programs} must be positive")
 
     @classmethod
     def default(
@@ -135,11 +161,16 @@ class LSTMBlockSizes:
         """Block sizes for ``shape = (T, B, H)`` and weight ``dtype`` on ``platform``.
 
         ``platform`` is ``"gpu"``/``"cuda"``/``"rocm"``, ``"tpu"`` or ``"cpu"`` (the GPU-style
-        kernel in interpret mode). GPU: ``block_h = min(64, next_pow2(max(H, 16)))``;
-        ``block_b`` 16 up to B = 2048 (one program per SM on an H100), then 32 up to 8192, then
-        64; 8 warps when a tile has more than 1024 elements. TPU: ``block_h`` is ``H`` rounded up
-        to 128; ``block_b`` up to 128 rows and ``block_t`` the largest divisor of ``T`` up to 16,
-        halved until the VMEM estimate fits 48 MiB.
+        kernel in interpret mode). GPU (persistent kernel, at most ``max_programs`` programs:
+        :func:`~seqjax.kernels.common.default_max_programs`, the SMs of the local GPU, else
+        132): ``block_h = 16`` (the most programs per batch row: ``Hp / 16`` of them, e.g. 48
+        for ``H = 768``; doubled only if that alone exceeded the cap); ``block_b`` the smallest
+        of 16, 32, 64, 128 whose batch blocks fit the programs left (``max_programs //
+        hidden_blocks`` groups), else 128 with several blocks per program;
+        ``num_warps`` so that the resident weight slice ``4 * Hp * block_h`` takes about 96
+        registers a thread (4 to 16 warps). TPU: ``block_h`` is ``H`` rounded up to 128;
+        ``block_b`` up to 128 rows and ``block_t`` the largest divisor of ``T`` up to 16, halved
+        until the VMEM estimate fits 48 MiB.
         """
         steps, batch, hidden = (int(s) for s in shape)
         if jnp.dtype(dtype) not in WEIGHT_DTYPES:
@@ -147,10 +178,12 @@ class LSTMBlockSizes:
         style, on_cpu = common.kernel_platform(platform)
         interpret = bool(interpret or on_cpu)
         if style == common.GPU:
-            block_h = min(64, common.next_pow2(max(hidden, 16)))
-            block_b = 16 if batch <= 2048 else 32 if batch <= 8192 else 64
-            num_warps = 4 if block_b * block_h <= 1024 else 8
-            return cls(common.GPU, block_b, block_h, num_warps=num_warps, interpret=interpret)
+            cap = common.default_max_programs()
+            block_b, block_h, grid = common.default_persistent_blocks(batch, hidden, cap)
+            weight_bytes = 4 * grid.hidden_p * block_h * jnp.dtype(dtype).itemsize
+            return cls(common.GPU, block_b, block_h,
+                       num_warps=common.resident_num_warps(weight_bytes), interpret=interpret,
+                       max_programs=cap)
         block_h = common.round_up(hidden, 128)
         block_b = min(common.round_up(batch, 8), 128)
         block_t = common.largest_divisor_at_most(steps, 16)
@@ -163,9 +196,19 @@ class LSTMBlockSizes:
         return cls(common.TPU, block_b, block_h, block_t, vmem_limit_bytes=limit,
                    interpret=interpret)
 
+    def grid(self, batch: int, hidden: int) -> common.PersistentGrid:
+        """The GPU kernel's :class:`~seqjax.kernels.common.PersistentGrid` for ``[B, H]``."""
+        if self.platform != common.GPU:
+            raise ValueError("grid() is for the GPU kernel")
+        return common.persistent_grid(batch, hidden, self.block_b, self.block_h,
+                                      self.max_programs)
+
     def padded(self, batch: int, hidden: int) -> tuple[int, int]:
         """``(B_pad, H_pad)``: the batch and hidden sizes the kernel runs at."""
-        if self.platform == common.TPU and hidden > self.block_h:
+        if self.platform == common.GPU:
+            grid = self.grid(batch, hidden)
+            return grid.batch_p, grid.hidden_p
+        if hidden > self.block_h:
             raise ValueError(
                 f"hidden={hidden} > block_h={self.block_h}: on TPU block_h is all of H")
         return common.round_up(batch, self.block_b), common.round_up(hidden, self.block_h)
@@ -201,119 +244,262 @@ def _cell_vjp(acts, tanh_c, c_prev, dh, dc):
     return dz, dc * f
 
 
-def _fwd_kernel_gpu(len_ref, gx_ref, w_ref, h0_ref, c0_ref, hcar_ref, ccar_ref, *acts_ref,
-                    steps: int, tiles: int, block_h: int, interpret: bool):
-    """Triton forward for one batch block.
+# GPU (Triton). Refs are whole arrays in global memory; a program addresses its tiles with
+# ``pl.ds``: ``rows`` (its batch block), ``cols`` (its hidden block), K tiles of ``block_k``.
 
-    Refs (one batch block): ``len [bb]``, ``gx [T, 4, bb, Hp]``, ``w [4, Hp, Hp]``,
-    ``h0, c0 [bb, Hp]`` -> ``hcar, ccar [T+1, bb, Hp]`` (row ``t`` is the carry step ``t``
-    reads; row 0 the initial carry), optionally ``acts [T, 4, bb, Hp]``.
+
+_tile = common.tile
+
+
+def _fwd_weights(w_ref, cols, grid: common.PersistentGrid):
+    """A program's resident forward weight slice: ``w[g][k] = w_ref[g, K tile k, cols]``,
+    ``[block_k, block_h]`` each, loaded once (in the weight dtype)."""
+    return [[w_ref[g, _tile(k, grid.block_k), cols] for k in range(grid.k_tiles)]
+            for g in range(4)]
+
+
+def _bwd_weights(w_ref, cols, grid: common.PersistentGrid):
+    """A program's resident backward weight slice: ``w[g][k] = w_ref[g, cols, K tile k]``,
+    ``[block_h, block_k]`` each (the rows of ``W`` that feed its hidden units)."""
+    return [[w_ref[g, cols, _tile(k, grid.block_k)] for k in range(grid.k_tiles)]
+            for g in range(4)]
+
+
+def _fwd_step(t, rows, cols, w, carry, len_ref, gx_ref, hcar_ref, ccar_ref, acts_ref,
+              grid: common.PersistentGrid):
+    """One program's forward step ``t`` for one (batch block, hidden block) tile.
+
+    Reads the whole ``h_{t-1} = hcar[t, rows, :]`` (the exchange buffer) K tile by K tile,
+    computes the tile's four gate pre-activations, the cell update, and writes
+    ``hcar[t + 1, rows, cols]``, ``ccar[t + 1, rows, cols]`` (and the activations). ``carry`` is
+    the tile's ``(h_{t-1}, c_{t-1})``; returns ``(h_t, c_t)`` (the carry at ``t >= length``).
     """
+    h_prev, c_prev = carry
+    live = (t < len_ref[rows])[:, None]
+    z = [gx_ref[t, g, rows, cols] for g in range(4)]
+    for k in range(grid.k_tiles):
+        h_k = hcar_ref[t, rows, _tile(k, grid.block_k)]
+        for g in range(4):
+            z[g] = z[g] + jnp.dot(h_k, w[g][k].astype(_F32), preferred_element_type=_F32)
+    acts, c, h = _cell(*z, c_prev)
+    h, c = jnp.where(live, h, h_prev), jnp.where(live, c, c_prev)
+    hcar_ref[t + 1, rows, cols] = h
+    ccar_ref[t + 1, rows, cols] = c
+    if acts_ref is not None:
+        for g in range(4):
+            acts_ref[t, g, rows, cols] = acts[g]
+    return h, c
+
+
+def _fwd_init(rows, cols, h0_ref, c0_ref, hcar_ref, ccar_ref):
+    """Write a tile's initial carry to row 0 of the carry outputs; return it."""
+    h, c = h0_ref[rows, cols], c0_ref[rows, cols]
+    hcar_ref[0, rows, cols] = h
+    ccar_ref[0, rows, cols] = c
+    return h, c
+
+
+def _bwd_dh(t_next, rows, cols, w, dh, len_ref, dz_ref, grid: common.PersistentGrid,
+            steps: int):
+    """The tile's cotangent of ``h_{t_next - 1}`` as a carry: ``dz_{t_next} W^T [:, cols]``
+    (all four gates, every K tile of the exchange buffer ``dz``) where step ``t_next`` is live,
+    else ``dh`` unchanged (a padding step passes it through; ``t_next = T`` always does, its
+    clamped read is discarded)."""
+    live = (t_next < len_ref[rows])[:, None]
+    src = jnp.minimum(t_next, steps - 1)
+    acc = None
+    for k in range(grid.k_tiles):
+        for g in range(4):
+            term = common.dot_nt(dz_ref[src, g, rows, _tile(k, grid.block_k)],
+                                 w[g][k].astype(_F32))
+            acc = term if acc is None else acc + term
+    return jnp.where(live, acc, dh)
+
+
+def _bwd_cell(t, rows, cols, dh, dc, len_ref, acts_ref, ccar_ref, dhs_ref, dz_ref):
+    """The tile's pointwise backward of step ``t``: writes ``dz[t, :, rows, cols]`` (zero past
+    the length) and returns the cotangent of ``c_{t-1}``."""
+    live = (t < len_ref[rows])[:, None]
+    acts = tuple(acts_ref[t, g, rows, cols] for g in range(4))
+    dz, dc_prev = _cell_vjp(acts, jnp.tanh(ccar_ref[t + 1, rows, cols]), ccar_ref[t, rows, cols],
+                            dh + dhs_ref[t, rows, cols], dc)
+    for g in range(4):
+        dz_ref[t, g, rows, cols] = jnp.where(live, dz[g], 0.0)
+    return jnp.where(live, dc_prev, dc)
+
+
+def _fwd_kernel_gpu(len_ref, gx_ref, w_ref, h0_ref, c0_ref, count_in_ref, hcar_ref, ccar_ref,
+                    *rest, grid: common.PersistentGrid, steps: int, interpret: bool):
+    """The persistent forward: program ``(n, p)``, time loop inside, one grid barrier a step.
+
+    Refs (whole arrays): ``len [Bp]``, ``gx [T, 4, Bp, Hp]``, ``w [4, Hp, Hp]``, ``h0, c0
+    [Bp, Hp]``, ``count [groups]`` int32 zeros (aliased to the last output) -> ``hcar, ccar
+    [T+1, Bp, Hp]`` (row ``t`` is the carry step ``t`` reads; row 0 the initial carry),
+    optionally ``acts [T, 4, Bp, Hp]``, then ``count``.
+    """
+    del count_in_ref  # the same buffer as count_ref
+    *acts_ref, count_ref = rest
     acts_ref = acts_ref[0] if acts_ref else None
-    barrier = common.gpu_barrier(interpret)
+    n, p = pl.program_id(0), pl.program_id(1)
+    cols = _tile(n, grid.block_h)
+    w = _fwd_weights(w_ref, cols, grid)  # on-chip for the whole sequence
+    per_program = grid.blocks_per_program
+    outs = (len_ref, gx_ref, hcar_ref, ccar_ref, acts_ref)
 
-    def tile(n):
-        return pl.ds(pl.multiple_of(n * block_h, block_h), block_h)
+    def rows(j):
+        return _tile(p * per_program + j, grid.block_b)
 
-    def init(n, _):
-        cols = tile(n)
-        hcar_ref[0, :, cols] = h0_ref[:, cols]
-        ccar_ref[0, :, cols] = c0_ref[:, cols]
+    def barrier(k):  # the k-th: every program of group p has written what step k reads
+        common.grid_barrier(count_ref, p, (k + 1) * grid.hidden_blocks, interpret=interpret)
 
-    lax.fori_loop(0, tiles, init, None)
-    barrier()
-    lengths = len_ref[...]
+    if per_program == 1:  # the carry (h, c) of the tile stays in registers
+        carry = _fwd_init(rows(0), cols, h0_ref, c0_ref, hcar_ref, ccar_ref)
+        barrier(0)
+
+        def step(t, carry):
+            carry = _fwd_step(t, rows(0), cols, w, carry, *outs, grid)
+            barrier(t + 1)
+            return carry
+
+        lax.fori_loop(0, steps, step, carry)
+        return
+
+    # Several batch blocks per program: each block's carry is re-read from the outputs.
+    def init(j, _):
+        _fwd_init(rows(j), cols, h0_ref, c0_ref, hcar_ref, ccar_ref)
+
+    lax.fori_loop(0, per_program, init, None)
+    barrier(0)
 
     def step(t, _):
-        live = (t < lengths)[:, None]
+        def block(j, _):
+            r = rows(j)
+            _fwd_step(t, r, cols, w, (hcar_ref[t, r, cols], ccar_ref[t, r, cols]), *outs, grid)
 
-        def out_tile(n, _):
-            cols = tile(n)
-
-            def contract(k, z):
-                rows = tile(k)
-                h = hcar_ref[t, :, rows]
-                return tuple(
-                    z[g]
-                    + jnp.dot(h, w_ref[g, rows, cols].astype(_F32), preferred_element_type=_F32)
-                    for g in range(4)
-                )
-
-            z = lax.fori_loop(0, tiles, contract, tuple(gx_ref[t, g, :, cols] for g in range(4)))
-            h_prev, c_prev = hcar_ref[t, :, cols], ccar_ref[t, :, cols]
-            acts, c, h = _cell(*z, c_prev)
-            hcar_ref[t + 1, :, cols] = jnp.where(live, h, h_prev)
-            ccar_ref[t + 1, :, cols] = jnp.where(live, c, c_prev)
-            if acts_ref is not None:
-                for g in range(4):
-                    acts_ref[t, g, :, cols] = acts[g]
-
-        lax.fori_loop(0, tiles, out_tile, None)
-        barrier()  # step t+1 reads all of h_t
+        lax.fori_loop(0, per_program, block, None)
+        barrier(t + 1)
 
     lax.fori_loop(0, steps, step, None)
 
 
-def _bwd_kernel_gpu(len_ref, w_ref, acts_ref, ccar_ref, dhs_ref, dht_ref, dct_ref,
-                    dz_ref, dh_ref, dc_ref, *, steps: int, tiles: int, block_h: int,
-                    interpret: bool):
-    """Triton backward for one batch block, reverse time.
+def _fwd_kernel_seq(len_ref, gx_ref, w_ref, h0_ref, c0_ref, hcar_ref, ccar_ref, *acts_ref,
+                    grid: common.PersistentGrid):
+    """The sequential driver of :func:`_fwd_step` (interpret mode): grid ``(T + 1, hidden
+    blocks, batch blocks)``, time outermost, no barrier. Phase 0 writes the initial carry;
+    phase ``s`` runs step ``s - 1`` with the carry read back from the outputs. Same refs as
+    :func:`_fwd_kernel_gpu`, without the counter."""
+    acts_ref = acts_ref[0] if acts_ref else None
+    s, n, b = pl.program_id(0), pl.program_id(1), pl.program_id(2)
+    rows, cols = _tile(b, grid.block_b), _tile(n, grid.block_h)
 
-    Refs: ``len [bb]``, ``w [4, Hp, Hp]``, ``acts [T, 4, bb, Hp]``, ``ccar [T+1, bb, Hp]``,
-    ``dhs [T, bb, Hp]``, ``dht, dct [bb, Hp]`` -> ``dz [T, 4, bb, Hp]`` (gate gradients),
-    ``dh, dc [2, bb, Hp]``: ping-pong carry cotangents, row ``t % 2`` holding the cotangent of
-    the carry step ``t`` reads once step ``t`` is done (row 0 at the end: ``dh0, dc0``).
+    @pl.when(s == 0)
+    def _():
+        _fwd_init(rows, cols, h0_ref, c0_ref, hcar_ref, ccar_ref)
+
+    @pl.when(s > 0)
+    def _():
+        t = s - 1
+        _fwd_step(t, rows, cols, _fwd_weights(w_ref, cols, grid),
+                  (hcar_ref[t, rows, cols], ccar_ref[t, rows, cols]),
+                  len_ref, gx_ref, hcar_ref, ccar_ref, acts_ref, grid)
+
+
+def _bwd_kernel_gpu(len_ref, w_ref, acts_ref, ccar_ref, dhs_ref, dht_ref, dct_ref, count_in_ref,
+                    dz_ref, dh0_ref, dc0_ref, count_ref, *, grid: common.PersistentGrid,
+                    steps: int, interpret: bool):
+    """The persistent backward, reverse time: step ``t`` takes the tile's ``dh`` from the
+    exchange buffer ``dz_{t+1}`` (:func:`_bwd_dh`), writes ``dz_t`` (:func:`_bwd_cell`), then
+    one grid barrier; after the loop ``dh0 = dz_0 W^T`` (where step 0 is live).
+
+    Refs: ``len [Bp]``, ``w [4, Hp, Hp]``, ``acts [T, 4, Bp, Hp]``, ``ccar [T+1, Bp, Hp]``,
+    ``dhs [T, Bp, Hp]``, ``dht, dct [Bp, Hp]``, ``count [groups]`` -> ``dz [T, 4, Bp, Hp]``,
+    ``dh0, dc0 [Bp, Hp]`` (also the carries' home when a program has several batch blocks),
+    ``count``.
     """
-    barrier = common.gpu_barrier(interpret)
+    del count_in_ref
+    n, p = pl.program_id(0), pl.program_id(1)
+    cols = _tile(n, grid.block_h)
+    w = _bwd_weights(w_ref, cols, grid)  # on-chip for the whole sequence
+    per_program = grid.blocks_per_program
+    cell_refs = (len_ref, acts_ref, ccar_ref, dhs_ref, dz_ref)
 
-    def tile(n):
-        return pl.ds(pl.multiple_of(n * block_h, block_h), block_h)
+    def rows(j):
+        return _tile(p * per_program + j, grid.block_b)
 
-    def init(n, _):
-        cols = tile(n)
-        dh_ref[steps % 2, :, cols] = dht_ref[:, cols]
-        dc_ref[steps % 2, :, cols] = dct_ref[:, cols]
+    def barrier(k):
+        common.grid_barrier(count_ref, p, (k + 1) * grid.hidden_blocks, interpret=interpret)
 
-    lax.fori_loop(0, tiles, init, None)
-    barrier()
-    lengths = len_ref[...]
+    def tile_step(t, r, dh, dc):
+        dh = _bwd_dh(t + 1, r, cols, w, dh, len_ref, dz_ref, grid, steps)
+        return dh, _bwd_cell(t, r, cols, dh, dc, *cell_refs)
+
+    if per_program == 1:  # the carry (dh, dc) of the tile stays in registers
+        r = rows(0)
+
+        def step(s, carry):
+            carry = tile_step(steps - 1 - s, r, *carry)
+            barrier(s)
+            return carry
+
+        dh, dc = lax.fori_loop(0, steps, step, (dht_ref[r, cols], dct_ref[r, cols]))
+        dh0_ref[r, cols] = _bwd_dh(0, r, cols, w, dh, len_ref, dz_ref, grid, steps)
+        dc0_ref[r, cols] = dc
+        return
+
+    def init(j, _):
+        r = rows(j)
+        dh0_ref[r, cols] = dht_ref[r, cols]
+        dc0_ref[r, cols] = dct_ref[r, cols]
+
+    lax.fori_loop(0, per_program, init, None)
 
     def step(s, _):
-        t = steps - 1 - s
-        src, dst = lax.rem(t + 1, 2), lax.rem(t, 2)
-        live = (t < lengths)[:, None]
+        def block(j, _):
+            r = rows(j)
+            dh, dc = tile_step(steps - 1 - s, r, dh0_ref[r, cols], dc0_ref[r, cols])
+            dh0_ref[r, cols] = dh
+            dc0_ref[r, cols] = dc
 
-        def gate_tile(n, _):
-            cols = tile(n)
-            dh_in, dc_in = dh_ref[src, :, cols], dc_ref[src, :, cols]
-            acts = tuple(acts_ref[t, g, :, cols] for g in range(4))
-            dz, dc_prev = _cell_vjp(acts, jnp.tanh(ccar_ref[t + 1, :, cols]), ccar_ref[t, :, cols],
-                                    dh_in + dhs_ref[t, :, cols], dc_in)
-            for g in range(4):
-                dz_ref[t, g, :, cols] = jnp.where(live, dz[g], 0.0)
-            dc_ref[dst, :, cols] = jnp.where(live, dc_prev, dc_in)
-
-        lax.fori_loop(0, tiles, gate_tile, None)
-        barrier()  # the matmul below reads every gate tile of step t
-
-        def hidden_tile(n, _):
-            cols = tile(n)
-
-            def contract(k, acc):
-                rows = tile(k)
-                for g in range(4):
-                    w = w_ref[g, cols, rows].astype(_F32)
-                    acc = acc + common.dot_nt(dz_ref[t, g, :, rows], w)
-                return acc
-
-            zeros = jnp.zeros(dh_ref.shape[1:2] + (block_h,), _F32)
-            dh_prev = lax.fori_loop(0, tiles, contract, zeros)
-            dh_ref[dst, :, cols] = jnp.where(live, dh_prev, dh_ref[src, :, cols])
-
-        lax.fori_loop(0, tiles, hidden_tile, None)
-        barrier()  # step t-1 reads all of dh
+        lax.fori_loop(0, per_program, block, None)
+        barrier(s)
 
     lax.fori_loop(0, steps, step, None)
+
+    def finish(j, _):
+        r = rows(j)
+        dh0_ref[r, cols] = _bwd_dh(0, r, cols, w, dh0_ref[r, cols], len_ref, dz_ref, grid, steps)
+
+    lax.fori_loop(0, per_program, finish, None)
+
+
+def _bwd_kernel_seq(len_ref, w_ref, acts_ref, ccar_ref, dhs_ref, dht_ref, dct_ref, dz_ref,
+                    dh0_ref, dc0_ref, *, grid: common.PersistentGrid, steps: int):
+    """The sequential driver of :func:`_bwd_dh` / :func:`_bwd_cell` (interpret mode): grid
+    ``(T + 1, hidden blocks, batch blocks)``; phase ``s < T`` runs step ``T - 1 - s`` with the
+    tile's carry in ``dh0, dc0`` (``dht, dct`` at ``s = 0``), phase ``T`` the final
+    ``dh0 = dz_0 W^T``. Same refs as :func:`_bwd_kernel_gpu`, without the counter."""
+    s, n, b = pl.program_id(0), pl.program_id(1), pl.program_id(2)
+    rows, cols = _tile(b, grid.block_b), _tile(n, grid.block_h)
+    w = _bwd_weights(w_ref, cols, grid)
+
+    @pl.when(s < steps)
+    def _():
+        t = steps - 1 - s
+        first = s == 0
+        dh = jnp.where(first, dht_ref[rows, cols], dh0_ref[rows, cols])
+        dc = jnp.where(first, dct_ref[rows, cols], dc0_ref[rows, cols])
+        dh = _bwd_dh(t + 1, rows, cols, w, dh, len_ref, dz_ref, grid, steps)
+        dc0_ref[rows, cols] = _bwd_cell(t, rows, cols, dh, dc, len_ref, acts_ref, ccar_ref,
+                                        dhs_ref, dz_ref)
+        dh0_ref[rows, cols] = dh
+
+    @pl.when(s == steps)
+    def _():
+        dh0_ref[rows, cols] = _bwd_dh(0, rows, cols, w, dh0_ref[rows, cols], len_ref, dz_ref,
+                                      grid, steps)
+
+
+# TPU (Mosaic)
 
 
 def _fwd_kernel_tpu(len_ref, gx_ref, w_ref, h0_ref, c0_ref, hs_ref, cs_ref, *rest, block_t: int):
@@ -428,36 +614,20 @@ def _kernel_weights(bs: LSTMBlockSizes, w_h: Array, hidden_p: int) -> Array:
     return w.astype(_F32) if bs.platform == common.TPU else w
 
 
-def _fwd_call(bs: LSTMBlockSizes, steps: int, batch_p: int, hidden_p: int, save: bool):
+def _fwd_call(bs: LSTMBlockSizes, steps: int, batch_p: int, hidden_p: int, save: bool,
+              grid: common.PersistentGrid | None = None):
     """The forward ``pallas_call``: ``(len, gx4, w4, h0, c0) -> (hcar, ccar[, acts])`` on GPU,
     ``-> (hs, cs[, acts])`` on TPU (see the kernels for shapes)."""
     bb, interpret = bs.block_b, common.interpret_arg(bs.platform, bs.interpret)
     f32 = lambda *shape: jax.ShapeDtypeStruct(shape, _F32)  # noqa: E731
     name = "seqjax_lstm_fwd" + ("_res" if save else "")
     if bs.platform == common.GPU:
-        kernel = functools.partial(_fwd_kernel_gpu, steps=steps, tiles=hidden_p // bs.block_h,
-                                   block_h=bs.block_h, interpret=bs.interpret)
         out_shape = [f32(steps + 1, batch_p, hidden_p)] * 2
-        out_specs = [pl.BlockSpec((steps + 1, bb, hidden_p), lambda b: (0, b, 0))] * 2
         if save:
             out_shape.append(f32(steps, 4, batch_p, hidden_p))
-            out_specs.append(pl.BlockSpec((steps, 4, bb, hidden_p), lambda b: (0, 0, b, 0)))
-        return pl.pallas_call(
-            kernel,
-            grid=(batch_p // bb,),
-            in_specs=[
-                pl.BlockSpec((bb,), lambda b: (b,)),
-                pl.BlockSpec((steps, 4, bb, hidden_p), lambda b: (0, 0, b, 0)),
-                pl.BlockSpec((4, hidden_p, hidden_p), lambda b: (0, 0, 0)),
-                pl.BlockSpec((bb, hidden_p), lambda b: (b, 0)),
-                pl.BlockSpec((bb, hidden_p), lambda b: (b, 0)),
-            ],
-            out_specs=out_specs,
-            out_shape=out_shape,
-            compiler_params=plgpu.CompilerParams(num_warps=bs.num_warps, num_stages=bs.num_stages),
-            interpret=interpret,
-            name=name,
-        )
+        return common.persistent_call(bs, grid, steps + 1,
+                                      functools.partial(_fwd_kernel_gpu, steps=steps),
+                                      _fwd_kernel_seq, out_shape, name)
     bt = bs.block_t
     kernel = functools.partial(_fwd_kernel_tpu, block_t=bt)
     out_shape = [f32(steps, batch_p, hidden_p)] * 2
@@ -486,33 +656,19 @@ def _fwd_call(bs: LSTMBlockSizes, steps: int, batch_p: int, hidden_p: int, save:
     )
 
 
-def _bwd_call(bs: LSTMBlockSizes, steps: int, batch_p: int, hidden_p: int):
-    """The backward ``pallas_call``. GPU: ``(len, w4, acts, ccar, dhs, dhT, dcT) -> (dz, dh, dc)``
-    with ping-pong ``dh, dc [2, Bp, Hp]``; TPU: ``(len, w4, acts, cs, cprev, dhs, dhT, dcT)
-    -> (dz, dh0, dc0)``."""
+def _bwd_call(bs: LSTMBlockSizes, steps: int, batch_p: int, hidden_p: int,
+              grid: common.PersistentGrid | None = None):
+    """The backward ``pallas_call``. GPU: ``(len, w4, acts, ccar, dhs, dhT, dcT) -> (dz, dh0,
+    dc0)``; TPU: ``(len, w4, acts, cs, cprev, dhs, dhT, dcT) -> (dz, dh0, dc0)``."""
     bb, interpret = bs.block_b, common.interpret_arg(bs.platform, bs.interpret)
     f32 = lambda *shape: jax.ShapeDtypeStruct(shape, _F32)  # noqa: E731
     if bs.platform == common.GPU:
-        kernel = functools.partial(_bwd_kernel_gpu, steps=steps, tiles=hidden_p // bs.block_h,
-                                   block_h=bs.block_h, interpret=bs.interpret)
-        seq = lambda n: pl.BlockSpec((n, bb, hidden_p), lambda b: (0, b, 0))  # noqa: E731
-        gates = pl.BlockSpec((steps, 4, bb, hidden_p), lambda b: (0, 0, b, 0))
-        state = pl.BlockSpec((bb, hidden_p), lambda b: (b, 0))
-        return pl.pallas_call(
-            kernel,
-            grid=(batch_p // bb,),
-            in_specs=[
-                pl.BlockSpec((bb,), lambda b: (b,)),
-                pl.BlockSpec((4, hidden_p, hidden_p), lambda b: (0, 0, 0)),
-                gates, seq(steps + 1), seq(steps), state, state,
-            ],
-            out_specs=[gates, seq(2), seq(2)],
-            out_shape=[f32(steps, 4, batch_p, hidden_p), f32(2, batch_p, hidden_p),
-                       f32(2, batch_p, hidden_p)],
-            compiler_params=plgpu.CompilerParams(num_warps=bs.num_warps, num_stages=bs.num_stages),
-            interpret=interpret,
-            name="seqjax_lstm_bwd",
-        )
+        out_shape = [f32(steps, 4, batch_p, hidden_p), f32(batch_p, hidden_p),
+                     f32(batch_p, hidden_p)]
+        return common.persistent_call(bs, grid, steps + 1,
+                                      functools.partial(_bwd_kernel_gpu, steps=steps),
+                                      functools.partial(_bwd_kernel_seq, steps=steps), out_shape,
+                                      "seqjax_lstm_bwd")
     bt, nt = bs.block_t, steps // bs.block_t
     kernel = functools.partial(_bwd_kernel_tpu, block_t=bt, time_blocks=nt)
     seq = pl.BlockSpec((bt, bb, hidden_p), lambda b, s: (nt - 1 - s, b, 0))
@@ -553,7 +709,8 @@ def _fwd(w_h, gx, carry0, lengths, block_sizes: LSTMBlockSizes, save: bool = Tru
     gx4 = common.pad_bh(gates_first, batch_p, hidden_p)
     w4 = _kernel_weights(bs, w_h, hidden_p)
     h0, c0 = (common.pad_bh(x, batch_p, hidden_p) for x in carry0)
-    call = _fwd_call(bs, steps, batch_p, hidden_p, save)
+    grid = bs.grid(batch, hidden) if bs.platform == common.GPU else None
+    call = _fwd_call(bs, steps, batch_p, hidden_p, save, grid)
     if bs.platform == common.GPU:
         hcar, ccar, *acts = call(lens, gx4, w4, h0, c0)
     else:
@@ -576,10 +733,10 @@ def _bwd(block_sizes: LSTMBlockSizes, res, cts):
     w4 = _kernel_weights(bs, w_h, hidden_p)
     dhs_p, dht_p, dct_p = (common.pad_bh(x.astype(_F32), batch_p, hidden_p)
                            for x in (dhs, dht, dct))
-    call = _bwd_call(bs, steps, batch_p, hidden_p)
+    grid = bs.grid(batch, hidden) if bs.platform == common.GPU else None
+    call = _bwd_call(bs, steps, batch_p, hidden_p, grid)
     if bs.platform == common.GPU:
-        dz, dh, dc = call(lens, w4, acts, ccar, dhs_p, dht_p, dct_p)
-        dh0, dc0 = dh[0], dc[0]
+        dz, dh0, dc0 = call(lens, w4, acts, ccar, dhs_p, dht_p, dct_p)
     else:
         dz, dh0, dc0 = call(lens[:, None], w4, acts, ccar[1:], ccar[:-1], dhs_p, dht_p, dct_p)
     dz = dz[:, :, :batch, :hidden]  # [T, 4, B, H]

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from seqjax.kernels import GRUBlockSizes, gru, gru_reference, unsupported_reason
+from seqjax.kernels import GRUBlockSizes, common, gru, gru_reference, unsupported_reason
 
 import seqjax
 from seqjax import GRU, rnn
@@ -19,6 +19,9 @@ from seqjax import GRU, rnn
 F32, BF16 = jnp.float32, jnp.bfloat16
 TOL = 1e-5
 RESETS = ["after", "before"]
+# Compile without LLVM's optimisation passes (as tests/kernels/test_grid.py): same maths,
+# about half the compile time.
+FAST_COMPILE = {"xla_backend_optimization_level": 0}
 
 
 def lengths_for(kind, steps, batch):
@@ -75,8 +78,10 @@ def kernel_args(cell, params, xs, h0):
 def check_kernel(bs, args, lengths):
     """Kernel (custom VJP) == autodiff through the reference: outputs and gradients w.r.t.
     ``w_h``, ``b_h``, ``gx`` and ``h0``. The kernel side runs under ``jit``: one compilation
-    instead of one per wrapper op (compiling interpret-mode kernels is where the time goes)."""
-    out, grads = jax.jit(lambda *a: outs_and_grads(lambda *b: gru(*b, lengths, bs), *a))(*args)
+    instead of one per wrapper op (compiling interpret-mode kernels is where the time goes),
+    without LLVM's optimisation passes (same maths, about half the compile time)."""
+    kernel_side = jax.jit(lambda *a: outs_and_grads(lambda *b: gru(*b, lengths, bs), *a))
+    out, grads = kernel_side.trace(*args).lower().compile(FAST_COMPILE)(*args)
     ref, grads_ref = outs_and_grads(lambda *a: gru_reference(*a, lengths, bs), *args)
     assert_close(out, ref, TOL, "kernel vs reference")
     assert_close(grads, grads_ref, TOL, "kernel grads vs autodiff of the reference")
@@ -115,6 +120,52 @@ def test_kernel_matches_reference_and_scan(reset):
     mask = np.arange(steps)[:, None] < lens[None, :]
     assert np.all(np.asarray(out[0])[~mask] == 0.0)
     np.testing.assert_array_equal(np.asarray(out[1])[lens == 0], np.asarray(h0)[lens == 0])
+
+
+@pytest.mark.parametrize("reset,dtype", [("after", "bfloat16"), ("before", "float32")])
+def test_persistent_kernel_matches_reference_and_scan(reset, dtype):
+    """The persistent GPU kernel itself (interpret mode runs it for one hidden block, where its
+    grid barrier never waits) with two batch groups of two batch blocks each (``max_programs=2``
+    < 4 batch blocks: each program loops over its blocks every phase), B=50 padded to 64.
+    Values and ``jax.vjp`` gradients against the reference (w.r.t. ``w_h``, ``b_h``, ``gx``,
+    ``h0``) and the scan backend (w.r.t. every param, ``xs`` and ``h0``); lengths span 0 .. T.
+    (The sequential driver, several hidden blocks: test_kernel_matches_reference_and_scan.)"""
+    steps, batch, hidden = 4, 50, 16
+    bs = GRUBlockSizes("gpu", block_b=16, block_h=16, reset=reset, max_programs=2,
+                       interpret=True)
+    grid = bs.grid(batch, hidden)
+    assert (grid.hidden_blocks, grid.batch_groups, grid.blocks_per_program) == (1, 2, 2)
+    assert common.is_persistent(bs.interpret, grid) and grid.batch_p == 64
+    cell, params, xs, h0 = problem(steps, batch, hidden, reset, seed=5)
+    params = dict(params, w_h=params["w_h"].astype(dtype), b_h=params["b_h"].astype(dtype))
+    xs_t = jnp.swapaxes(xs, 0, 1)
+    lengths = lengths_for("variable", steps, batch)
+
+    def projected(op):
+        def fn(p, x, h):
+            return op(p["w_h"], p["b_h"], cell.project(p, x).astype(F32), h, lengths)
+        return fn
+
+    def scan_rnn(p, x, h):
+        return rnn(cell, p, x, seq_lengths=lengths, initial_carry=h, backend="scan",
+                   time_major=True)
+
+    def all_sides(*args):
+        return [outs_and_grads(f, *args) for f in (
+            projected(lambda *a: gru(*a, bs)),
+            projected(lambda *a: gru_reference(*a, reset)), scan_rnn)]
+
+    traced = jax.jit(all_sides).trace(params, xs_t, h0)
+    assert f"seqjax_gru_{reset}_bwd" in str(traced.jaxpr)
+    (out, grads), (ref, grads_ref), (scan, grads_scan) = (
+        traced.lower().compile(FAST_COMPILE)(params, xs_t, h0))
+    grad_tol = TOL if dtype == "float32" else 1e-2  # bf16 d/dW_h, d/db_h: rounding of f32 sums
+    assert_close(out, ref, TOL, "kernel vs reference")
+    assert_close(grads, grads_ref, grad_tol, "kernel grads vs autodiff of the reference")
+    assert_close(out, scan, TOL, "kernel vs scan backend")
+    assert_close(grads, grads_scan, grad_tol, "kernel grads vs the scan backend's VJP")
+    mask = np.arange(steps)[:, None] < np.asarray(lengths)[None, :]
+    assert np.all(np.asarray(out[0])[~mask] == 0.0)
 
 
 @pytest.mark.parametrize("reset", RESETS)
@@ -218,7 +269,17 @@ def test_block_sizes():
     assert before.reset == "before" and before != bs  # the variant is part of the static key
     assert (bs.saved_gates, before.saved_gates) == (4, 3)
     assert bs.padded(3, 8) == (16, 16)
-    assert GRUBlockSizes.default((7, 3, 200), F32, "gpu").block_h == 64
+    # Persistent GPU kernel: 16 hidden units a program, every program resident (<= 132).
+    b16 = GRUBlockSizes.default((1024, 16, 768), BF16, "gpu", reset="before")
+    grid = b16.grid(16, 768)
+    assert (b16.block_b, b16.block_h, b16.max_programs, b16.reset) == (16, 16, 132, "before")
+    assert (grid.hidden_blocks, grid.batch_groups, grid.k_tiles) == (48, 1, 3)
+    big = GRUBlockSizes.default((6, 9000, 200), F32, "gpu")
+    grid = big.grid(9000, 200)
+    assert big.block_b == 128 and grid.programs <= 132 and grid.blocks_per_program > 1
+    assert GRUBlockSizes.default((7, 3, 200), F32, "gpu").padded(3, 200) == (16, 224)
+    with pytest.raises(ValueError, match="larger block_h"):
+        GRUBlockSizes("gpu", block_b=16, block_h=16, max_programs=2).padded(3, 40)
     tpu = GRUBlockSizes.default((12, 3, 200), F32, "tpu")
     assert (tpu.block_b, tpu.block_h, tpu.block_t) == (8, 256, 12)
     big = GRUBlockSizes.default((100, 512, 1024), F32, "tpu", reset="before")

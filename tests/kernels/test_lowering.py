@@ -18,9 +18,12 @@ from seqjax.kernels import GRUBlockSizes, LSTMBlockSizes, gru, lstm
 S = jax.ShapeDtypeStruct
 F32 = jnp.float32
 
-# (T, B, H) shapes that reach every GPU configuration default() returns:
-# block_h in {16, 32, 64} x block_b in {16, 32, 64} (num_warps follows from the tile size).
-GPU_SHAPES = [(6, b, h) for b in (3, 4096, 9000) for h in (8, 32, 200)]
+# (T, B, H) shapes that reach every GPU configuration default() returns for the persistent
+# kernel (block_h is always 16): block_b in {16, 32, 64, 128}, num_warps in {4, 8, 16}, one and
+# several K tiles, one and several batch groups, one and several batch blocks per program; and
+# the shapes of issue #16 (B=16 H=768, B=64 H=256 and 512).
+GPU_SHAPES = [(6, 3, 8), (6, 16, 768), (6, 64, 256), (6, 64, 512), (6, 256, 256),
+              (6, 512, 256), (6, 9000, 200)]
 # TPU: default() picks block_b (<= 128, a multiple of 8), block_t (a divisor of T <= 16, smaller
 # when VMEM is short) and block_h = H rounded up to 128; these shapes span the regimes: one small
 # block, full 128-row blocks with 16-step time blocks, a prime T (block_t = 1), the largest H.
@@ -68,10 +71,27 @@ def test_lowers_for_cuda_triton(shape, dtype):
 
 
 def test_gpu_shapes_cover_every_default_configuration():
-    configs = {(bs.block_b, bs.block_h, bs.num_warps) for bs in
-               (LSTMBlockSizes.default(s, F32, "gpu") for s in GPU_SHAPES)}
-    assert {(b, h) for b, h, _ in configs} == {(b, h) for b in (16, 32, 64) for h in (16, 32, 64)}
-    assert {w for _, _, w in configs} == {4, 8}
+    configs = [(LSTMBlockSizes.default(s, dt, "gpu"), s) for s in GPU_SHAPES
+               for dt in (jnp.float32, jnp.bfloat16)]
+    grids = [bs.grid(s[1], s[2]) for bs, s in configs]
+    assert {bs.block_b for bs, _ in configs} == {16, 32, 64, 128}
+    assert {bs.block_h for bs, _ in configs} == {16}
+    assert {bs.num_warps for bs, _ in configs} == {4, 8, 16}
+    assert {g.k_tiles > 1 for g in grids} == {False, True}
+    assert {g.batch_groups > 1 for g in grids} == {False, True}
+    assert {g.blocks_per_program > 1 for g in grids} == {False, True}
+    assert all(g.programs <= bs.max_programs == 132 for g, (bs, _) in zip(grids, configs))
+
+
+def test_cuda_lowering_is_the_persistent_kernel():
+    """The lowered Triton module of the GPU kernels holds the grid barrier: global atomics, the
+    spin ``while`` loop and block barriers; the grid is (hidden blocks, batch groups)."""
+    shape = (6, 16, 768)
+    bs, fwd_text, bwd_text = _check(shape, jnp.bfloat16, "cuda", "gpu")
+    for text in (fwd_text, bwd_text):
+        assert "atomic_rmw" in text and "while" in text and "barrier" in text
+        assert "grid_x = 48 : i32, grid_y = 1 : i32" in text  # 768 / 16 hidden blocks
+        assert "num_stages = 1 : i32" in text and f"num_warps = {bs.num_warps} : i32" in text
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["f32", "bf16"])
@@ -92,10 +112,11 @@ def test_tpu_shapes_span_the_default_regimes():
 # GRU, both reset variants
 # ---------------------------------------------------------------------------------------------
 
-# GPU: the kernel depends on block_b and block_h only through its tile shapes, so three shapes
-# reaching every value of each (block_b, block_h in {16, 32, 64}; 4 and 8 warps) stand for the
-# 3 x 3 grid the LSTM tests walk. TPU: the LSTM's regimes.
-GRU_GPU_SHAPES = [(6, 3, 8), (6, 4096, 200), (6, 9000, 32)]
+# GPU: the persistent kernel depends on the block sizes through its tile shapes, the K tiles,
+# the batch groups and the batch blocks per program; these shapes reach every value of each that
+# default() picks (block_b 16/32/128, several K tiles, several groups and blocks per program,
+# 4/8/16 warps) and include issue #16's B=16 H=768.
+GRU_GPU_SHAPES = [(6, 3, 8), (6, 16, 768), (6, 256, 256), (6, 9000, 200)]
 GRU_TPU_SHAPES = TPU_SHAPES
 RESETS = ["after", "before"]
 
@@ -138,10 +159,25 @@ def test_gru_lowers_for_cuda_triton(shape, dtype, reset):
 
 
 def test_gru_gpu_shapes_reach_every_default_value():
-    configs = [GRUBlockSizes.default(s, F32, "gpu") for s in GRU_GPU_SHAPES]
-    assert {bs.block_b for bs in configs} == {16, 32, 64}
-    assert {bs.block_h for bs in configs} == {16, 32, 64}
-    assert {bs.num_warps for bs in configs} == {4, 8}
+    configs = [(GRUBlockSizes.default(s, dt, "gpu"), s) for s in GRU_GPU_SHAPES
+               for dt in (jnp.float32, jnp.bfloat16)]
+    grids = [bs.grid(s[1], s[2]) for bs, s in configs]
+    assert {bs.block_b for bs, _ in configs} == {16, 32, 128}
+    assert {bs.num_warps for bs, _ in configs} == {4, 8, 16}
+    assert {g.k_tiles > 1 for g in grids} == {False, True}
+    assert {g.batch_groups > 1 for g in grids} == {False, True}
+    assert {g.blocks_per_program > 1 for g in grids} == {False, True}
+    assert all(g.programs <= 132 for g in grids)
+
+
+def test_gru_cuda_lowering_is_the_persistent_kernel():
+    """Both variants lower to the persistent kernel: global atomics, spin loops, barriers,
+    grid (hidden blocks, batch groups)."""
+    for reset in RESETS:
+        fwd_text, bwd_text = _check_gru((6, 16, 768), jnp.bfloat16, reset, "cuda", "gpu")
+        for text in (fwd_text, bwd_text):
+            assert "atomic_rmw" in text and "while" in text and "barrier" in text
+            assert "grid_x = 48 : i32, grid_y = 1 : i32" in text
 
 
 # On TPU the wrapper upcasts w_h to float32 before the kernel, so a bfloat16 weight gives the

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from seqjax.kernels import LSTMBlockSizes, lstm, lstm_reference, unsupported_reason
+from seqjax.kernels import LSTMBlockSizes, common, lstm, lstm_reference, unsupported_reason
 
 import seqjax
 from seqjax import LSTM, PeepholeLSTM, SimpleRNN, rnn
@@ -64,6 +64,11 @@ def assert_close(a, b, tol, what=""):
     )
 
 
+# Compile without LLVM's optimisation passes (as tests/kernels/test_grid.py): same maths,
+# about half the compile time.
+FAST_COMPILE = {"xla_backend_optimization_level": 0}
+
+
 def kernel_inputs(cell, params, xs):
     gx = cell.project(params, jnp.swapaxes(xs, 0, 1))  # [T, B, 4H] float32
     return cell.recurrent_params(params), gx
@@ -85,7 +90,11 @@ def test_kernel_matches_reference_and_scan(shape, lengths_kind):
     assert bs.interpret and bs.platform == "gpu"
 
     args = (rp["w_h"], gx, carry0)
-    out, grads = outs_and_grads(lambda w, g, c: lstm(w, g, c, lengths, bs), *args)
+    # Under jit, compiled without LLVM's optimisation passes: one compilation of the
+    # interpret-mode kernel instead of one per op (where the time goes).
+    kernel_side = jax.jit(lambda *a: outs_and_grads(lambda w, g, c: lstm(w, g, c, lengths, bs),
+                                                    *a))
+    out, grads = kernel_side.trace(*args).lower().compile(FAST_COMPILE)(*args)
     ref, grads_ref = outs_and_grads(lambda w, g, c: lstm_reference(w, g, c, lengths), *args)
     scan = rnn(cell, params, jnp.swapaxes(xs, 0, 1), seq_lengths=lengths, initial_carry=carry0,
                backend="scan", time_major=True)
@@ -102,19 +111,64 @@ def test_kernel_matches_reference_and_scan(shape, lengths_kind):
     assert_close(grads, grads_ref, TOL, "kernel grads vs autodiff of the reference")
 
 
-def test_gpu_kernel_several_batch_blocks_and_hidden_tiles():
-    """B=20 in two blocks of 16, H=40 in three tiles of 16 (padding on both axes)."""
-    steps, batch, hidden = 4, 20, 40
+# The GPU (persistent Triton) kernel's two drivers of the same per-step maths: the sequential
+# driver (interpret mode, several hidden blocks: grid (T + 1, hidden blocks, batch blocks)) and
+# the persistent kernel itself (interpret mode runs it for one hidden block, where its grid
+# barrier never waits), here with several batch blocks per program (max_programs below the
+# number of batch blocks). (T, B, H, block_b, block_h, max_programs, weight dtype, persistent,
+# expected (hidden blocks, K tiles, batch groups, blocks per program)).
+GPU_DRIVER_CASES = [
+    pytest.param(4, 20, 40, 16, 16, 132, "bfloat16", False, (3, 3, 2, 1), id="seq-3h-3k-2b-bf16"),
+    pytest.param(4, 50, 16, 16, 16, 2, "float32", True, (1, 1, 2, 2), id="persistent-2x2-blocks"),
+]
+
+
+@pytest.mark.parametrize(
+    "steps,batch,hidden,block_b,block_h,max_programs,dtype,persistent,expect", GPU_DRIVER_CASES)
+def test_gpu_kernel_drivers_match_reference_and_scan(steps, batch, hidden, block_b, block_h,
+                                                     max_programs, dtype, persistent, expect):
+    """Values and ``jax.vjp`` gradients of the GPU-style kernel in interpret mode against the jnp
+    reference (w.r.t. ``w_h``, ``gx``, the carry) and the scan backend (w.r.t. every param,
+    ``xs`` and the carry), with variable lengths including 0 and T."""
+    bs = LSTMBlockSizes("gpu", block_b, block_h, max_programs=max_programs, interpret=True)
+    grid = bs.grid(batch, hidden)
+    assert (grid.hidden_blocks, grid.k_tiles, grid.batch_groups,
+            grid.blocks_per_program) == expect
+    assert grid.programs <= max_programs
+    assert common.is_persistent(bs.interpret, grid) == persistent
     cell, params, xs, carry0 = problem(steps, batch, hidden, seed=3)
-    rp, gx = kernel_inputs(cell, params, xs)
+    params = dict(params, w_h=params["w_h"].astype(dtype))
+    xs_t = jnp.swapaxes(xs, 0, 1)  # [T, B, D]
     lengths = lengths_for("variable", steps, batch)
-    bs = LSTMBlockSizes("gpu", block_b=16, block_h=16, interpret=True)
-    assert bs.padded(batch, hidden) == (32, 48)
-    args = (rp["w_h"], gx, carry0)
-    out, grads = outs_and_grads(lambda w, g, c: lstm(w, g, c, lengths, bs), *args)
-    ref, grads_ref = outs_and_grads(lambda w, g, c: lstm_reference(w, g, c, lengths), *args)
-    assert_close(out, ref, TOL)
-    assert_close(grads, grads_ref, TOL)
+    assert 0 in np.asarray(lengths) and steps in np.asarray(lengths)
+
+    def projected(op):  # the op behind the same input projection as the scan backend
+        return lambda p, x, c: op(p["w_h"], cell.project(p, x).astype(F32), c, lengths)
+
+    def scan_rnn(p, x, c):
+        return rnn(cell, p, x, seq_lengths=lengths, initial_carry=c, backend="scan",
+                   time_major=True)
+
+    def all_sides(*args):
+        return [outs_and_grads(f, *args) for f in (
+            projected(lambda *a: lstm(*a, bs)), projected(lstm_reference), scan_rnn)]
+
+    traced = jax.jit(all_sides).trace(params, xs_t, carry0)
+    assert "seqjax_lstm_fwd_res" in str(traced.jaxpr) and "seqjax_lstm_bwd" in str(traced.jaxpr)
+    (out, grads), (ref, grads_ref), (scan, grads_scan) = (
+        traced.lower().compile(FAST_COMPILE)(params, xs_t, carry0))
+    # Gradients w.r.t. every param, xs and the carry. bf16: d/dW_h is rounded to bfloat16 from
+    # float32 sums accumulated in a different order.
+    grad_tol = TOL if dtype == "float32" else 1e-2
+    assert_close(out, ref, TOL, "kernel vs reference")
+    assert_close(grads, grads_ref, grad_tol, "kernel grads vs autodiff of the reference")
+    assert_close(out, scan, TOL, "kernel vs scan backend")
+    assert_close(grads, grads_scan, grad_tol, "kernel grads vs the scan backend's VJP")
+    assert max(float(np.abs(np.asarray(g, np.float32)).max()) for g in jax.tree.leaves(grads)) > 0
+    mask = np.arange(steps)[:, None] < np.asarray(lengths)[None, :]
+    assert np.all(np.asarray(out[0])[~mask] == 0.0)
+    zero = np.asarray(lengths) == 0
+    np.testing.assert_array_equal(np.asarray(out[1][1])[zero], np.asarray(carry0[1])[zero])
 
 
 def test_tpu_kernel_interpret_matches_reference():
@@ -236,7 +290,22 @@ def test_block_sizes():
     assert (bs.platform, bs.block_b, bs.block_h, bs.interpret) == ("gpu", 16, 16, False)
     assert hash(bs) == hash(LSTMBlockSizes.default((7, 3, 8), BF16, "gpu"))
     assert bs.padded(3, 8) == (16, 16)
-    assert LSTMBlockSizes.default((7, 3, 200), F32, "gpu").block_h == 64
+    # Persistent GPU kernel: 16 hidden units a program, every program resident (<= 132).
+    b16 = LSTMBlockSizes.default((1024, 16, 768), BF16, "gpu")
+    grid = b16.grid(16, 768)
+    assert (b16.block_b, b16.block_h, b16.max_programs) == (16, 16, 132)
+    assert (grid.hidden_blocks, grid.batch_groups, grid.k_tiles, grid.programs) == (48, 1, 3, 48)
+    grid = LSTMBlockSizes.default((256, 64, 256), F32, "gpu").grid(64, 256)
+    assert (grid.hidden_blocks, grid.batch_groups, grid.blocks_per_program) == (16, 4, 1)
+    big = LSTMBlockSizes.default((6, 4096, 1024), F32, "gpu")  # batch blocks looped in-program
+    grid = big.grid(4096, 1024)
+    assert big.block_b == 128 and grid.programs <= 132 and grid.blocks_per_program == 16
+    assert grid.batch_p >= 4096 and big.padded(4096, 1024) == (grid.batch_p, 1024)
+    assert LSTMBlockSizes.default((7, 3, 200), F32, "gpu").padded(3, 200) == (16, 224)
+    with pytest.raises(ValueError, match="larger block_h"):
+        LSTMBlockSizes("gpu", block_b=16, block_h=16, max_programs=2).padded(3, 40)
+    with pytest.raises(ValueError, match="max_programs"):
+        LSTMBlockSizes("gpu", block_b=16, block_h=16, max_programs=0)
     tpu = LSTMBlockSizes.default((12, 3, 200), F32, "tpu")
     assert (tpu.block_b, tpu.block_h, tpu.block_t) == (8, 256, 12)
     big = LSTMBlockSizes.default((100, 512, 1024), F32, "tpu")
