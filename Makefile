@@ -24,9 +24,11 @@ $(STAMP_TEST): pyproject.toml | $(PY)
 run: $(STAMP_RUN)
 	$(PY) experiments/tcn_vs_rnn.py
 
-## make test: install with the test extra, then run the whole suite (CPU, < 15 minutes).
+## make test: install with the test extra, then run the whole suite (CPU, < 15 minutes): two
+## worker processes, one file per worker at a time (pytest-xdist), so compilation and Python
+## overlap on the 2 cores.
 test: $(STAMP_TEST)
-	$(PY) -m pytest -q -m "not slow" tests
+	$(PY) -m pytest -q -m "not slow" -n 2 --dist loadfile tests
 
 ## make test-slow: the long tests kept out of `make test`.
 test-slow: $(STAMP_TEST)

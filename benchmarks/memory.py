@@ -27,9 +27,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from seqjax.memory import DNC, NTM, MemoryModel
-from seqjax.memory.dnc import allocation_weighting
-from seqjax.models import SequenceModel
+from seqjax.core.memory import DNC, NTM
+from seqjax.core.memory.dnc import allocation_weighting
+from seqjax.models import MemoryModel, SequenceModel
 
 
 def _model_fns(model, xs):

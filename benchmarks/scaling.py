@@ -25,7 +25,7 @@ import json, sys, time
 import numpy as np
 import jax
 from seqjax.data import get_task
-from seqjax.lm import LanguageModel
+from seqjax.models.lm import LanguageModel
 from seqjax.models import SequenceModel
 from seqjax.train import fit, make_mesh, make_optimizer, task_loss_fn
 from seqjax.train.tbptt import TokenStreams, make_tbptt_loss_fn

@@ -11,7 +11,8 @@
 
 ``--corpus`` is ``tinyshakespeare``, ``ptb-char`` or the path of any UTF-8 text file (split
 90/5/5 %). ``--model`` is ``lstm``, ``gru``, ``rnn`` (tanh), ``tcn`` or another cell kind of
-:mod:`seqjax.lm`. Recurrent models train with truncated BPTT: ``--batch-size`` parallel streams,
+:mod:`seqjax.models.lm`. Recurrent models train with truncated BPTT: ``--batch-size`` parallel
+streams,
 chunks of ``--seq-len`` (k1) steps, the carry crossing chunk boundaries under stop_gradient and
 reset at every epoch, optionally ``--k2`` < k1. The TCN trains on windows of ``--seq-len`` with
 the loss on the last ``--seq-len - --history`` positions (Bai et al. 2018's validseqlen).
@@ -59,9 +60,9 @@ from seqjax.data.corpus import (
     save_vocabulary,
     unigram_entropy_bits,
 )
-from seqjax.lm import LM_ARCHS, LanguageModel
 from seqjax.models import param_count
-from seqjax.sample import encode_prime, sample_text
+from seqjax.models.lm import LM_ARCHS, LanguageModel
+from seqjax.models.sample import encode_prime, sample_text
 from seqjax.train import (
     TokenStreams,
     TrainState,

@@ -53,7 +53,6 @@ from seqjax.analysis import (
     track_grad_norms,
     weight_spectrum,
 )
-from seqjax.cells import SimpleRNN
 from seqjax.cli import (
     check_devices,
     check_output_dir,
@@ -63,6 +62,7 @@ from seqjax.cli import (
     positive_int,
     run_main,
 )
+from seqjax.core.cells import SimpleRNN
 from seqjax.data import get_task
 from seqjax.data.base import softmax_cross_entropy
 from seqjax.models import ARCHS, SequenceModel, param_count

@@ -58,9 +58,9 @@ from seqjax.cli import (
     read_json,
     run_main,
 )
+from seqjax.core.memory import DNC, NTM
 from seqjax.data import get_task
-from seqjax.memory import DNC, NTM, MemoryModel
-from seqjax.models import SequenceModel, param_count
+from seqjax.models import MemoryModel, SequenceModel, param_count
 from seqjax.train import (
     TrainState,
     check_checkpoint,

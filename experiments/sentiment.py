@@ -18,7 +18,6 @@ import jax
 import numpy as np
 import optax
 
-from seqjax.classify import Classifier, evaluate, make_classifier_step
 from seqjax.cli import (
     UserError,
     check_dir,
@@ -30,7 +29,8 @@ from seqjax.cli import (
 )
 from seqjax.data import resolve_data_dir
 from seqjax.data import sentiment as mr
-from seqjax.embeddings import Word2Vec, train_word2vec
+from seqjax.models.classify import Classifier, evaluate, make_classifier_step
+from seqjax.models.word2vec import Word2Vec, train_word2vec
 
 MODELS = {
     "bilstm": dict(kind="lstm", bidirectional=True, pool="final"),

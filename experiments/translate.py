@@ -48,7 +48,7 @@ from seqjax.data.translation import (
     tokenize,
 )
 from seqjax.models import param_count
-from seqjax.seq2seq import Seq2Seq
+from seqjax.models.seq2seq import Seq2Seq
 from seqjax.train import (
     fit,
     initialize_distributed,

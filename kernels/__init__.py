@@ -1,10 +1,11 @@
 """Fused Pallas kernels for recurrent cells (installed as ``seqjax.kernels``).
 
-:func:`unsupported_reason` says whether a kernel can run a cell at a dtype and shape (the backend
-switch in :func:`seqjax.resolve_backend` asks it); :func:`run_kernel` runs it, for
-:func:`seqjax.rnn` with ``backend="pallas"``. Kernels: :mod:`seqjax.kernels.lstm` (the plain
-:class:`seqjax.LSTM`) and :mod:`seqjax.kernels.gru` (:class:`seqjax.GRU`, both reset variants).
-Peephole LSTM and Elman RNN run on the scan backend.
+The kernels know nothing of the cells above them: a cell declares the kernel family that
+computes it (``Cell.kernel``: ``"lstm"`` or ``"gru"``, ``None`` for none) and its options
+(``Cell.kernel_options()``, e.g. a GRU's ``{"reset": "after"}``), and the backend switch
+(:func:`seqjax.core.backend.resolve_backend`) asks :func:`unsupported_reason` and runs
+:func:`run_kernel` with them. Kernels: :mod:`seqjax.kernels.lstm` and :mod:`seqjax.kernels.gru`
+(both reset variants).
 
 Importable without a GPU or TPU: on CPU the kernels run in Pallas interpret mode.
 """
@@ -22,6 +23,7 @@ from .gru import GRUBlockSizes, gru, gru_reference
 from .lstm import LSTMBlockSizes, lstm, lstm_reference
 
 __all__ = [
+    "FAMILIES",
     "GRUBlockSizes",
     "LSTMBlockSizes",
     "gru",
@@ -33,50 +35,39 @@ __all__ = [
 ]
 
 _DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
+#: The kernel families and their modules.
+FAMILIES = {"lstm": _lstm, "gru": _gru}
 
 
-def unsupported_reason(cell: Any, *, dtype: Any, batch: int, steps: int) -> str | None:
-    """Why no fused kernel can run ``cell`` at this dtype/shape, or ``None`` if one can.
+def unsupported_reason(family: str | None, *, hidden_size: int, dtype: Any, batch: int,
+                       steps: int) -> str | None:
+    """Why no fused kernel of ``family`` can run at this size/dtype/shape, or ``None``.
 
-    Served: :class:`seqjax.LSTM` and :class:`seqjax.GRU` (either ``reset``) exactly (not
-    subclasses such as ``PeepholeLSTM``), float32 or bfloat16 inputs, ``hidden_size <= 1024``
-    (the TPU kernels keep ``w_h`` whole in VMEM), any batch and length (the kernels pad the batch
-    and hidden sizes themselves).
+    Served: the families of :data:`FAMILIES`, float32 or bfloat16 inputs,
+    ``hidden_size <= MAX_HIDDEN`` (1024: the TPU kernels keep ``w_h`` whole in VMEM), any batch
+    and length (the kernels pad the batch and hidden sizes themselves).
     """
-    from seqjax.cells import PeepholeLSTM, SimpleRNN
-
-    kind = type(cell)
-    if kind is PeepholeLSTM:
-        return "PeepholeLSTM has no fused kernel (its gates read the cell state)"
-    if kind is SimpleRNN:
-        return "SimpleRNN has no fused kernel"
-    kernels = _kernels()
-    if kind not in kernels:
-        return f"no fused kernel for {kind.__name__} (only seqjax.LSTM and seqjax.GRU)"
-    name, module = kernels[kind]
+    if family is None:
+        return "it declares no fused kernel (Cell.kernel is None)"
+    if family not in FAMILIES:
+        return f"no fused kernel family {family!r} (families: {', '.join(FAMILIES)})"
+    module = FAMILIES[family]
     try:
         dt = jnp.dtype(dtype)
     except TypeError:
         return f"dtype={dtype!r} is not a dtype"
     if dt not in _DTYPES:
-        return f"dtype={dt} not supported by the {name} kernel (float32 or bfloat16)"
-    if cell.hidden_size > module.MAX_HIDDEN:
-        return (f"hidden_size={cell.hidden_size} > {module.MAX_HIDDEN}: too large for the on-chip "
-                f"recurrent weight of the {name} kernel")
+        return f"dtype={dt} not supported by the {family} kernel (float32 or bfloat16)"
+    if hidden_size > module.MAX_HIDDEN:
+        return (f"hidden_size={hidden_size} > {module.MAX_HIDDEN}: too large for the on-chip "
+                f"recurrent weight of the {family} kernel")
     if batch < 1 or steps < 1:
         return f"batch={batch} and steps={steps} must be positive"
     return None
 
 
-def _kernels() -> dict:
-    """``{cell class: (name, kernel module)}`` (exact classes: subclasses are not served)."""
-    from seqjax.cells import GRU, LSTM
-
-    return {LSTM: ("LSTM", _lstm), GRU: ("GRU", _gru)}
-
-
-def run_kernel(cell, rp, gx, carry0, lengths, choice=None):
-    """Run ``cell``'s fused kernel for :func:`seqjax.rnn`.
+def run_kernel(family: str, rp, gx, carry0, lengths, *, hidden_size: int, **options):
+    """Run the fused kernel of ``family`` (for :func:`seqjax.rnn` with ``backend="pallas"``).
 
     The kernel is chosen per platform when the computation is lowered
     (:func:`jax.lax.platform_dependent`): Triton on ``cuda``/``rocm``, Mosaic on ``tpu``, the
@@ -86,37 +77,36 @@ def run_kernel(cell, rp, gx, carry0, lengths, choice=None):
     kernel raises.
 
     Args:
-      cell: a cell for which :func:`unsupported_reason` returned ``None``.
-      rp: its recurrent params (``{"w_h": [H, 4H]}`` for an LSTM, ``{"w_h": [H, 3H],
+      family: ``"lstm"`` or ``"gru"`` (a cell's ``kernel``).
+      rp: the recurrent params (``{"w_h": [H, 4H]}`` for an LSTM, ``{"w_h": [H, 3H],
         "b_h": [3H]}`` for a GRU).
       gx: time-major input pre-activations ``[T, B, G]`` float32 (already reversed within each
         length for ``reverse=True``).
       carry0: ``(h0, c0)`` for an LSTM, ``h0`` for a GRU, ``[B, H]`` float32.
       lengths: ``[B]`` int32 or ``None``.
-      choice: the :class:`seqjax.BackendChoice` (for the record; the platform is resolved at
-        lowering, not from it).
+      hidden_size: ``H``.
+      **options: the family's options (a cell's ``kernel_options()``): GRU ``reset``.
 
     Returns:
-      ``(hs [T, B, H] float32, final carry)``, as ``seqjax.recurrent._scan`` does.
+      ``(hs [T, B, H] float32, final carry)``, as the scan backend computes them.
     """
-    from seqjax.cells import GRU
-
-    del choice
     steps, batch, _ = gx.shape
-    reason = unsupported_reason(cell, dtype=jnp.float32, batch=batch, steps=steps)
+    reason = unsupported_reason(family, hidden_size=hidden_size, dtype=jnp.float32, batch=batch,
+                                steps=steps)
     if reason is not None:
-        raise ValueError(f"no fused kernel for {cell!r}: {reason}")
-    shape = (steps, batch, cell.hidden_size)
+        raise ValueError(f"no fused kernel: {reason}")
+    shape = (steps, batch, hidden_size)
     w_h = _kernel_dtype(rp["w_h"])
     gx = gx.astype(jnp.float32)
     carry0 = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), carry0)
 
-    if type(cell) is GRU:
+    if family == "gru":
         b_h = _kernel_dtype(rp["b_h"])
+        reset = options.get("reset", "after")
 
         def on(platform):
             def run(w_h, b_h, gx, h0, lengths):
-                bs = GRUBlockSizes.default(shape, w_h.dtype, platform, reset=cell.reset)
+                bs = GRUBlockSizes.default(shape, w_h.dtype, platform, reset=reset)
                 return gru(w_h, b_h, gx, h0, lengths, bs)
             return run
 

@@ -1,6 +1,6 @@
 r"""Fused GRU: the whole time loop in one Pallas kernel, forward and backward, both reset variants.
 
-The op computes what ``seqjax.recurrent._scan(GRU(..., reset=...), 1, ...)`` computes for
+The op computes what ``seqjax.core.recurrent._scan(GRU(..., reset=...), 1, ...)`` computes for
 time-major pre-projected inputs ``gx [T, B, 3H]`` (gate order r, z, n; input bias ``b_x`` already
 added) and the recurrent params ``w_h [H, 3H]``, ``b_h [3H]``:
 

@@ -1,6 +1,7 @@
 r"""Fused LSTM: the whole time loop in one Pallas kernel, forward and backward.
 
-The op computes what ``seqjax.recurrent._scan(LSTM(...), 1, {"w_h": w_h}, gx, carry0, lengths)``
+The op computes what ``seqjax.core.recurrent._scan(LSTM(...), 1, {"w_h": w_h}, gx, carry0,
+lengths)``
 computes, for time-major pre-projected inputs ``gx [T, B, 4H]`` (gate order i, f, g, o, input
 bias already added):
 

@@ -1,16 +1,16 @@
 """seqjax: sequence modelling in JAX.
 
-The functional core: cells (:mod:`seqjax.cells`), :func:`rnn` and the layers built on it
-(:mod:`seqjax.layers`), weight conversion from PyTorch (:mod:`seqjax.interop`). Flax NNX
+The functional core: cells (:mod:`seqjax.core.cells`), :func:`rnn` and the layers built on it
+(:mod:`seqjax.core.layers`), weight conversion from PyTorch (:mod:`seqjax.core.interop`). Flax NNX
 modules live in :mod:`seqjax.nn`, data in :mod:`seqjax.data`, training in :mod:`seqjax.train`,
 fused kernels in :mod:`seqjax.kernels`, the memory-augmented cells (NTM, DNC) in
-:mod:`seqjax.memory`.
+:mod:`seqjax.core.memory`.
 """
 
-from seqjax.backend import BackendChoice, resolve_backend
-from seqjax.cells import GRU, LSTM, Cell, PeepholeLSTM, SimpleRNN, make_cell
-from seqjax.layers import bidirectional, init_stack, pyramid, reduce_time, stack_cells, stacked
-from seqjax.recurrent import length_mask, reverse_padded, rnn
+from seqjax.core.backend import BackendChoice, resolve_backend
+from seqjax.core.cells import GRU, LSTM, Cell, PeepholeLSTM, SimpleRNN, make_cell
+from seqjax.core.layers import bidirectional, init_stack, pyramid, reduce_time, stack_cells, stacked
+from seqjax.core.recurrent import length_mask, reverse_padded, rnn
 
 __version__ = "0.1.0"
 

@@ -42,9 +42,9 @@ from seqjax.analysis import (
     unit_correlations,
     weight_spectrum,
 )
-from seqjax.cells import GRU, LSTM, SimpleRNN
+from seqjax.core.cells import GRU, LSTM, SimpleRNN
+from seqjax.core.tcn import receptive_field
 from seqjax.models import SequenceModel
-from seqjax.tcn import receptive_field
 from seqjax.train import fit, make_optimizer
 
 

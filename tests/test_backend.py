@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import seqjax
-from seqjax import backend as backend_mod
+from seqjax.core import backend as backend_mod
 
 F32, BF16 = jnp.float32, jnp.bfloat16
 
@@ -36,7 +36,7 @@ def test_auto_follows_the_measurement_table(monkeypatch):
     assert pick(seqjax.LSTM(8, 768), F32, 16).name == "scan"  # another dtype
     assert pick(seqjax.GRU(8, 768), BF16, 16).name == "scan"  # another kernel family
     assert pick(seqjax.LSTM(8, 768), BF16, 16, platform="tpu").name == "scan"
-    line = seqjax.backend.explain_backend(seqjax.LSTM(8, 768), "scan", dtype=BF16, batch=16,
+    line = seqjax.core.backend.explain_backend(seqjax.LSTM(8, 768), "scan", dtype=BF16, batch=16,
                                           steps=8)
     assert line.startswith("LSTM: backend='scan' -> scan")
 

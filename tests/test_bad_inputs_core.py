@@ -9,7 +9,7 @@ gradients (``rnn``, layers, TCN, attention), and the DNC's pairwise allocation e
 at zero usage, values and gradients finite.
 
 ``COVERED`` lists the public names the sweep exercises, qualified by module
-(``"seqjax.rnn"``, ``"seqjax.memory.dnc.link_update"``, ``"seqjax.nn.LSTM"``).
+(``"seqjax.rnn"``, ``"seqjax.core.memory.dnc.link_update"``, ``"seqjax.nn.LSTM"``).
 """
 
 from __future__ import annotations
@@ -23,46 +23,58 @@ import pytest
 from flax import nnx
 
 import seqjax
-from seqjax import attention as att_lib
-from seqjax import interop, recurrent
 from seqjax import nn as sjnn
-from seqjax import seq2seq as s2s
-from seqjax import tcn as tcn_lib
-from seqjax.cells import GRU, LSTM, PeepholeLSTM, SimpleRNN, glorot_uniform, make_cell, orthogonal
-from seqjax.memory import DNC, NTM, MemoryModel, addressing, dnc, run_with_states
+from seqjax.core import attention as att_lib
+from seqjax.core import interop, recurrent
+from seqjax.core import tcn as tcn_lib
+from seqjax.core.cells import (
+    GRU,
+    LSTM,
+    PeepholeLSTM,
+    SimpleRNN,
+    glorot_uniform,
+    make_cell,
+    orthogonal,
+)
+from seqjax.core.memory import DNC, NTM, addressing, dnc, run_with_states
+from seqjax.models import MemoryModel
+from seqjax.models import seq2seq as s2s
 
 KEY = jax.random.PRNGKey(0)
 B, T, D, H = 2, 5, 3, 4
 
 COVERED = {
-    # seqjax (top level) and seqjax.recurrent
-    "seqjax.rnn", "seqjax.length_mask", "seqjax.reverse_padded", "seqjax.recurrent.check_lengths",
-    # seqjax.cells
+    # seqjax (top level) and seqjax.core.recurrent
+    "seqjax.rnn", "seqjax.length_mask", "seqjax.reverse_padded",
+    "seqjax.core.recurrent.check_lengths",
+    # seqjax.core.cells
     "seqjax.Cell", "seqjax.SimpleRNN", "seqjax.LSTM", "seqjax.PeepholeLSTM", "seqjax.GRU",
-    "seqjax.make_cell", "seqjax.cells.glorot_uniform", "seqjax.cells.orthogonal",
-    # seqjax.layers
+    "seqjax.make_cell", "seqjax.core.cells.glorot_uniform", "seqjax.core.cells.orthogonal",
+    # seqjax.core.layers
     "seqjax.bidirectional", "seqjax.stacked", "seqjax.pyramid", "seqjax.reduce_time",
     "seqjax.init_stack", "seqjax.stack_cells",
-    # seqjax.tcn
-    "seqjax.tcn.TCN", "seqjax.tcn.causal_conv1d", "seqjax.tcn.receptive_field",
-    "seqjax.tcn.weight_norm",
-    # seqjax.attention
-    "seqjax.attention.Attention", "seqjax.attention.attention", "seqjax.attention.masked_softmax",
-    # seqjax.seq2seq
-    "seqjax.seq2seq.Seq2Seq", "seqjax.seq2seq.sequence_log_probs",
-    # seqjax.interop
-    "seqjax.interop.from_torch", "seqjax.interop.to_torch",
-    # seqjax.memory
-    "seqjax.memory.NTM", "seqjax.memory.DNC", "seqjax.memory.MemoryCell",
-    "seqjax.memory.MemoryModel", "seqjax.memory.run_with_states",
-    "seqjax.memory.dnc.usage_update", "seqjax.memory.dnc.allocation_weighting",
-    "seqjax.memory.dnc.write_weighting", "seqjax.memory.dnc.link_update",
-    "seqjax.memory.dnc.precedence_update", "seqjax.memory.dnc.directional_weightings",
-    "seqjax.memory.dnc.read_weighting",
-    "seqjax.memory.addressing.cosine_similarity", "seqjax.memory.addressing.content_weighting",
-    "seqjax.memory.addressing.interpolate", "seqjax.memory.addressing.circular_shift",
-    "seqjax.memory.addressing.sharpen", "seqjax.memory.addressing.ntm_address",
-    "seqjax.memory.addressing.read", "seqjax.memory.addressing.erase_and_add",
+    # seqjax.core.tcn
+    "seqjax.core.tcn.TCN", "seqjax.core.tcn.causal_conv1d", "seqjax.core.tcn.receptive_field",
+    "seqjax.core.tcn.weight_norm",
+    # seqjax.core.attention
+    "seqjax.core.attention.Attention", "seqjax.core.attention.attention",
+    "seqjax.core.attention.masked_softmax",
+    # seqjax.models.seq2seq
+    "seqjax.models.seq2seq.Seq2Seq", "seqjax.models.seq2seq.sequence_log_probs",
+    # seqjax.core.interop
+    "seqjax.core.interop.from_torch", "seqjax.core.interop.to_torch",
+    # seqjax.core.memory
+    "seqjax.core.memory.NTM", "seqjax.core.memory.DNC", "seqjax.core.memory.MemoryCell",
+    "seqjax.core.memory.MemoryModel", "seqjax.core.memory.run_with_states",
+    "seqjax.core.memory.dnc.usage_update", "seqjax.core.memory.dnc.allocation_weighting",
+    "seqjax.core.memory.dnc.write_weighting", "seqjax.core.memory.dnc.link_update",
+    "seqjax.core.memory.dnc.precedence_update", "seqjax.core.memory.dnc.directional_weightings",
+    "seqjax.core.memory.dnc.read_weighting",
+    "seqjax.core.memory.addressing.cosine_similarity",
+    "seqjax.core.memory.addressing.content_weighting",
+    "seqjax.core.memory.addressing.interpolate", "seqjax.core.memory.addressing.circular_shift",
+    "seqjax.core.memory.addressing.sharpen", "seqjax.core.memory.addressing.ntm_address",
+    "seqjax.core.memory.addressing.read", "seqjax.core.memory.addressing.erase_and_add",
     # seqjax.nn
     "seqjax.nn.Recurrent", "seqjax.nn.RNN", "seqjax.nn.LSTM", "seqjax.nn.GRU", "seqjax.nn.TCN",
     "seqjax.nn.Memory", "seqjax.nn.NTM", "seqjax.nn.DNC", "seqjax.nn.Seq2Seq",

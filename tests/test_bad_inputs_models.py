@@ -41,7 +41,6 @@ from seqjax.analysis import (
     track_grad_norms,
     unit_correlations,
 )
-from seqjax.classify import Classifier, accuracy, cross_entropy
 from seqjax.data import (
     AddingTask,
     Batch,
@@ -67,7 +66,19 @@ from seqjax.data import (
     split_pairs,
     translation,
 )
-from seqjax.embeddings import (
+from seqjax.models import SequenceModel, check_params, hidden_for_params
+from seqjax.models.classify import Classifier, accuracy, cross_entropy
+from seqjax.models.lm import LanguageModel
+from seqjax.models.sample import (
+    choose,
+    decode_init,
+    decode_step,
+    decode_tokens,
+    encode_prime,
+    generate,
+    sample_text,
+)
+from seqjax.models.word2vec import (
     Word2Vec,
     Word2VecModel,
     analogy,
@@ -81,17 +92,6 @@ from seqjax.embeddings import (
     skipgram_loss,
     skipgram_pairs,
     train_word2vec,
-)
-from seqjax.lm import LanguageModel
-from seqjax.models import SequenceModel, check_params, hidden_for_params
-from seqjax.sample import (
-    choose,
-    decode_init,
-    decode_step,
-    decode_tokens,
-    encode_prime,
-    generate,
-    sample_text,
 )
 
 #: Public names (of ``seqjax.__all__`` or their module's ``__all__``) this sweep exercises.
@@ -364,7 +364,8 @@ CASES = [
     pytest.param(lambda t: generate(LM, params(LanguageModel("gru", 7, 4, 6)), [1], 3),
                  ValueError, r"params\['encoder'\]", id="generate-params-other-model"),
     pytest.param(lambda t: generate(SM, params(SM), [1], 3), TypeError,
-                 "model must be a seqjax.lm.LanguageModel", id="generate-not-a-language-model"),
+                 "model must be a seqjax.models.lm.LanguageModel",
+                 id="generate-not-a-language-model"),
     pytest.param(lambda t: generate(LM, params(LM), [1], -1), ValueError, "num=-1",
                  id="generate-negative-num"),
     pytest.param(lambda t: generate(LM, params(LM), [1], 2, num_samples=0), ValueError,
@@ -628,16 +629,16 @@ def test_sweep_size_and_coverage():
     assert len(CASES) >= 60
     import seqjax
     import seqjax.analysis
-    import seqjax.classify
     import seqjax.data
-    import seqjax.embeddings
-    import seqjax.lm
     import seqjax.models
-    import seqjax.sample
+    import seqjax.models.classify
+    import seqjax.models.lm
+    import seqjax.models.sample
+    import seqjax.models.word2vec
 
     exported = set(seqjax.__all__)
-    for mod in (seqjax.analysis, seqjax.classify, seqjax.data, seqjax.embeddings, seqjax.lm,
-                seqjax.models, seqjax.sample):
+    for mod in (seqjax.analysis, seqjax.models.classify, seqjax.data, seqjax.models.word2vec,
+                seqjax.models.lm, seqjax.models, seqjax.models.sample):
         exported |= set(mod.__all__)
     assert COVERED <= exported, sorted(COVERED - exported)
 

@@ -6,8 +6,8 @@ import numpy as np
 import optax
 import pytest
 
-from seqjax.classify import Classifier, evaluate, make_classifier_step
 from seqjax.data import sentiment as mr
+from seqjax.models.classify import Classifier, evaluate, make_classifier_step
 
 V = 12
 
@@ -87,7 +87,7 @@ def test_max_and_mean_pool_only_read_valid_steps():
         rng = np.random.default_rng(2)
         tokens, lengths = _batch(rng)
         feats = np.asarray(model.features(params, tokens, lengths))
-        from seqjax.layers import stacked
+        from seqjax.core.layers import stacked
         x = params["embed"][tokens]
         for b, L in enumerate(lengths):
             ys, _ = stacked(model.cells, params["seq"], x[b:b + 1, :L])

@@ -1,4 +1,4 @@
-"""The DNC (:mod:`seqjax.memory.dnc`) against plain numpy loops over the equations of Graves et
+"""The DNC (:mod:`seqjax.core.memory.dnc`) against plain numpy loops over the equations of Graves et
 al. 2016 (Methods), written here independently, plus the ``rnn`` contract and a tiny copy task."""
 
 import dataclasses
@@ -10,8 +10,8 @@ import optax
 import pytest
 
 from seqjax import rnn
-from seqjax.memory.addressing import read as address_read
-from seqjax.memory.dnc import (
+from seqjax.core.memory.addressing import read as address_read
+from seqjax.core.memory.dnc import (
     DNC,
     EPS_ALLOC,
     DNCState,

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from seqjax import embeddings as w2v
+from seqjax.models import word2vec as w2v
 
 
 def _np_sigmoid(x):

@@ -1,4 +1,4 @@
-"""Tests of the language-model workflow: seqjax.lm, seqjax.sample, seqjax.train.tbptt,
+"""Tests of the language-model workflow: seqjax.models.lm, seqjax.models.sample, seqjax.train.tbptt,
 seqjax.data.corpus and experiments/char_lm.py / word_lm.py.
 
 References are independent of the code under test: the whole stream run at once (for the
@@ -21,13 +21,20 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from seqjax.cells import make_cell
+from seqjax.core.cells import make_cell
+from seqjax.core.layers import stacked
 from seqjax.data.base import softmax_cross_entropy
 from seqjax.data.corpus import load_corpus, load_vocabulary, save_vocabulary
 from seqjax.data.text import Vocabulary
-from seqjax.layers import stacked
-from seqjax.lm import RECURRENT_LM_ARCHS, LanguageModel
-from seqjax.sample import choose, decode_init, encode_prime, generate, make_step_fn, sample_text
+from seqjax.models.lm import RECURRENT_LM_ARCHS, LanguageModel
+from seqjax.models.sample import (
+    choose,
+    decode_init,
+    encode_prime,
+    generate,
+    make_step_fn,
+    sample_text,
+)
 from seqjax.train import (
     TokenStreams,
     evaluate_stream,
@@ -269,16 +276,16 @@ def test_tcn_window_loss_scores_last_validseqlen():
 
 
 def test_backend_string_reaches_rnn(monkeypatch):
-    import seqjax.layers
+    import seqjax.core.layers
 
     seen = []
-    real = seqjax.layers.rnn
+    real = seqjax.core.layers.rnn
 
     def spy(*args, **kwargs):
         seen.append(kwargs.get("backend"))
         return real(*args, **{**kwargs, "backend": "scan"})
 
-    monkeypatch.setattr(seqjax.layers, "rnn", spy)
+    monkeypatch.setattr(seqjax.core.layers, "rnn", spy)
     model = LanguageModel("gru", V, embed_size=5, hidden_size=6, num_layers=2, backend="pallas")
     model.apply(_model("gru")[1], _tokens(1, 3))
     assert seen == ["pallas", "pallas"]

@@ -1,4 +1,5 @@
-"""The NTM (seqjax.memory) against plain numpy loops over the paper's equations (Graves, Wayne &
+"""The NTM (seqjax.core.memory) against plain numpy loops over the paper's equations (Graves, Wayne
+&
 Danihelka 2014, section 3), through seqjax.rnn, and its model/experiment plumbing."""
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import pytest
 from jax.test_util import check_grads
 
 import seqjax
-from seqjax.memory import NTM, MemoryModel, addressing, run_with_states
+from seqjax.core.memory import NTM, addressing, run_with_states
+from seqjax.models import MemoryModel
 
 EPS = addressing.EPS
 

@@ -8,8 +8,9 @@ from pathlib import Path
 import jax
 import pytest
 
+from seqjax.core.memory import NTM
 from seqjax.data import get_task
-from seqjax.memory import NTM, MemoryModel
+from seqjax.models import MemoryModel
 from seqjax.train import fit, make_optimizer, make_task_evaluator, task_loss_fn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))

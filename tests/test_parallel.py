@@ -225,7 +225,7 @@ def test_tbptt_language_model_on_4_devices_equals_1_device(tmp_path):
     """fit(mesh=...) with a stateful loss: the TBPTT carry is sharded with the batch (each
     device keeps the carry of its own streams) and 4 steps equal the 1-device run."""
     out = run_child(tmp_path, """
-    from seqjax.lm import LanguageModel
+    from seqjax.models.lm import LanguageModel
     from seqjax.train.tbptt import TokenStreams, make_tbptt_loss_fn
     ids = np.random.default_rng(0).integers(0, 11, 4000)
     model = LanguageModel("lstm", 11, embed_size=6, hidden_size=8, num_layers=2, backend="scan")
@@ -254,7 +254,7 @@ def test_model_axis_splits_large_matrices_and_matches_1_device(tmp_path):
     """A (data=2, model=2) mesh: the embedding and output matrices (and their Adam moments) are
     split on the model axis, the rest replicated, and a step equals the 1-device step."""
     out = run_child(tmp_path, """
-    from seqjax.lm import LanguageModel
+    from seqjax.models.lm import LanguageModel
     from seqjax.train.tbptt import TokenStreams, make_tbptt_loss_fn
     ids = np.random.default_rng(0).integers(0, 512, 5000)
     model = LanguageModel("gru", 512, embed_size=128, hidden_size=16, backend="scan")

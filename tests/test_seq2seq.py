@@ -1,4 +1,4 @@
-"""Attention, encoder-decoder, greedy and beam search, translation data (seqjax.seq2seq)."""
+"""Attention, encoder-decoder, greedy and beam search, translation data (seqjax.models.seq2seq)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from seqjax.attention import Attention, attention, masked_softmax
+from seqjax.core.attention import Attention, attention, masked_softmax
 from seqjax.data.translation import (
     ParallelData,
     Vocab,
@@ -21,7 +21,7 @@ from seqjax.data.translation import (
     pad_batch,
     split_pairs,
 )
-from seqjax.seq2seq import Seq2Seq, sequence_log_probs
+from seqjax.models.seq2seq import Seq2Seq, sequence_log_probs
 
 RNG = np.random.default_rng(0)
 

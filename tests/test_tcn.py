@@ -1,4 +1,4 @@
-"""Tests for seqjax.tcn and seqjax.nn.tcn.
+"""Tests for seqjax.core.tcn and seqjax.nn.tcn.
 
 The oracle is an independent PyTorch re-implementation of locuslab/TCN's ``TemporalBlock`` /
 ``TemporalConvNet`` (``Conv1d`` + ``Chomp1d``, weight norm, ReLU, dropout, 1x1 downsample), into
@@ -16,9 +16,9 @@ import torch
 from flax import nnx
 from torch import nn
 
-from seqjax import tcn as tcn_lib
+from seqjax.core import tcn as tcn_lib
+from seqjax.core.tcn import TCN, causal_conv1d, receptive_field, weight_norm
 from seqjax.nn import tcn as nn_tcn
-from seqjax.tcn import TCN, causal_conv1d, receptive_field, weight_norm
 
 torch.set_num_threads(1)
 

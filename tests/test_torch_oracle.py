@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from seqjax import stack_cells, stacked
-from seqjax.interop import from_torch, to_torch
+from seqjax.core.interop import from_torch, to_torch
 
 jax.config.update("jax_default_matmul_precision", "highest")
 torch.manual_seed(0)

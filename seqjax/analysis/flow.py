@@ -52,9 +52,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from seqjax.cells import Cell, glorot_uniform, orthogonal, state_dtype
-from seqjax.models import SequenceModel, check_token_ids, embed_tokens
-from seqjax.tcn import _temporal_block
+from seqjax.core.cells import Cell, glorot_uniform, orthogonal, state_dtype
+from seqjax.core.tcn import _temporal_block
+from seqjax.models.sequence import SequenceModel, check_token_ids, embed_tokens
 
 Array = jax.Array
 

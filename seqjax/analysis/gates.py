@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from seqjax.cells import GRU, LSTM, Cell, state_dtype
+from seqjax.core.cells import GRU, LSTM, Cell, state_dtype
 
 Array = jax.Array
 

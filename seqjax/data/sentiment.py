@@ -100,7 +100,8 @@ def bucket_batches(ids: Sequence[np.ndarray], labels: np.ndarray, batch_size: in
     Sentences are sorted by length (inside shuffled pools of 50 batches when ``shuffle``), cut
     into batches, and each batch is padded with id 0 to a multiple of ``pad_multiple`` (few
     distinct shapes, so few compilations). A last short batch is padded to ``batch_size`` with
-    length-1 rows of label -1 (ignored by :func:`seqjax.classify.evaluate`; training skips it).
+    length-1 rows of label -1 (ignored by :func:`seqjax.models.classify.evaluate`; training skips
+    it).
     Sentences longer than ``max_len`` are truncated.
     """
     for name, v in (("batch_size", batch_size), ("pad_multiple", pad_multiple),

@@ -16,7 +16,7 @@ A :class:`ParallelData` holds vocabularies and deterministic train/valid/test sp
 distinct source sentence, so no source of the test split is seen in training). Batches are
 numpy ``(src [B, S], src_lengths [B], tgt [B, T], tgt_lengths [B])``: sources padded with
 ``<pad>``, targets ``y_1 .. y_n, <eos>`` then ``<pad>``, ``tgt_lengths = n + 1`` (the
-convention of :mod:`seqjax.seq2seq`).
+convention of :mod:`seqjax.models.seq2seq`).
 """
 
 from __future__ import annotations

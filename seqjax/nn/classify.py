@@ -1,4 +1,4 @@
-"""Flax NNX wrapper around the functional :class:`seqjax.classify.Classifier`."""
+"""Flax NNX wrapper around the functional :class:`seqjax.models.classify.Classifier`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from seqjax.classify import Classifier
+from seqjax.models.classify import Classifier
 
 __all__ = ["SequenceClassifier"]
 
@@ -20,7 +20,8 @@ def _path_str(path: tuple) -> str:
 class SequenceClassifier(nnx.Module):
     """A many-to-one classifier as an ``nnx.Module``.
 
-    Holds the params pytree of :meth:`seqjax.classify.Classifier.init` as one ``nnx.Param`` per
+    Holds the params pytree of :meth:`seqjax.models.classify.Classifier.init` as one ``nnx.Param``
+    per
     array, keyed by its path (``"embed"``, ``"seq/0/fw/w_x"``, ``"out/w"``; handy for optimiser
     masks, e.g. to freeze ``"embed"``), and calls :meth:`Classifier.apply`; see there for maths
     and shapes.

@@ -1,4 +1,4 @@
-"""Flax NNX wrappers of the memory-augmented cells (:mod:`seqjax.memory`).
+"""Flax NNX wrappers of the memory-augmented cells (:mod:`seqjax.core.memory`).
 
 Like :class:`seqjax.nn.Recurrent`, the module holds the cell's param pytree with one
 ``nnx.Param`` per array (paths such as ``params/controller/w_h``) and calls
@@ -12,10 +12,10 @@ from typing import Any
 import jax
 from flax import nnx
 
-from seqjax.cells import Cell
-from seqjax.memory import DNC as DNCCell
-from seqjax.memory import NTM as NTMCell
-from seqjax.recurrent import rnn
+from seqjax.core.cells import Cell
+from seqjax.core.memory import DNC as DNCCell
+from seqjax.core.memory import NTM as NTMCell
+from seqjax.core.recurrent import rnn
 
 __all__ = ["Memory", "NTM", "DNC"]
 
@@ -24,14 +24,14 @@ class Memory(nnx.Module):
     """A memory-augmented cell run over ``[B, T, D]`` inputs.
 
     Args:
-      cell: a :class:`seqjax.memory.NTM` or :class:`seqjax.memory.DNC` (or any cell).
+      cell: a :class:`seqjax.core.memory.NTM` or :class:`seqjax.core.memory.DNC` (or any cell).
       remat: recompute each step in the backward pass (memory ``O(T)`` carries only).
       rngs: ``nnx.Rngs`` for init (``params`` stream).
     """
 
     def __init__(self, cell: Any, *, remat: bool = False, rngs: nnx.Rngs):
         if not isinstance(cell, Cell):
-            raise TypeError(f"cell must be a seqjax cell (seqjax.memory.NTM, DNC, ...), got "
+            raise TypeError(f"cell must be a seqjax cell (seqjax.core.memory.NTM, DNC, ...), got "
                             f"{type(cell).__name__}")
         self.cell = cell
         self.remat = remat
@@ -50,20 +50,20 @@ class Memory(nnx.Module):
     def __call__(self, xs: jax.Array, *, seq_lengths: jax.Array | None = None,
                  initial_carry: Any = None, **rnn_kwargs: Any) -> tuple[jax.Array, Any]:
         """``xs [B, T, D]`` -> ``(ys [B, T, output_size], final carry)`` (the carry holds the
-        memory, e.g. :class:`seqjax.memory.NTMState`)."""
+        memory, e.g. :class:`seqjax.core.memory.NTMState`)."""
         return rnn(self.cell, self.param_tree(), xs, seq_lengths=seq_lengths,
                    initial_carry=initial_carry, remat=self.remat, backend="scan", **rnn_kwargs)
 
 
 class NTM(Memory):
-    """Neural Turing Machine; keyword arguments as :class:`seqjax.memory.NTM`."""
+    """Neural Turing Machine; keyword arguments as :class:`seqjax.core.memory.NTM`."""
 
     def __init__(self, input_size: int, *, remat: bool = False, rngs: nnx.Rngs, **kwargs: Any):
         super().__init__(NTMCell(input_size, **kwargs), remat=remat, rngs=rngs)
 
 
 class DNC(Memory):
-    """Differentiable Neural Computer; keyword arguments as :class:`seqjax.memory.DNC`."""
+    """Differentiable Neural Computer; keyword arguments as :class:`seqjax.core.memory.DNC`."""
 
     def __init__(self, input_size: int, *, remat: bool = False, rngs: nnx.Rngs, **kwargs: Any):
         super().__init__(DNCCell(input_size, **kwargs), remat=remat, rngs=rngs)

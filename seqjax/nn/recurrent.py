@@ -1,6 +1,6 @@
 """Flax NNX wrappers around the functional recurrent core.
 
-The modules hold the param pytree of :func:`seqjax.layers.stacked` with one ``nnx.Param`` per
+The modules hold the param pytree of :func:`seqjax.core.layers.stacked` with one ``nnx.Param`` per
 array (state paths read ``layers/0/fw/w_h``; one ``nnx.Param`` holding a pytree with lists breaks
 on the second ``nnx.Optimizer`` update) and call the functional core; no maths is written here.
 Like :class:`seqjax.nn.TCN`, ``__call__`` takes ``train`` and an optional dropout ``key``.
@@ -13,7 +13,7 @@ from typing import Any
 import jax
 from flax import nnx
 
-from seqjax.layers import init_stack, stack_cells, stacked
+from seqjax.core.layers import init_stack, stack_cells, stacked
 
 __all__ = ["Recurrent", "RNN", "LSTM", "GRU"]
 
@@ -22,7 +22,8 @@ class Recurrent(nnx.Module):
     """A (stacked, optionally bidirectional) recurrent network over ``[B, T, D]`` inputs.
 
     Args:
-      kind: cell kind for :func:`seqjax.cells.make_cell` (``"lstm"``, ``"gru"``, ``"rnn"``, ...).
+      kind: cell kind for :func:`seqjax.core.cells.make_cell` (``"lstm"``, ``"gru"``, ``"rnn"``,
+        ...).
       input_size: ``D``.
       hidden_size: ``H``.
       num_layers: stacked layers.

@@ -1,4 +1,4 @@
-"""Flax NNX wrapper of :class:`seqjax.seq2seq.Seq2Seq`.
+"""Flax NNX wrapper of :class:`seqjax.models.seq2seq.Seq2Seq`.
 
 The module holds the functional model's params pytree with one ``nnx.Param`` per array (as
 :class:`seqjax.nn.Recurrent` does) and calls the functional core; no maths is written here.
@@ -11,13 +11,14 @@ from typing import Any
 import jax
 from flax import nnx
 
-from seqjax import seq2seq as _s2s
+from seqjax.models import seq2seq as _s2s
 
 __all__ = ["Seq2Seq"]
 
 
 class Seq2Seq(nnx.Module):
-    """Encoder-decoder with attention (see :class:`seqjax.seq2seq.Seq2Seq` for the arguments).
+    """Encoder-decoder with attention (see :class:`seqjax.models.seq2seq.Seq2Seq` for the
+    arguments).
 
     Example::
 

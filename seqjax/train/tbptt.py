@@ -224,7 +224,7 @@ def make_tbptt_loss_fn(model: Any, *, k2: int | None = None) -> Callable:
     (all ``k1`` without ``k2``), ``aux["bits"]`` the mean over all masked positions in bits.
 
     Args:
-      model: a recurrent :class:`seqjax.lm.LanguageModel` (anything with
+      model: a recurrent :class:`seqjax.models.lm.LanguageModel` (anything with
         ``apply(params, tokens, carry, *, train, key) -> (logits, carry)``).
       k2: see :func:`truncated_forward`.
 
@@ -296,7 +296,7 @@ def evaluate_stream(
     later ones the last ``seq_len - history`` (each token with at least ``history`` context).
 
     Args:
-      model: a :class:`seqjax.lm.LanguageModel`.
+      model: a :class:`seqjax.models.lm.LanguageModel`.
       params: its params.
       ids: ``[N]`` token ids of the split.
       batch_size: parallel streams.

@@ -246,12 +246,14 @@ def test_bfloat16_close_to_float32(reset):
 @pytest.mark.parametrize("reset", RESETS)
 def test_unsupported_reason(reset):
     cell = GRU(4, 8, reset=reset)
-    assert unsupported_reason(cell, dtype=F32, batch=3, steps=5) is None
-    assert unsupported_reason(cell, dtype=BF16, batch=3, steps=5) is None
-    assert "float16" in unsupported_reason(cell, dtype=jnp.float16, batch=3, steps=5)
-    assert "1024" in unsupported_reason(GRU(4, 1025, reset=reset), dtype=F32, batch=3, steps=5)
+    assert (cell.kernel, cell.kernel_options()) == ("gru", {"reset": reset})
+    why = lambda hidden=8, dtype=F32: unsupported_reason(  # noqa: E731
+        "gru", hidden_size=hidden, dtype=dtype, batch=3, steps=5)
+    assert why() is None and why(dtype=BF16) is None
+    assert "float16" in why(dtype=jnp.float16)
+    assert "1024" in why(hidden=1025)
     assert seqjax.resolve_backend(cell, "pallas", dtype=F32, batch=3, steps=5).name == "pallas"
-    # auto takes a kernel only where a GPU run measured it faster (seqjax.backend): none yet
+    # auto takes a kernel only where a GPU run measured it faster (seqjax.core.backend): none yet
     assert seqjax.resolve_backend(cell, "auto", dtype=F32, batch=3, steps=5,
                                   platform="gpu").name == "scan"
     assert seqjax.resolve_backend(cell, "auto", dtype=F32, batch=3, steps=5,

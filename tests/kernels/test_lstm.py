@@ -253,15 +253,22 @@ def test_bfloat16_close_to_float32():
 
 def test_unsupported_reason():
     lstm_cell = LSTM(4, 8)
-    assert unsupported_reason(lstm_cell, dtype=F32, batch=3, steps=5) is None
-    assert unsupported_reason(lstm_cell, dtype=BF16, batch=3, steps=5) is None
-    assert "SimpleRNN" in unsupported_reason(SimpleRNN(4, 8), dtype=F32, batch=3, steps=5)
-    assert "PeepholeLSTM" in unsupported_reason(PeepholeLSTM(4, 8), dtype=F32, batch=3, steps=5)
-    assert "float16" in unsupported_reason(lstm_cell, dtype=jnp.float16, batch=3, steps=5)
-    assert "1024" in unsupported_reason(LSTM(4, 1025), dtype=F32, batch=3, steps=5)
+    assert (lstm_cell.kernel, SimpleRNN(4, 8).kernel, PeepholeLSTM(4, 8).kernel) == (
+        "lstm", None, None)
+    why = lambda family, hidden=8, dtype=F32: unsupported_reason(  # noqa: E731
+        family, hidden_size=hidden, dtype=dtype, batch=3, steps=5)
+    assert why("lstm") is None and why("lstm", dtype=BF16) is None
+    assert "declares no fused kernel" in why(None)
+    assert "float16" in why("lstm", dtype=jnp.float16)
+    assert "1024" in why("lstm", hidden=1025)
+    assert "'mingru'" in why("mingru")
+    for cell in (SimpleRNN(4, 8), PeepholeLSTM(4, 8)):  # the backend names the cell
+        reason = seqjax.resolve_backend(cell, "auto", dtype=F32, batch=3, steps=5,
+                                        platform="gpu").reason
+        assert type(cell).__name__ in reason and "no fused kernel" in reason
     choice = seqjax.resolve_backend(lstm_cell, "pallas", dtype=F32, batch=3, steps=5)
     assert choice.name == "pallas"
-    # auto takes a kernel only where a GPU run measured it faster (seqjax.backend): none yet
+    # auto takes a kernel only where a GPU run measured it faster (seqjax.core.backend): none yet
     assert seqjax.resolve_backend(lstm_cell, "auto", dtype=F32, batch=3, steps=5,
                                   platform="gpu").name == "scan"
     assert seqjax.resolve_backend(lstm_cell, "auto", dtype=F32, batch=3, steps=5,
@@ -274,7 +281,7 @@ def test_unsupported_cell_warns_once_and_falls_back(kind):
     params = cell.init(jax.random.PRNGKey(0))
     xs = jax.random.normal(jax.random.PRNGKey(1), (2, 5, 3))
     lengths = jnp.array([5, 2], jnp.int32)
-    seqjax.backend._warn_once.cache_clear()
+    seqjax.core.backend._warn_once.cache_clear()
     with pytest.warns(RuntimeWarning, match="using the scan backend"):
         out = rnn(cell, params, xs, seq_lengths=lengths, backend="pallas")
     with warnings.catch_warnings():

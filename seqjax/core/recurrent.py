@@ -18,8 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from seqjax.backend import resolve_backend
-from seqjax.cells import Cell, check_carry, shape_of, state_dtype
+from seqjax.core.backend import _warn_once, resolve_backend
+from seqjax.core.cells import Cell, check_carry, shape_of, state_dtype
 
 Array = jax.Array
 
@@ -349,7 +349,7 @@ def rnn(
     """Run ``cell`` over a batch of sequences.
 
     Args:
-      cell: a cell from :mod:`seqjax.cells`.
+      cell: a cell from :mod:`seqjax.core.cells`.
       params: its parameter dict (``cell.init(key)``).
       xs: inputs ``[B, T, D]`` (``[T, B, D]`` if ``time_major``), float32 or bfloat16.
       seq_lengths: optional ``[B]`` ints in ``[0, T]`` (any array-like of integers: a
@@ -360,12 +360,13 @@ def rnn(
         any gradient. Values are checked when concrete; under ``jit`` only the shape and dtype
         are, and out-of-range values act as clipped to ``[0, T]``.
       initial_carry: optional carry (``h [B, H]``; LSTMs ``(h, c)``; memory cells their state,
-        e.g. :class:`seqjax.memory.NTMState`); by default ``cell.initial_carry(B)``: zeros, or a
+        e.g. :class:`seqjax.core.memory.NTMState`); by default ``cell.initial_carry(B)``: zeros, or
+        a
         memory cell's starting memory.
       reverse: run each sequence backwards within its own length; outputs stay aligned with the
         inputs (PyTorch's reverse direction over packed sequences).
       backend: ``"scan"`` (reference), ``"pallas"`` (fused kernels) or ``"auto"``; see
-        :func:`seqjax.backend.resolve_backend`.
+        :func:`seqjax.core.backend.resolve_backend`.
       unroll: time steps per scan iteration.
       remat: recompute each step in the backward pass instead of storing its activations
         (memory ``O(T B H)`` carries only, at the cost of a second forward).
@@ -413,7 +414,12 @@ def rnn(
         if choice.name == "pallas":
             from seqjax.kernels import run_kernel  # lazily: kernels are optional on CPU
 
-            hs, carry = run_kernel(cell, rp, gx, carry0, lengths, choice)
+            if remat or unroll != 1:
+                _warn_once(f"rnn(backend='pallas'): remat={remat} and unroll={unroll} do not "
+                           "apply to the fused kernel (it loops inside one kernel and saves its "
+                           "own residuals); they are ignored there")
+            hs, carry = run_kernel(cell.kernel, rp, gx, carry0, lengths,
+                                   hidden_size=cell.hidden_size, **cell.kernel_options())
         else:
             hs, carry = _scan_autodiff(cell, unroll, rp, gx, carry0, lengths, remat=remat)
 

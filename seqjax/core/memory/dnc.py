@@ -1,5 +1,5 @@
 r"""The Differentiable Neural Computer (Graves et al. 2016, *Hybrid computing using a neural
-network with dynamic external memory*, Nature 538, Methods) as a :class:`seqjax.cells.Cell`.
+network with dynamic external memory*, Nature 538, Methods) as a :class:`seqjax.core.cells.Cell`.
 
 One write head and ``R`` read heads over a memory ``M [N, W]``. On top of the NTM's content
 addressing the DNC keeps
@@ -22,9 +22,9 @@ batched over ``[B]`` (and over read heads where there are several):
 * :func:`directional_weightings`: the read heads' forward and backward weightings;
 * :func:`read_weighting`: the read modes' mix of backward, content and forward.
 
-The memory write is :func:`seqjax.memory.addressing.erase_and_add` with one head, the content
-weightings :func:`seqjax.memory.addressing.content_weighting` and the reads
-:func:`seqjax.memory.addressing.read`.
+The memory write is :func:`seqjax.core.memory.addressing.erase_and_add` with one head, the content
+weightings :func:`seqjax.core.memory.addressing.content_weighting` and the reads
+:func:`seqjax.core.memory.addressing.read`.
 """
 
 from __future__ import annotations
@@ -35,9 +35,9 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from seqjax.cells import check_batch, check_dims, dtype_of
-from seqjax.memory import addressing
-from seqjax.memory.base import MemoryCell, oneplus
+from seqjax.core.cells import check_batch, check_dims, dtype_of
+from seqjax.core.memory import addressing
+from seqjax.core.memory.base import MemoryCell, oneplus
 
 Array = jax.Array
 
@@ -346,7 +346,8 @@ class DNC(MemoryCell):
       memory_size: ``N`` rows.
       word_size: ``W``.
       num_reads: ``R`` read heads.
-      controller: a :func:`seqjax.cells.make_cell` kind (``"lstm"``, ``"gru"``, ``"rnn"``, ...).
+      controller: a :func:`seqjax.core.cells.make_cell` kind (``"lstm"``, ``"gru"``, ``"rnn"``,
+        ...).
       memory_init: the constant every memory cell starts at.
       clip_value: the interface vector is clipped to ``[-clip_value, clip_value]`` (``None``:
         no clipping).

@@ -1,8 +1,8 @@
-r"""The Neural Turing Machine (Graves, Wayne & Danihelka 2014) as a :class:`seqjax.cells.Cell`.
+r"""The Neural Turing Machine (Graves, Wayne & Danihelka 2014) as a :class:`seqjax.core.cells.Cell`.
 
 A controller cell (an LSTM by default) reads the input and the previous read vectors and emits an
 interface vector that parameterises ``R`` read heads and ``E`` write heads over a memory
-``M [N, W]``. Each head addresses the memory with :func:`seqjax.memory.addressing.ntm_address`
+``M [N, W]``. Each head addresses the memory with :func:`seqjax.core.memory.addressing.ntm_address`
 (content, interpolation, circular shift, sharpening). At step ``t``, with :math:`\xi_t` split
 per head (non-linearities as in Collier & Beel 2018, *Implementing Neural Turing Machines*):
 
@@ -33,9 +33,9 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from seqjax.cells import check_batch
-from seqjax.memory import addressing
-from seqjax.memory.base import MemoryCell
+from seqjax.core.cells import check_batch
+from seqjax.core.memory import addressing
+from seqjax.core.memory.base import MemoryCell
 
 Array = jax.Array
 
@@ -72,7 +72,8 @@ class NTM(MemoryCell):
       num_reads: ``R`` read heads.
       num_writes: ``E`` write heads.
       shift_range: ``r``: shifts over offsets ``-r .. r`` (paper: 1).
-      controller: a :func:`seqjax.cells.make_cell` kind (``"lstm"``, ``"gru"``, ``"rnn"``, ...).
+      controller: a :func:`seqjax.core.cells.make_cell` kind (``"lstm"``, ``"gru"``, ``"rnn"``,
+        ...).
       memory_init: the constant every memory cell starts at.
       clip_value: the interface vector is clipped to ``[-clip_value, clip_value]``.
 

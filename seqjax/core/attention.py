@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from seqjax.cells import check_array, check_key, check_tree, dtype_of, glorot_uniform, shape_of
+from seqjax.core.cells import check_array, check_key, check_tree, dtype_of, glorot_uniform, shape_of
 
 Array = jax.Array
 

@@ -46,7 +46,7 @@ _MODEL_ATTRS = ("vocab_size", "is_recurrent", "apply", "initial_carry", "recepti
 def _check_model(model: Any) -> None:
     missing = [a for a in _MODEL_ATTRS if not hasattr(model, a)]
     if missing:
-        raise TypeError(f"model must be a seqjax.lm.LanguageModel (or have {_MODEL_ATTRS}), "
+        raise TypeError(f"model must be a seqjax.models.lm.LanguageModel (or have {_MODEL_ATTRS}), "
                         f"got {type(model).__name__} without {missing}")
 
 
@@ -72,7 +72,7 @@ def decode_step(model: Any, params: Any, state: DecodeState,
 
     ``tokens`` must be integer ids in ``[0, vocab_size)``; the range is checked where they are
     concrete (under ``jit``, e.g. in :func:`make_step_fn`, an out-of-range id gives NaN logits,
-    see :meth:`seqjax.lm.LanguageModel.apply`).
+    see :meth:`seqjax.models.lm.LanguageModel.apply`).
     """
     if not hasattr(tokens, "dtype"):
         tokens = np.asarray(tokens)
@@ -171,7 +171,7 @@ def generate(
     """Tokens following ``prime``, sampled one at a time.
 
     Args:
-      model: a :class:`seqjax.lm.LanguageModel`.
+      model: a :class:`seqjax.models.lm.LanguageModel`.
       params: its params.
       prime: ``[P]`` (or ``[B, P]``) token ids, ``P >= 1``; fed first, one step each.
       num: tokens to generate.

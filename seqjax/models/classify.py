@@ -29,9 +29,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from seqjax.layers import init_stack, stack_cells, stacked
-from seqjax.models import check_lengths, check_params, check_token_ids, embed_tokens
-from seqjax.tcn import TCN
+from seqjax.core.layers import init_stack, stack_cells, stacked
+from seqjax.core.tcn import TCN
+from seqjax.models.sequence import check_lengths, check_params, check_token_ids, embed_tokens
 
 __all__ = ["Classifier", "cross_entropy", "accuracy", "make_classifier_step", "evaluate"]
 

@@ -99,9 +99,12 @@ def resolve_backend(
     platform = platform or jax.default_backend()
     if backend == "scan":
         return BackendChoice("scan", platform, "requested")
-    from seqjax import kernels  # local import: the kernels package imports Pallas
+    import seqjax.kernels as kernels  # local import: the kernels package imports Pallas
 
-    why_not = kernels.unsupported_reason(cell, dtype=dtype, batch=batch, steps=steps)
+    why_not = kernels.unsupported_reason(cell.kernel, hidden_size=cell.hidden_size, dtype=dtype,
+                                         batch=batch, steps=steps)
+    if why_not is not None:
+        why_not = f"{type(cell).__name__}: {why_not}"
     if backend == "pallas":
         if why_not is None:
             return BackendChoice("pallas", platform, "requested")
@@ -122,7 +125,7 @@ def resolve_backend(
     return BackendChoice(
         "scan", platform,
         f"auto: no {kind} measurement shows the fused {name} kernel faster than the scan at "
-        f"B={batch}, H={cell.hidden_size}, {dtype_name} (seqjax.backend.MEASURED_FASTER); "
+        f"B={batch}, H={cell.hidden_size}, {dtype_name} (seqjax.core.backend.MEASURED_FASTER); "
         "backend='pallas' forces it")
 
 

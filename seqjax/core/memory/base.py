@@ -1,7 +1,7 @@
-"""What every memory-augmented cell shares: a controller cell from :mod:`seqjax.cells`, the
+"""What every memory-augmented cell shares: a controller cell from :mod:`seqjax.core.cells`, the
 read vectors fed back into it, and the carry as a pytree with the memory inside.
 
-A memory cell is a :class:`seqjax.cells.Cell`, so :func:`seqjax.rnn` runs it like any other
+A memory cell is a :class:`seqjax.core.cells.Cell`, so :func:`seqjax.rnn` runs it like any other
 (``lax.scan``, ``seq_lengths`` masking, ``reverse``, ``initial_carry``, ``remat``) and truncated
 BPTT carries its memory across chunks. Its step:
 
@@ -28,7 +28,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from seqjax.cells import (
+from seqjax.core.cells import (
     Cell,
     check_array,
     check_carry,
@@ -55,13 +55,14 @@ def _positive(cell: Any, name: str) -> None:
 
 
 class MemoryCell(Cell):
-    """Base of :class:`~seqjax.memory.NTM` and :class:`~seqjax.memory.DNC` (a mixin; the
+    """Base of :class:`~seqjax.core.memory.NTM` and :class:`~seqjax.core.memory.DNC` (a mixin; the
     subclasses are frozen dataclasses with the fields below).
 
     Fields a subclass defines: ``input_size`` (``D``), ``controller_size`` (``H``),
     ``memory_size`` (``N`` rows), ``word_size`` (``W``), ``num_reads`` (``R``), ``controller``
-    (a :func:`seqjax.cells.make_cell` kind, ``"lstm"`` by default), ``memory_init`` (the constant
-    every memory cell starts at), ``clip_value`` (interface clipping, ``None`` for none).
+    (a :func:`seqjax.core.cells.make_cell` kind, ``"lstm"`` by default), ``memory_init`` (the
+    constant every memory cell starts at), ``clip_value`` (interface clipping, ``None`` for
+    none).
 
     Subclasses implement :meth:`_sizes` (the interface layout), :meth:`initial_carry` and
     :meth:`_memory_step`.

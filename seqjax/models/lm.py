@@ -16,7 +16,7 @@ Params::
 
     {"embed": [V, E],
      "encoder": [per-layer cell params, ...]          # recurrent
-              | {"blocks": [...]},                    # TCN (seqjax.tcn)
+              | {"blocks": [...]},                    # TCN (seqjax.core.tcn)
      "readout": {"w": [H_last, V], "b": [V]}}         # no "w" when tied
 
 With ``tie_weights=True`` the last layer's width is ``embed_size`` (the last recurrent layer's
@@ -25,7 +25,8 @@ Wolf 2017), so that the readout can reuse the embedding matrix.
 
 Recurrent models carry state across calls: :meth:`LanguageModel.apply` takes an initial carry
 (one per layer; ``None`` for zeros) and returns the final one, which is what truncated BPTT
-(:mod:`seqjax.train.tbptt`) and sampling (:mod:`seqjax.sample`) run on. A TCN has no carry (its
+(:mod:`seqjax.train.tbptt`) and sampling (:mod:`seqjax.models.sample`) run on. A TCN has no carry
+(its
 "state" is its input window; ``apply`` returns ``None`` for it).
 """
 
@@ -39,10 +40,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from seqjax.cells import make_cell
-from seqjax.layers import stacked
-from seqjax.models import check_params, check_token_ids, embed_tokens
-from seqjax.tcn import TCN
+from seqjax.core.cells import make_cell
+from seqjax.core.layers import stacked
+from seqjax.core.tcn import TCN
+from seqjax.models.sequence import check_params, check_token_ids, embed_tokens
 
 Array = jax.Array
 
@@ -88,7 +89,7 @@ class LanguageModel:
       forget_bias: initial LSTM forget-gate bias.
       init_scale: the embedding and the untied readout weight are ``U(-s, s)`` (Zaremba et al.
         2014, PyTorch's word_language_model); readout bias 0.
-      tcn_init: TCN conv init (see :meth:`seqjax.tcn.TCN.init`).
+      tcn_init: TCN conv init (see :meth:`seqjax.core.tcn.TCN.init`).
     """
 
     arch: str

@@ -5,7 +5,8 @@ PyTorch stores ``weight_ih_l{k}[_reverse] [G, D]``, ``weight_hh_l{k}[_reverse] [
 seqjax ((i, f, g, o) and (r, z, n)); seqjax stores the transposes, and for the RNN and LSTM the
 sum of the two biases (they only ever appear summed). cuDNN uses the same layout as PyTorch.
 
-``from_torch`` returns what :func:`seqjax.layers.stacked` takes: a list with one params dict per
+``from_torch`` returns what :func:`seqjax.core.layers.stacked` takes: a list with one params dict
+per
 layer (``{"fw": ..., "bw": ...}`` for bidirectional modules). ``to_torch`` inverts it, putting the
 whole RNN/LSTM bias into ``bias_ih`` and zeros into ``bias_hh``.
 

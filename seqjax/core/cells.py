@@ -11,10 +11,10 @@ loop:
 * ``step(params, carry, gx_t) -> (carry, h_t)``: one time step, ``gx_t [B, G]``.
 
 Gate order is PyTorch's and cuDNN's: (i, f, g, o) for LSTMs and (r, z, n) for GRUs, so weights
-convert both ways (:mod:`seqjax.interop`). Weights are stored input-major (``w_x [D, G]``,
+convert both ways (:mod:`seqjax.core.interop`). Weights are stored input-major (``w_x [D, G]``,
 ``w_h [H, G]``), i.e. transposed relative to PyTorch's ``weight_ih [G, D]``.
 
-For the scan backend's hand-written VJP (:mod:`seqjax.recurrent`) each cell also has
+For the scan backend's hand-written VJP (:mod:`seqjax.core.recurrent`) each cell also has
 
 * ``_fwd(rp, carry, gx_t) -> (carry, res)``: the step, also returning the residuals the backward
   pass needs (activated gates, cell state, ...); ``rp`` are the recurrent params
@@ -40,7 +40,7 @@ import abc
 import dataclasses
 import functools
 import math
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -310,9 +310,17 @@ class Cell(abc.ABC):
     #: Number of gate blocks of width ``hidden_size`` in ``gx``.
     num_gates: int = 1
     #: Whether the cell has ``_bwd``/``_rgrads`` for the scan backend's hand-written VJP. Cells
-    #: without (the memory cells of :mod:`seqjax.memory`) are differentiated by JAX through the
+    #: without (the memory cells of :mod:`seqjax.core.memory`) are differentiated by JAX through the
     #: same ``_fwd`` (``_fwd`` may then return ``None`` residuals).
     hand_written_vjp: bool = True
+    #: The fused-kernel family that computes this cell exactly (``"lstm"``, ``"gru"``; see
+    #: :mod:`seqjax.kernels`), ``None`` for none. A subclass that changes the maths (the peephole
+    #: LSTM) sets it back to ``None``.
+    kernel: ClassVar[str | None] = None
+
+    def kernel_options(self) -> dict[str, Any]:
+        """Static options the kernel family needs besides the sizes (a GRU's ``reset``)."""
+        return {}
 
     @property
     def gate_size(self) -> int:
@@ -484,6 +492,7 @@ class LSTM(Cell):
     recurrent_init: Initializer = dataclasses.field(default=orthogonal, repr=False)
 
     num_gates = 4
+    kernel = "lstm"
 
     def __post_init__(self):
         _check_positive(self, "input_size", "hidden_size")
@@ -570,6 +579,8 @@ class PeepholeLSTM(LSTM):
     Params: the :class:`LSTM` ones plus ``p_i, p_f, p_o [H]`` (initialised to zero, so a fresh
     peephole LSTM computes what a fresh LSTM with the same weights does).
     """
+
+    kernel = None  # its gates read the cell state: the LSTM kernel does not compute it
 
     def param_shapes(self):
         shapes = super().param_shapes()
@@ -661,6 +672,10 @@ class GRU(Cell):
     recurrent_init: Initializer = dataclasses.field(default=orthogonal, repr=False)
 
     num_gates = 3
+    kernel = "gru"
+
+    def kernel_options(self) -> dict[str, Any]:
+        return {"reset": self.reset}
 
     def __post_init__(self):
         _check_positive(self, "input_size", "hidden_size")

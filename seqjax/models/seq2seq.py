@@ -3,7 +3,7 @@
 The model (Sutskever et al. 2014; Bahdanau et al. 2014; Luong et al. 2015):
 
 * **Encoder**: embeddings -> a stacked, optionally bidirectional recurrent network of any cell
-  kind (:func:`seqjax.layers.stacked`), giving ``keys [B, S, K]`` (``K = 2H`` bidirectional,
+  kind (:func:`seqjax.core.layers.stacked`), giving ``keys [B, S, K]`` (``K = 2H`` bidirectional,
   ``H`` otherwise). With ``reverse_source`` the encoder reads every source backwards within its
   own length (Sutskever's trick); its outputs are put back in source order, so attention weights
   always index the original source positions.
@@ -20,7 +20,7 @@ The model (Sutskever et al. 2014; Bahdanau et al. 2014; Luong et al. 2015):
       p(y_t \\mid y_{<t}, x) &= \\mathrm{softmax}(W_o \\tilde h_t + b_o)
 
   The score of the attention is additive (``"bahdanau"``), ``"dot"`` or ``"general"``
-  (``"luong"``), see :mod:`seqjax.attention`. With ``attention="none"`` the decoder sees the
+  (``"luong"``), see :mod:`seqjax.core.attention`. With ``attention="none"`` the decoder sees the
   source only through its initial state (Sutskever et al.): :math:`x_t = E y_{t-1}`,
   :math:`\\tilde h_t = h_t`.
 
@@ -40,8 +40,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from seqjax.attention import Attention
-from seqjax.cells import (
+from seqjax.core.attention import Attention
+from seqjax.core.cells import (
     check_array,
     check_key,
     check_tree,
@@ -50,8 +50,8 @@ from seqjax.cells import (
     make_cell,
     shape_of,
 )
-from seqjax.layers import init_stack, stack_cells, stacked
-from seqjax.recurrent import _reverse_padded, check_lengths
+from seqjax.core.layers import init_stack, stack_cells, stacked
+from seqjax.core.recurrent import _reverse_padded, check_lengths
 
 Array = jax.Array
 
@@ -137,7 +137,7 @@ class Seq2Seq:
       tgt_vocab: target vocabulary size ``V_t``.
       embed_size: ``E``, embedding size of both sides.
       hidden_size: ``H``, the hidden size of every encoder layer (per direction) and the decoder.
-      cell: cell kind of encoder and decoder (:func:`seqjax.cells.make_cell`: ``"lstm"``,
+      cell: cell kind of encoder and decoder (:func:`seqjax.core.cells.make_cell`: ``"lstm"``,
         ``"gru"``, ``"rnn"``, ``"peephole_lstm"``, ...).
       encoder_layers: stacked encoder layers.
       bidirectional: bidirectional encoder (outputs concatenated, ``K = 2H``).

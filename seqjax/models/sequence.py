@@ -1,6 +1,6 @@
 """Sequence models for the experiments: ``[embedding] -> encoder -> per-step linear readout``.
 
-The encoder is a TCN (:mod:`seqjax.tcn`) or a recurrent stack (:func:`seqjax.stacked`); the
+The encoder is a TCN (:mod:`seqjax.core.tcn`) or a recurrent stack (:func:`seqjax.stacked`); the
 model emits one output per input step, and the task (:mod:`seqjax.data`) picks the steps its
 loss uses. Like the cells, a model is a frozen dataclass of static configuration with
 ``init(key) -> params`` and a pure ``apply``.
@@ -17,9 +17,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from seqjax.cells import glorot_uniform
-from seqjax.layers import init_stack, stack_cells, stacked
-from seqjax.tcn import TCN
+from seqjax.core.cells import glorot_uniform
+from seqjax.core.layers import init_stack, stack_cells, stacked
+from seqjax.core.tcn import TCN
 
 Array = jax.Array
 
@@ -181,7 +181,7 @@ class SequenceModel:
       forget_bias: initial LSTM forget-gate bias (LSTM archs only).
       tcn_init: TCN weight init, ``"locuslab"`` (what locuslab/TCN actually trains with: its
         N(0, 0.01) is overwritten by ``weight_norm``, leaving PyTorch's default uniform init) or
-        ``"paper"`` (N(0, 0.01) as the paper states); see :meth:`seqjax.tcn.TCN.init`.
+        ``"paper"`` (N(0, 0.01) as the paper states); see :meth:`seqjax.core.tcn.TCN.init`.
     """
 
     arch: str

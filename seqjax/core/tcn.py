@@ -39,8 +39,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from seqjax.cells import check_key, check_tree, dtype_of, shape_of
-from seqjax.recurrent import check_lengths
+from seqjax.core.cells import check_key, check_tree, dtype_of, shape_of
+from seqjax.core.recurrent import check_lengths
 
 __all__ = ["TCN", "causal_conv1d", "receptive_field", "weight_norm"]
 

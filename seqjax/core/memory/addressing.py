@@ -27,7 +27,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from seqjax.cells import check_dims
+from seqjax.core.cells import check_dims
 
 Array = jax.Array
 

@@ -13,8 +13,8 @@ from typing import Any, Sequence
 import jax
 import jax.numpy as jnp
 
-from seqjax.cells import Cell, check_key, check_tree, make_cell, shape_of
-from seqjax.recurrent import check_lengths, rnn
+from seqjax.core.cells import Cell, check_key, check_tree, make_cell, shape_of
+from seqjax.core.recurrent import check_lengths, rnn
 
 Array = jax.Array
 

@@ -14,9 +14,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from seqjax.cells import Cell, check_key, check_tree, glorot_uniform
-from seqjax.memory.base import run_with_states
-from seqjax.recurrent import rnn
+from seqjax.core.cells import Cell, check_key, check_tree, glorot_uniform
+from seqjax.core.memory.base import run_with_states
+from seqjax.core.recurrent import rnn
 
 Array = jax.Array
 
@@ -25,10 +25,11 @@ __all__ = ["MemoryModel"]
 
 @dataclasses.dataclass(frozen=True)
 class MemoryModel:
-    """``y_t = [h_t, r_t] W_y + b_y`` on top of ``cell`` (any :class:`seqjax.cells.Cell`).
+    """``y_t = [h_t, r_t] W_y + b_y`` on top of ``cell`` (any :class:`seqjax.core.cells.Cell`).
 
     Args:
-      cell: an :class:`~seqjax.memory.NTM`, a :class:`~seqjax.memory.DNC` or any other cell.
+      cell: an :class:`~seqjax.core.memory.NTM`, a :class:`~seqjax.core.memory.DNC` or any other
+        cell.
       output_size: ``O`` outputs (logits) per step.
       remat: recompute each step in the backward pass (memory ``O(T)`` carries only).
     """
@@ -92,7 +93,7 @@ class MemoryModel:
 
     def trace(self, params: dict, inputs: Array) -> tuple[Array, Any]:
         """``(logits [B, T, O], carries)`` with every step's carry (see
-        :func:`seqjax.memory.run_with_states`), for heat maps of read/write weightings."""
+        :func:`seqjax.core.memory.run_with_states`), for heat maps of read/write weightings."""
         self.check_params(params)
         hs, carries = run_with_states(self.cell, params["cell"], inputs)
         return hs @ params["readout"]["w"] + params["readout"]["b"], carries
