@@ -99,7 +99,10 @@ def table1(root: str | Path) -> str:
                 cell += f" ({_fmt(theirs[model])})"
             cells.append(cell)
         minutes = statistics.fmean(r.get("total_wall_s", 0.0) for r in runs) / 60
-        device = (runs[0].get("provenance") or {}).get("devices", "?")
+        prov = runs[0].get("provenance") or {}
+        device = prov.get("devices", "?")
+        if device.endswith(" cpu cpu"):  # jax names a CPU device "cpu"; say how many cores
+            device = f"{prov.get('cpu_count', '?')}-core CPU"
         seeds = ", ".join(str(r["seed"]) for r in runs)
         lines.append(f"| {title} ({metric}) | " + " | ".join(cells)
                      + f" | {seeds} | {runs[0]['steps']:,} | {minutes:.0f} min, {device} |")

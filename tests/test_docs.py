@@ -91,3 +91,14 @@ def test_results_table_numbers_come_from_json(tmp_path):
         assert f"| {name} |" in text and f"{r['test_metric']:.4g}" in text
     out = tmp_path / "t.md"
     assert rt.main([str(run.parent), "--out", str(out)]) == out.read_text()
+
+
+def test_readme_table1_is_generated():
+    """The README's Table 1 is docs/results_table.py --table1 of docs/results/table1."""
+    rt = _load_results_table()
+    start, end = "<!-- table1:start -->\n", "<!-- table1:end -->"
+    assert start in README and end in README
+    shown = README.split(start, 1)[1].split(end, 1)[0]
+    assert shown == rt.table1(ROOT / "docs" / "results" / "table1"), (
+        "README's Table 1 is stale: paste `python docs/results_table.py --table1 "
+        "docs/results/table1` between the table1 markers")

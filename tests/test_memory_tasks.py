@@ -36,6 +36,7 @@ def test_ntm_learns_a_short_copy():
     assert after["seq_accuracy"] > 0.3, after
 
 
+@pytest.mark.slow  # ~40 s of NTM+DNC compilation; the resume test below covers the script
 def test_script_end_to_end_with_generalisation_and_heat_maps(tmp_path):
     argv = ["--task", "copy", "--models", "ntm,dnc", "--steps", "2", "--eval-every", "1",
             "--eval-size", "8", "--eval-lengths", "24", "--out", str(tmp_path), "--no-progress"]
