@@ -71,6 +71,23 @@ def _fmt(x: float) -> str:
     return f"{x:.2e}" if abs(x) < 1e-2 else f"{x:.4g}" if abs(x) < 10 else f"{x:.2f}"
 
 
+def _merged_seeds(row_dir: Path) -> list[dict]:
+    """One results dict per ``seed*/`` folder, merging its parts (``results.json`` and
+    ``results-<models>.json``: the models of one seed run in several comparisons); the total
+    wall time is the sum of the parts'."""
+    seeds = []
+    for seed_dir in sorted(p for p in row_dir.glob("seed*") if p.is_dir()):
+        parts = [json.loads(p.read_text()) for p in sorted(seed_dir.glob("results*.json"))]
+        if not parts:
+            continue
+        merged = dict(parts[0], models={},
+                      total_wall_s=sum(p.get("total_wall_s", 0.0) for p in parts))
+        for part in parts:
+            merged["models"].update(part["models"])
+        seeds.append(merged)
+    return seeds
+
+
 def table1(root: str | Path) -> str:
     """Table 1 of Bai et al. (2018), ours beside the paper's, from ``<root>/<row>/seed*/``.
 
@@ -83,7 +100,7 @@ def table1(root: str | Path) -> str:
     lines = ["| task (metric) | TCN | LSTM | GRU | RNN | seeds | steps | compute per seed |",
              "|---|---:|---:|---:|---:|---|---:|---|"]
     for row, (title, metric, theirs) in paper.items():
-        runs = [json.loads(p.read_text()) for p in sorted(root.glob(f"{row}/seed*/results.json"))]
+        runs = _merged_seeds(root / row)
         if not runs:
             continue
         cells = []

@@ -1,6 +1,7 @@
 """Bai, Kolter & Koltun (2018), Table 1: the rows that run here, resumable, one at a time.
 
     python experiments/table1.py run --rows jsb,nottingham --seeds 0,1,2
+    python experiments/table1.py run --rows adding --models tcn     # one model of a row
     python experiments/table1.py status
     python docs/results_table.py --table1 docs/results/table1     # the README's table
 
@@ -10,7 +11,8 @@ whose run was cut (the session ended, kill -9) is continued with ``--resume`` fr
 checkpoint, to the same numbers as an uninterrupted run. A finished row's ``results.json``,
 ``run.json`` (provenance: commit, packages, device), ``table.md`` and ``curves.png`` are copied
 to ``docs/results/table1/<row>/seed<k>/``, where the renderer and the README read them; a row
-already there is skipped.
+already there is skipped. ``--models`` runs part of a row (its files get the suffix
+``-<models>``, e.g. ``results-tcn.json``); the renderer merges the parts of a seed.
 """
 
 from __future__ import annotations
@@ -60,9 +62,18 @@ def done_dir(row: str, seed: int) -> Path:
     return RESULTS / row / f"seed{seed}"
 
 
-def find_unfinished(runs: Path, row: str, seed: int) -> Path | None:
+def row_argv(row: str, seed: int, models: str | None) -> list[str]:
+    """The comparison's arguments for one row, seed and (optionally) subset of models."""
+    return ROWS[row] + ["--seed", str(seed)] + ([] if models is None else ["--models", models])
+
+
+def suffix(models: str | None) -> str:
+    return "" if models is None else "-" + models.replace(",", "-")
+
+
+def find_unfinished(runs: Path, row: str, seed: int, models: str | None) -> Path | None:
     """The newest run directory of this row and seed without a ``results.json``, if any."""
-    argv = ROWS[row] + ["--seed", str(seed)]
+    argv = row_argv(row, seed, models)
     task = argv[argv.index("--task") + 1]
     candidates = []
     for run_json in sorted((runs / task).glob("*/run.json")):
@@ -76,14 +87,14 @@ def find_unfinished(runs: Path, row: str, seed: int) -> Path | None:
     return candidates[-1] if candidates else None
 
 
-def run_row(row: str, seed: int, runs: Path) -> Path:
+def run_row(row: str, seed: int, runs: Path, models: str | None = None) -> Path:
     """Run (or resume) one row and seed; returns the finished run directory."""
     script = str(ROOT / "experiments" / "tcn_vs_rnn.py")
-    unfinished = find_unfinished(runs, row, seed)
+    unfinished = find_unfinished(runs, row, seed, models)
     if unfinished is not None:
         cmd = [sys.executable, script, "--resume", str(unfinished), "--no-progress"]
     else:
-        cmd = [sys.executable, script, *ROWS[row], "--seed", str(seed), "--out", str(runs),
+        cmd = [sys.executable, script, *row_argv(row, seed, models), "--out", str(runs),
                "--no-progress"]
     print("$ " + " ".join(cmd), flush=True)
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
@@ -100,14 +111,17 @@ def main(argv=None) -> None:
     run.add_argument("--rows", default="jsb,nottingham,adding,copy",
                      help=f"comma-separated, from {', '.join(ROWS)}")
     run.add_argument("--seeds", default="0", help="comma-separated seeds")
+    run.add_argument("--models", default=None,
+                     help="run only these models of each row (default: tcn,lstm,gru,rnn)")
     run.add_argument("--runs", default=str(ROOT / "runs" / "table1"),
                      help="where the run directories (with checkpoints) go")
     sub.add_parser("status", help="which rows and seeds are done")
     args = ap.parse_args(argv)
     if args.command == "status":
         for row in ROWS:
-            seeds = sorted(p.name for p in (RESULTS / row).glob("seed*/results.json"))
-            print(f"{row:12s} {', '.join(s.removesuffix('/results.json') for s in seeds) or '-'}")
+            done = sorted(f"{p.parent.name}:{p.stem.removeprefix('results') or '-all'}"
+                          for p in (RESULTS / row).glob("seed*/results*.json"))
+            print(f"{row:12s} {', '.join(done) or '-'}")
         return
     rows = [r.strip() for r in args.rows.split(",") if r.strip()]
     unknown = [r for r in rows if r not in ROWS]
@@ -121,15 +135,16 @@ def main(argv=None) -> None:
     runs.mkdir(parents=True, exist_ok=True)
     for seed in seeds:
         for row in rows:
-            target = done_dir(row, seed)
-            if (target / "results.json").exists():
+            target, tail = done_dir(row, seed), suffix(args.models)
+            if (target / f"results{tail}.json").exists():
                 print(f"{row} seed {seed}: done ({target})", flush=True)
                 continue
-            run_dir = run_row(row, seed, runs)
+            run_dir = run_row(row, seed, runs, args.models)
             target.mkdir(parents=True, exist_ok=True)
             for name in COPIED:
                 if (run_dir / name).exists():
-                    shutil.copy2(run_dir / name, target / name)
+                    stem, ext = name.rsplit(".", 1)
+                    shutil.copy2(run_dir / name, target / f"{stem}{tail}.{ext}")
             print(f"{row} seed {seed}: copied to {target}", flush=True)
 
 
