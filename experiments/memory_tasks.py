@@ -47,17 +47,15 @@ import jax
 import numpy as np
 
 from seqjax.cli import (
-    UserError,
-    check_dir,
     check_output_dir,
     comma_list,
     non_negative_float,
     non_negative_int,
     positive_float,
     positive_int,
-    read_json,
     run_main,
 )
+from seqjax.cli import read_run as cli_read_run
 from seqjax.core.memory import DNC, NTM
 from seqjax.data import get_task
 from seqjax.models import MemoryModel, SequenceModel, param_count
@@ -308,15 +306,8 @@ def parse_args(argv=None):
 
 def read_run(run_root: Path) -> dict:
     """The ``run.json`` of a run to ``--resume``, checked (one-line errors)."""
-    check_dir("--resume", run_root)
-    saved = read_json(run_root / "run.json", flag="--resume",
-                      what="the run.json of a memory_tasks.py run directory "
-                           "(<out>/memory/<task>/<timestamp>)")
-    argv = saved.get("argv")
-    if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
-        raise UserError(f"--resume {run_root}: {run_root / 'run.json'} has no 'argv' list of "
-                        "strings; is it a run directory of memory_tasks.py?")
-    return saved
+    return cli_read_run(run_root, script="memory_tasks.py",
+                        layout="<out>/memory/<task>/<timestamp>")
 
 
 def resolve_preset(args: argparse.Namespace) -> Preset:

@@ -50,6 +50,7 @@ __all__ = [
     "positive_float",
     "positive_int",
     "read_json",
+    "read_run",
     "run_main",
 ]
 
@@ -234,6 +235,32 @@ def read_json(path: str | os.PathLike, *, flag: str | None = None, what: str = "
                         f"{expect.__name__}; expected {what}")
     return value
 
+
+
+def read_run(run_root: str | os.PathLike, *, script: str, layout: str) -> dict:
+    """The ``run.json`` of a script's run directory, for ``--resume``, checked (one-line errors).
+
+    Args:
+      run_root: the run directory given to ``--resume``.
+      script: the script that wrote it (``"memory_tasks.py"``), named in the messages.
+      layout: where such directories live (``"<out>/<task>/<timestamp>"``), for the messages.
+
+    Returns:
+      The ``run.json`` dict; its ``"argv"`` is a list of strings.
+
+    Raises:
+      NotADirectoryError, FileNotFoundError: if ``run_root`` or its ``run.json`` is missing.
+      UserError: if ``run.json`` is not a JSON dict with an ``argv`` list of strings.
+    """
+    run_root = Path(run_root)
+    check_dir("--resume", run_root)
+    saved = read_json(run_root / "run.json", flag="--resume",
+                      what=f"the run.json of a {script} run directory ({layout})")
+    argv = saved.get("argv")
+    if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
+        raise UserError(f"--resume {run_root}: {run_root / 'run.json'} has no 'argv' list of "
+                        f"strings; is it a run directory of {script}?")
+    return saved
 
 def check_devices(devices: int, batch_size: int, *, model: int = 1,
                   batch_flag: str = "--batch-size") -> Any:

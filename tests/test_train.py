@@ -200,6 +200,22 @@ def test_train_step_metrics_and_state():
                         optimizer)(TrainState.create(params, optimizer, 0), full_batch(0))
 
 
+
+def test_train_step_grad_hook_joins_metrics():
+    optimizer = make_optimizer("sgd", 0.1)
+    params = init_params()
+    step_fn = make_train_step(mse_loss, optimizer, donate=False,
+                              grad_hook=lambda g: {"w_norm": jnp.linalg.norm(g["w"])})
+    _, metrics = step_fn(TrainState.create(params, optimizer, 0), full_batch(0))
+    plain = make_train_step(mse_loss, optimizer, donate=False)
+    _, plain_metrics = plain(TrainState.create(params, optimizer, 0), full_batch(0))
+    assert float(metrics["loss"]) == float(plain_metrics["loss"])
+    assert 0.0 < float(metrics["w_norm"]) <= float(metrics["grad_norm"]) * (1 + 1e-6)
+    for name in ("grad_norm", "mae"):  # reserved, or already in aux
+        with pytest.raises(ValueError, match="grad_hook"):
+            make_train_step(mse_loss, optimizer, grad_hook=lambda g, n=name: {n: 0.0})(
+                TrainState.create(params, optimizer, 0), full_batch(0))
+
 def test_every_optimizer_trains():
     for name in ("adam", "adamw", "rmsprop", "sgd"):
         optimizer = make_optimizer(name, 0.01, clip_norm=1.0, weight_decay=1e-3)

@@ -109,31 +109,32 @@ def track_grad_norms(
     for name, fn in (("loss_fn", loss_fn), ("train_batches", train_batches)):
         if not callable(fn):
             raise TypeError(f"{name} must be callable, got {type(fn).__name__}")
+    from seqjax.train.loop import make_train_step
+    from seqjax.train.state import TrainState
+
     clip = optax.identity() if clip_norm is None else optax.clip_by_global_norm(clip_norm)
-    opt = optax.with_extra_args_support(optimizer)
-    key0 = jax.random.PRNGKey(seed)
 
-    @jax.jit
-    def step(params, opt_state, batch, i):
-        key = jax.random.fold_in(key0, i)
-        (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, key, True)
-        clipped, _ = clip.update(grads, clip.init(params))  # stateless
-        updates, opt_state = opt.update(clipped, opt_state, params, value=loss)
-        return (optax.apply_updates(params, updates), opt_state,
-                loss, global_norm(grads), global_norm(clipped))
+    def after_clip(grads: Any) -> dict[str, jax.Array]:
+        clipped, _ = clip.update(grads, clip.init(grads))  # stateless
+        return {"grad_norm_after_clip": global_norm(clipped)}
 
-    opt_state = opt.init(params)
+    # the one train step of the library; clipping is the optimiser's first stage
+    optimizer = optax.chain(clip, optimizer)
+    step = make_train_step(loss_fn, optimizer, donate=False, grad_hook=after_clip)
+    state = TrainState.create(params, optimizer, seed)
     out = {k: np.full(num_steps, np.nan) for k in ("loss", "before", "after")}
     diverged = None
     for i in range(num_steps):
-        new = step(params, opt_state, train_batches(i), i)
-        loss, before, after = (float(v) for v in jax.device_get(new[2:]))
+        new_state, metrics = step(state, train_batches(i))
+        loss, before, after = (float(v) for v in jax.device_get(
+            (metrics["loss"], metrics["grad_norm"], metrics["grad_norm_after_clip"])))
         out["loss"][i], out["before"][i], out["after"][i] = loss, before, after
         if not (math.isfinite(loss) and math.isfinite(before)):
             diverged = i + 1
             if stop_on_nonfinite:
                 break
-        params, opt_state = new[0], new[1]
+        state = new_state
+    params = state.params
     out["step"] = np.arange(1, num_steps + 1)
     out["clipped"] = (np.isfinite(out["before"]) & (clip_norm is not None)
                       & (out["before"] > (clip_norm or np.inf)))

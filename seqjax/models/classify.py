@@ -275,17 +275,26 @@ def accuracy(logits: Array, labels: Array) -> Array:
 
 def make_classifier_step(model: Classifier, optimizer: optax.GradientTransformation):
     """A jitted ``step(params, opt_state, tokens, lengths, labels, key) -> (params, opt_state,
-    loss, acc)``; one compilation per padded length."""
+    loss, acc)``; one compilation per padded length.
 
-    @jax.jit
+    A thin wrapper over :func:`seqjax.train.loop.make_train_step` (the library's one train
+    step): the dropout key is the caller's ``key``, not one folded from a step counter.
+    """
+    from seqjax.train.loop import make_train_step
+    from seqjax.train.state import TrainState
+
+    def loss_fn(params, batch, _step_key, train):
+        tokens, lengths, labels, key = batch
+        logits = model.apply(params, tokens, lengths, train=train, key=key)
+        return cross_entropy(logits, labels), {"acc": accuracy(logits, labels)}
+
+    train_step = make_train_step(loss_fn, optimizer, donate=False)
+
     def step(params, opt_state, tokens, lengths, labels, key):
-        def loss_fn(p):
-            logits = model.apply(p, tokens, lengths, train=True, key=key)
-            return cross_entropy(logits, labels), logits
-
-        (loss, logits), g = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        updates, opt_state = optimizer.update(g, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss, accuracy(logits, labels)
+        state = TrainState(params=params, opt_state=opt_state, step=np.int32(0),
+                           key=np.zeros(2, np.uint32))
+        state, metrics = train_step(state, (tokens, lengths, labels, key))
+        return state.params, state.opt_state, metrics["loss"], metrics["acc"]
 
     return step
 

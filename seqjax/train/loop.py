@@ -139,6 +139,7 @@ def make_train_step(
     donate: bool = True,
     stateful: bool = False,
     mesh: Any = None,
+    grad_hook: Callable[[Any], Mapping[str, jax.Array]] | None = None,
 ) -> Callable[[TrainState, Any], tuple[TrainState, dict[str, jax.Array]]]:
     """Builds the jitted update ``step_fn(state, batch) -> (state, metrics)``.
 
@@ -167,11 +168,16 @@ def make_train_step(
         the metrics come out replicated over the mesh (the batch is expected sharded on its
         leading axis, e.g. by :func:`~seqjax.train.parallel.shard_batch`, and XLA all-reduces
         the gradients).
+      grad_hook: ``grad_hook(grads) -> {name: scalar}``, called (traced) on the raw gradient
+        of every step; its entries join the metrics (e.g. the norm after clipping, see
+        :func:`seqjax.analysis.training.track_grad_norms`). Names must not clash with the
+        reserved ones or with ``aux``.
 
     Returns:
       ``step_fn``; its metrics are ``loss``, ``grad_norm`` (global L2 norm of the raw gradient,
       before any clipping), ``lr`` (or ``lr_scale``) when the optimiser state exposes it (see
-      :func:`~seqjax.train.optim.learning_rate_of`), and every entry of ``aux``.
+      :func:`~seqjax.train.optim.learning_rate_of`), every entry of ``aux`` and of
+      ``grad_hook``'s dict.
 
     Raises:
       ValueError: (at the first call) if the loss is not a float scalar or ``aux`` reuses a
@@ -196,6 +202,13 @@ def make_train_step(
         params = optax.apply_updates(state.params, updates)
         metrics = {"loss": loss, "grad_norm": _global_norm(grads),
                    **learning_rate_of(opt_state), **aux}
+        if grad_hook is not None:
+            hooked = dict(grad_hook(grads))
+            clash = sorted(set(hooked) & (set(_RESERVED) | set(aux)))
+            if clash:
+                raise ValueError(f"grad_hook keys {clash} clash with reserved metric names "
+                                 f"{_RESERVED} or with aux")
+            metrics.update(hooked)
         new_state = state.replace(params=params, opt_state=opt_state, step=state.step + 1,
                                   extra=extra)
         return new_state, metrics
@@ -277,26 +290,12 @@ def make_eval_fn(
 
 
 def fit(
-    *,
-    params: Any,
-    loss_fn: LossFn,
-    optimizer: optax.GradientTransformation,
-    train_batches: Callable[[int], Any],
-    num_steps: int,
-    run_dir: str | os.PathLike | None,
-    seed: int = 0,
-    eval_fn: Callable[[Any], Mapping[str, float]] | None = None,
-    eval_every: int = 0,
-    checkpoint_every: int = 0,
-    log_every: int = 10,
-    max_to_keep: int = 3,
-    resume: bool = False,
-    overwrite: bool = False,
-    config: Mapping[str, Any] | None = None,
-    progress: bool = True,
-    desc: str = "",
-    extra: Any = None,
-    mesh: Any = None,
+    *, params: Any, loss_fn: LossFn, optimizer: optax.GradientTransformation,
+    train_batches: Callable[[int], Any], num_steps: int, run_dir: str | os.PathLike | None,
+    seed: int = 0, eval_fn: Callable[[Any], Mapping[str, float]] | None = None,
+    eval_every: int = 0, checkpoint_every: int = 0, log_every: int = 10, max_to_keep: int = 3,
+    resume: bool = False, overwrite: bool = False, config: Mapping[str, Any] | None = None,
+    progress: bool = True, desc: str = "", extra: Any = None, mesh: Any = None,
     keep_best: tuple[str, str] | None = None,
 ) -> FitResult:
     """Trains ``params`` for ``num_steps`` updates, with logs, checkpoints and resume.
@@ -368,78 +367,115 @@ def fit(
     t_start = time.perf_counter()
     _validate_fit_args(num_steps=num_steps, eval_every=eval_every, log_every=log_every,
                        checkpoint_every=checkpoint_every, max_to_keep=max_to_keep,
-                       run_dir=run_dir, resume=resume)
-    if keep_best is not None and eval_fn is None:
-        raise ValueError(f"{keep_best=} needs an eval_fn (it selects on the validation rows)")
+                       run_dir=run_dir, resume=resume, keep_best=keep_best, eval_fn=eval_fn)
     step_fn = make_train_step(loss_fn, optimizer, stateful=extra is not None, mesh=mesh)
-    if mesh is not None:
-        from seqjax.train.parallel import host_local_batch_to_global, place_state
-
-        user_batches = train_batches
-
-        def train_batches(i: int) -> Any:
-            return host_local_batch_to_global(user_batches(i), mesh)
+    train_batches = _global_batches(train_batches, mesh)
     with contextlib.ExitStack() as stack:
         files = _RunFiles(run_dir, max_to_keep=max_to_keep, t_start=t_start, stack=stack)
         state = files.start(TrainState.create(params, optimizer, seed, extra), resume=resume,
                             overwrite=overwrite, num_steps=num_steps, config=config)
-        if mesh is not None:
-            state = place_state(state, mesh)
+        state = _place_state(state, mesh)
         best = None if keep_best is None else BestParams(*keep_best, run_dir,
                                                          primary=files.primary)
         start = int(state.step)
-        pending: tuple[TrainState, Any] | None = None  # updated, not yet checked for finiteness
-        t_first = t_loop_end = time.perf_counter()
-        valid_postfix: dict[str, str] = {}
         with _progress_bar(num_steps, start, desc, progress and jax.process_index() == 0) as bar:
-            try:
-                next_batch = train_batches(start) if start < num_steps else None
-                for i in range(start, num_steps):
-                    s = i + 1
-                    new_state, metrics = step_fn(state, next_batch)
-                    pending = (new_state, metrics)
-                    # build the next batch while the device runs this step
-                    next_batch = train_batches(s) if s < num_steps else None
-                    values = _scalars(jax.device_get(metrics))
-                    bad = _first_non_finite(values)
-                    if bad is not None:
-                        pending = None
-                        raise files.non_finite_error(s, bad, values)
-                    state, pending = new_state, None
-                    if i == start:
-                        t_first = time.perf_counter()
+            state, t_first, t_loop_end = _run_steps(
+                step_fn, state, train_batches, num_steps, files=files, bar=bar, best=best,
+                eval_fn=eval_fn, eval_every=eval_every, log_every=log_every,
+                checkpoint_every=checkpoint_every)
 
-                    last = s == num_steps
-                    if s % log_every == 0 or last:
-                        files.emit({"step": s, "split": "train", **values})
-                    if eval_fn is not None and ((eval_every and s % eval_every == 0) or last):
-                        valid = {k: float(v) for k, v in eval_fn(state.params).items()}
-                        files.emit({"step": s, "split": "valid", **valid})
-                        if best is not None:
-                            best.consider(s, state.params, valid)
-                        valid_postfix = {f"valid_{k}": f"{v:.4g}" for k, v in valid.items()}
-                    bar.set_postfix({"loss": f"{values['loss']:.4g}", **valid_postfix},
-                                    refresh=False)
-                    if (checkpoint_every and s % checkpoint_every == 0) or last:
-                        files.save(s, state)
-                    bar.update(1)
-                t_loop_end = time.perf_counter()
-            except NonFiniteLossError:
-                raise
-            except BaseException:
-                _save_on_exit(state, pending, files.save, start)
-                raise
+    steps_per_s = _steps_per_s(num_steps - start, t_start, t_first, t_loop_end)
+    return _fit_result(state, files.history, best, t_start, steps_per_s, start)
 
-    ran = num_steps - start
-    if ran > 1:
-        steps_per_s = (ran - 1) / max(t_loop_end - t_first, 1e-9)
-    else:
-        steps_per_s = ran / max(t_loop_end - t_start, 1e-9)
-    return FitResult(state=state, history=files.history, wall_s=time.perf_counter() - t_start,
+
+def _fit_result(state: TrainState, history: list[dict[str, Any]], best: BestParams | None,
+                t_start: float, steps_per_s: float, start: int) -> FitResult:
+    return FitResult(state=state, history=history, wall_s=time.perf_counter() - t_start,
                      steps_per_s=steps_per_s, start_step=start,
                      best_step=None if best is None else best.step,
                      best_value=None if best is None else best.value,
                      best_params=None if best is None else best.params(state.params))
+
+
+def _place_state(state: TrainState, mesh: Any) -> TrainState:
+    """``state`` unchanged without a mesh; else placed (replicated) on it."""
+    if mesh is None:
+        return state
+    from seqjax.train.parallel import place_state
+
+    return place_state(state, mesh)
+
+
+def _global_batches(train_batches: Callable[[int], Any], mesh: Any) -> Callable[[int], Any]:
+    """``train_batches`` unchanged without a mesh; else its batches made global arrays."""
+    if mesh is None:
+        return train_batches
+    from seqjax.train.parallel import host_local_batch_to_global
+
+    def global_batches(i: int) -> Any:
+        return host_local_batch_to_global(train_batches(i), mesh)
+
+    return global_batches
+
+
+def _run_steps(step_fn: Callable[[TrainState, Any], tuple[TrainState, dict[str, jax.Array]]],
+               state: TrainState, train_batches: Callable[[int], Any], num_steps: int, *,
+               files: _RunFiles, bar: Any, best: BestParams | None,
+               eval_fn: Callable[[Any], Mapping[str, float]] | None, eval_every: int,
+               log_every: int, checkpoint_every: int) -> tuple[TrainState, float, float]:
+    """:func:`fit`'s loop from ``state.step`` to ``num_steps``.
+
+    Returns the final state, the time the first step ended and the time the loop ended. An
+    exception other than :class:`NonFiniteLossError` saves the last completed state first.
+    """
+    start = int(state.step)
+    pending: tuple[TrainState, Any] | None = None  # updated, not yet checked for finiteness
+    t_first = t_loop_end = time.perf_counter()
+    valid_postfix: dict[str, str] = {}
+    try:
+        next_batch = train_batches(start) if start < num_steps else None
+        for i in range(start, num_steps):
+            s = i + 1
+            new_state, metrics = step_fn(state, next_batch)
+            pending = (new_state, metrics)
+            # build the next batch while the device runs this step
+            next_batch = train_batches(s) if s < num_steps else None
+            values = _scalars(jax.device_get(metrics))
+            bad = _first_non_finite(values)
+            if bad is not None:
+                pending = None
+                raise files.non_finite_error(s, bad, values)
+            state, pending = new_state, None
+            if i == start:
+                t_first = time.perf_counter()
+
+            last = s == num_steps
+            if s % log_every == 0 or last:
+                files.emit({"step": s, "split": "train", **values})
+            if eval_fn is not None and ((eval_every and s % eval_every == 0) or last):
+                valid = {k: float(v) for k, v in eval_fn(state.params).items()}
+                files.emit({"step": s, "split": "valid", **valid})
+                if best is not None:
+                    best.consider(s, state.params, valid)
+                valid_postfix = {f"valid_{k}": f"{v:.4g}" for k, v in valid.items()}
+            bar.set_postfix({"loss": f"{values['loss']:.4g}", **valid_postfix}, refresh=False)
+            if (checkpoint_every and s % checkpoint_every == 0) or last:
+                files.save(s, state)
+            bar.update(1)
+        t_loop_end = time.perf_counter()
+    except NonFiniteLossError:
+        raise
+    except BaseException:
+        _save_on_exit(state, pending, files.save, start)
+        raise
+    return state, t_first, t_loop_end
+
+
+def _steps_per_s(ran: int, t_start: float, t_first: float, t_loop_end: float) -> float:
+    """Steps per second, not counting the first (compiling) step when more than one ran."""
+    if ran > 1:
+        return (ran - 1) / max(t_loop_end - t_first, 1e-9)
+    return ran / max(t_loop_end - t_start, 1e-9)
 
 
 def load_history(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
@@ -551,7 +587,9 @@ class _RunFiles:
 
 def _validate_fit_args(*, num_steps: int, eval_every: int, log_every: int,
                        checkpoint_every: int, max_to_keep: int,
-                       run_dir: str | os.PathLike | None, resume: bool) -> None:
+                       run_dir: str | os.PathLike | None, resume: bool,
+                       keep_best: tuple[str, str] | None = None,
+                       eval_fn: Callable[..., Any] | None = None) -> None:
     for name, value, low in (("num_steps", num_steps, 0), ("eval_every", eval_every, 0),
                              ("checkpoint_every", checkpoint_every, 0),
                              ("log_every", log_every, 1), ("max_to_keep", max_to_keep, 1)):
@@ -559,6 +597,8 @@ def _validate_fit_args(*, num_steps: int, eval_every: int, log_every: int,
             raise ValueError(f"{name}={value!r} must be an int >= {low}")
     if resume and run_dir is None:
         raise ValueError("resume=True needs a run_dir to resume from; got run_dir=None")
+    if keep_best is not None and eval_fn is None:
+        raise ValueError(f"{keep_best=} needs an eval_fn (it selects on the validation rows)")
 
 
 def _clear_previous_run(run_path: Path, overwrite: bool) -> None:
