@@ -38,15 +38,14 @@ from typing import Any
 import jax
 
 from seqjax.cli import (
-    UserError,
     check_devices,
     check_dir,
     check_output_dir,
     non_negative_int,
     positive_int,
-    read_json,
     run_main,
 )
+from seqjax.cli import read_run as cli_read_run
 from seqjax.data import TASK_NAMES, get_task
 from seqjax.models import ARCHS, SequenceModel, hidden_for_params, param_count
 from seqjax.train import (
@@ -216,7 +215,9 @@ def preset_for(task: str, name: str) -> Preset:
 
 def build_models(task, preset: Preset, names: list[str], backend: str) -> dict[str, SequenceModel]:
     """Models of roughly equal parameter counts: the TCN (or the LSTM when the preset fixes its
-    size) sets the budget; every model with ``hidden=None`` matches it."""
+    size) sets the budget. A model keeps a fixed hidden size only if it is the reference, the
+    TCN, or has an arch of its own in the preset (``gru``, ``rnn_tanh``); every other one (the
+    GRU and RNN sharing the LSTM's settings) gets the hidden size that matches the budget."""
     def make(name: str, hidden: int) -> SequenceModel:
         a = preset.arch(name)
         return SequenceModel(
@@ -233,9 +234,10 @@ def build_models(task, preset: Preset, names: list[str], backend: str) -> dict[s
     budget = count(make(reference, preset.arch(reference).hidden))
     models = {}
     for name in names:
-        hidden = preset.arch(name).hidden
-        if name == reference or hidden is not None:
-            models[name] = make(name, hidden)
+        arch = preset.arch(name)
+        shares_lstm_arch = arch is preset.rnn and name != "lstm"
+        if name == reference or (arch.hidden is not None and not shares_lstm_arch):
+            models[name] = make(name, arch.hidden)
         else:
             models[name] = make(name, hidden_for_params(make(name, 8), budget))
     return models
@@ -357,16 +359,8 @@ def parse_args(argv=None):
 
 
 def read_run(run_root: Path) -> dict:
-    """The ``run.json`` of a comparison to ``--resume``, checked (one-line errors)."""
-    check_dir("--resume", run_root)
-    saved = read_json(run_root / "run.json", flag="--resume",
-                      what="the run.json of a tcn_vs_rnn.py run directory "
-                           "(<out>/<task>/<timestamp>)")
-    argv = saved.get("argv")
-    if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
-        raise UserError(f"--resume {run_root}: {run_root / 'run.json'} has no 'argv' list of "
-                        "strings; is it a run directory of tcn_vs_rnn.py?")
-    return saved
+    """The ``run.json`` of a run to ``--resume``, checked (one-line errors)."""
+    return cli_read_run(run_root, script="tcn_vs_rnn.py", layout="<out>/<task>/<timestamp>")
 
 
 def resolve_preset(args: argparse.Namespace) -> Preset:
