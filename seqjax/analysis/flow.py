@@ -53,6 +53,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from seqjax.core.cells import Cell, glorot_uniform, orthogonal, state_dtype
+from seqjax.core.recurrent import rnn
 from seqjax.core.tcn import _temporal_block
 from seqjax.models.sequence import SequenceModel, check_token_ids, embed_tokens
 
@@ -112,19 +113,19 @@ class LinearRNN(Cell):
                 "w_h": self.recurrent_init(kh, (h, h), dtype),
                 "b": jnp.zeros((h,), dtype)}
 
-    def project(self, params: dict, xs: Array) -> Array:
+    def input_projection(self, params: dict, xs: Array) -> Array:
         acc = state_dtype(jnp.promote_types(xs.dtype, params["w_x"].dtype))
         gx = jnp.einsum("...d,dh->...h", xs, params["w_x"], preferred_element_type=acc)
         return gx + params["b"].astype(acc)
 
-    def _fwd(self, rp, h, gx_t):
+    def step_with_residuals(self, rp, h, gx_t):
         h_new = gx_t + jnp.dot(h, rp["w_h"].astype(h.dtype))
         return h_new, None
 
-    def _bwd(self, rp, res, h_prev, dh):
+    def step_vjp(self, rp, res, h_prev, dh):
         return jnp.dot(dh, rp["w_h_t"].astype(dh.dtype)), dh
 
-    def _rgrads(self, rp, res, h_prev, dgx):
+    def recurrent_grads(self, rp, res, h_prev, dgx):
         a = h_prev.reshape(-1, h_prev.shape[-1])
         return {"w_h": a.T @ dgx.reshape(-1, dgx.shape[-1])}
 
@@ -324,8 +325,7 @@ def cell_states(cell: Cell, params: dict, xs: Array, initial_carry: Any = None) 
     _check_xs(cell, xs)
     cell.check_params(params)
     carry0 = _initial_carry(cell, xs, initial_carry)
-    carries = _unroll(cell, params, xs, carry0, _zeros_over_time(carry0, xs.shape[1]))
-    return jax.tree.map(lambda c: jnp.swapaxes(c, 0, 1), carries)
+    return rnn(cell, params, xs, initial_carry=carry0, return_states=True)[2]
 
 
 # --------------------------------------------------------------------------------------------

@@ -6,9 +6,9 @@ path by the update gate, :math:`\partial h_t / \partial h_{t-1} \ni \mathrm{diag
 near 1 keeps the memory (and the gradient), a gate near 0 forgets it; a saturated gate (near 0 or
 1) also has a vanishing derivative :math:`\sigma' = \sigma(1-\sigma)` and learns slowly.
 
-Gates come from the cell's own forward step (the residuals of ``cell._fwd``), so the maths is
-the one :func:`seqjax.rnn` runs: LSTM ``(i, f, g, o)`` with ``g`` a tanh, GRU ``(r, z, n)`` with
-``n`` a tanh (``h_t = (1 - z) n + z h_{t-1}``).
+Gates come from the cell's own forward step (the residuals of ``cell.step_with_residuals``), so
+the maths is the one :func:`seqjax.rnn` runs: LSTM ``(i, f, g, o)`` with ``g`` a tanh, GRU
+``(r, z, n)`` with ``n`` a tanh (``h_t = (1 - z) n + z h_{t-1}``).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from seqjax.core.cells import GRU, LSTM, Cell, state_dtype
+from seqjax.core.recurrent import rnn
 
 Array = jax.Array
 
@@ -67,15 +68,8 @@ def gate_trajectory(cell: Cell, params: dict, xs: Array,
 
 
 def _trajectory_impl(cell, params, xs, carry0):
-    gx = cell.project(params, jnp.swapaxes(xs, 0, 1))
-    rp = cell.recurrent_params(params)
-
-    def body(carry, gx_t):
-        new, res = cell._fwd(rp, carry, gx_t)
-        return new, _split_gates(cell, res)
-
-    _, gates = jax.lax.scan(body, carry0, gx)
-    return {k: jnp.swapaxes(v, 0, 1) for k, v in gates.items()}
+    _, _, res = rnn(cell, params, xs, initial_carry=carry0, return_residuals=True)
+    return _split_gates(cell, res)  # residuals batch-major: each gate [B, T, H]
 
 
 _trajectory = jax.jit(_trajectory_impl, static_argnums=(0,))

@@ -14,20 +14,24 @@ Gate order is PyTorch's and cuDNN's: (i, f, g, o) for LSTMs and (r, z, n) for GR
 convert both ways (:mod:`seqjax.core.interop`). Weights are stored input-major (``w_x [D, G]``,
 ``w_h [H, G]``), i.e. transposed relative to PyTorch's ``weight_ih [G, D]``.
 
-For the scan backend's hand-written VJP (:mod:`seqjax.core.recurrent`) each cell also has
+The time loop (:func:`seqjax.core.recurrent.rnn`) talks to a cell only through its public
+*cell protocol* (see :class:`Cell` and ``docs/cells.md``):
 
-* ``_fwd(rp, carry, gx_t) -> (carry, res)``: the step, also returning the residuals the backward
-  pass needs (activated gates, cell state, ...); ``rp`` are the recurrent params
-  (:meth:`recurrent_params`);
-* ``_bwd(rp, res, carry_prev, dcarry) -> (dcarry_prev, dgx_t)``: the step's VJP from those
+* ``input_projection(params, xs) -> gx``: ``xs [..., D] -> gx [..., G]``, unchecked (``project``
+  is the checked entry point);
+* ``step_with_residuals(rp, carry, gx_t) -> (carry, res)``: the step, also returning the
+  residuals the backward pass needs (activated gates, cell state, ...); ``rp`` are the recurrent
+  params (:meth:`recurrent_params`);
+* ``step_vjp(rp, res, carry_prev, dcarry) -> (dcarry_prev, dgx_t)``: the step's VJP from those
   residuals, without any weight gradient; ``rp`` here also holds ``w_h_t``, the transposed
   recurrent weight, made once outside the loop (a transposed operand inside the loop costs XLA:CPU
-  a transpose per step);
-* ``_rgrads(rp, res, carry_prev, dgx) -> drp``: the recurrent-weight gradients for all steps at
-  once (``res``, ``carry_prev`` and ``dgx`` stacked over time), one big matmul instead of ``T``
-  small ones.
+  a transpose per step); only with ``hand_written_vjp = True``;
+* ``recurrent_grads(rp, res, carry_prev, dgx) -> drp``: the recurrent-weight gradients for all
+  steps at once (``res``, ``carry_prev`` and ``dgx`` stacked over time), one big matmul instead
+  of ``T`` small ones; only with ``hand_written_vjp = True``.
 
-``step`` is ``_fwd`` with the residuals dropped, so the forward maths is written once.
+``step`` is ``step_with_residuals`` with the residuals dropped, so the forward maths is written
+once.
 
 State and accumulation are float32 (float64 for float64 inputs, :func:`state_dtype`) whatever
 the parameter dtype: ``project`` returns the state dtype and ``step`` casts the recurrent weight
@@ -301,17 +305,31 @@ class Cell(abc.ABC):
     The public methods (``init``, ``initial_carry``, ``project``, ``step``, ``__call__``,
     ``check_params``) validate their arguments on static shapes (so also under ``jit``, at trace
     time, at no run-time cost) and raise ``ValueError``/``TypeError`` naming the argument;
-    the underscored ones (``_input_projection``, ``_fwd``, ``_bwd``, ``_rgrads``) that the time
-    loop calls do not.
+    the protocol methods that the time loop calls do not.
+
+    The cell protocol (what a new cell implements; a worked example is in ``docs/cells.md``),
+    with ``B`` batch, ``T`` time, ``D`` input size, ``H`` hidden size, ``G = gate_size``:
+
+    * ``param_shapes() -> {name: shape}`` and ``init(key, dtype) -> params``;
+    * ``input_projection(params, xs [..., D]) -> gx [..., G]`` (unchecked; biases folded in);
+    * ``recurrent_params(params) -> rp``: what the loop needs (default ``{"w_h": ...}``);
+    * ``step_with_residuals(rp, carry, gx_t [B, G]) -> (carry, res)``: one step; ``res`` may be
+      ``None`` when ``hand_written_vjp = False`` (JAX then differentiates this method);
+    * ``step_vjp(rp, res, carry_prev, dcarry) -> (dcarry_prev, dgx_t [B, G])`` and
+      ``recurrent_grads(rp, res [T, ...], carry_prev [T, ...], dgx [T, B, G]) -> drp``: only
+      with ``hand_written_vjp = True``;
+    * ``initial_carry(B)``, ``carry_hidden(carry) -> h [B, H]``, ``with_hidden(carry, h)``: for
+      carries other than a plain ``h [B, H]``;
+    * ``kernel``/``kernel_options()``: the fused-kernel family computing the cell exactly, if any.
     """
 
     input_size: int
     hidden_size: int
     #: Number of gate blocks of width ``hidden_size`` in ``gx``.
     num_gates: int = 1
-    #: Whether the cell has ``_bwd``/``_rgrads`` for the scan backend's hand-written VJP. Cells
-    #: without (the memory cells of :mod:`seqjax.core.memory`) are differentiated by JAX through the
-    #: same ``_fwd`` (``_fwd`` may then return ``None`` residuals).
+    #: Whether the cell has ``step_vjp``/``recurrent_grads`` for the scan backend's hand-written
+    #: VJP. Cells without (the memory cells of :mod:`seqjax.core.memory`) are differentiated by JAX
+    #: through the same ``step_with_residuals`` (which may then return ``None`` residuals).
     hand_written_vjp: bool = True
     #: The fused-kernel family that computes this cell exactly (``"lstm"``, ``"gru"``; see
     #: :mod:`seqjax.kernels`), ``None`` for none. A subclass that changes the maths (the peephole
@@ -351,9 +369,9 @@ class Cell(abc.ABC):
         if not shape or shape[-1] != self.input_size:
             raise ValueError(f"xs.shape={shape} must be [..., {self.input_size}] "
                              f"(input_size of {self!r})")
-        return self._input_projection(params, xs)
+        return self.input_projection(params, xs)
 
-    def _input_projection(self, params: Params, xs: Array) -> Array:
+    def input_projection(self, params: Params, xs: Array) -> Array:
         raise NotImplementedError(f"{type(self).__name__} defines no input projection")
 
     def step(self, params: Params, carry: Any, gx_t: Array) -> tuple[Any, Array]:
@@ -369,7 +387,7 @@ class Cell(abc.ABC):
             raise ValueError(f"gx_t.shape={shape} must be [B, {self.gate_size}] (the "
                              f"projection of one step's inputs, G = gate_size of {self!r})")
         check_carry(self, carry, shape[0], "carry")
-        new, _ = self._fwd(self.recurrent_params(params), carry, gx_t)
+        new, _ = self.step_with_residuals(self.recurrent_params(params), carry, gx_t)
         return new, self.carry_hidden(new)
 
     def recurrent_params(self, params: Params) -> Params:
@@ -439,22 +457,22 @@ class SimpleRNN(Cell):
             "b": jnp.zeros((h,), dtype),
         }
 
-    def _input_projection(self, params: Params, xs: Array) -> Array:
+    def input_projection(self, params: Params, xs: Array) -> Array:
         return _project(xs, params["w_x"], params["b"])
 
-    def _fwd(self, rp, h, gx_t):
+    def step_with_residuals(self, rp, h, gx_t):
         pre = gx_t + _matmul(h, rp["w_h"])
         h_new = jnp.tanh(pre) if self.activation == "tanh" else jax.nn.relu(pre)
         return h_new, h_new
 
-    def _bwd(self, rp, h_new, h_prev, dh):
+    def step_vjp(self, rp, h_new, h_prev, dh):
         if self.activation == "tanh":
             dpre = dh * (1.0 - h_new * h_new)
         else:
             dpre = jnp.where(h_new > 0, dh, 0.0)
         return _matmul(dpre, rp["w_h_t"]), dpre
 
-    def _rgrads(self, rp, res, h_prev, dgx):
+    def recurrent_grads(self, rp, res, h_prev, dgx):
         return {"w_h": _outer_sum(h_prev, dgx)}
 
 
@@ -523,7 +541,7 @@ class LSTM(Cell):
     def with_hidden(self, carry, h):
         return (h, carry[1])
 
-    def _input_projection(self, params: Params, xs: Array) -> Array:
+    def input_projection(self, params: Params, xs: Array) -> Array:
         return _project(xs, params["w_x"], params["b"])
 
     def _gates(self, pre):
@@ -532,7 +550,7 @@ class LSTM(Cell):
         shift = 1.0 - scale  # 1/2 on sigmoid gates, 0 on g
         return jnp.tanh(pre * scale) * scale + shift
 
-    def _fwd(self, rp, carry, gx_t):
+    def step_with_residuals(self, rp, carry, gx_t):
         h, c = carry
         hid = self.hidden_size
         acts = self._gates(gx_t + _matmul(h, rp["w_h"]))
@@ -542,7 +560,7 @@ class LSTM(Cell):
         h_new = o * tc
         return (h_new, c_new), (acts, tc)
 
-    def _bwd(self, rp, res, carry_prev, dcarry):
+    def step_vjp(self, rp, res, carry_prev, dcarry):
         acts, tc = res
         _, c_prev = carry_prev
         dh, dc = dcarry
@@ -560,7 +578,7 @@ class LSTM(Cell):
         )
         return (_matmul(dpre, rp["w_h_t"]), dc * f), dpre
 
-    def _rgrads(self, rp, res, carry_prev, dgx):
+    def recurrent_grads(self, rp, res, carry_prev, dgx):
         return {"w_h": _outer_sum(carry_prev[0], dgx)}
 
 
@@ -597,7 +615,7 @@ class PeepholeLSTM(LSTM):
     def recurrent_params(self, params):
         return {k: params[k] for k in ("w_h", "p_i", "p_f", "p_o")}
 
-    def _fwd(self, rp, carry, gx_t):
+    def step_with_residuals(self, rp, carry, gx_t):
         h, c = carry
         hid = self.hidden_size
         p_i, p_f, p_o = (rp[k].astype(c.dtype) for k in ("p_i", "p_f", "p_o"))
@@ -614,7 +632,7 @@ class PeepholeLSTM(LSTM):
         acts = jnp.concatenate([i, f, g, o], axis=-1)
         return (h_new, c_new), (acts, tc, c_new)
 
-    def _bwd(self, rp, res, carry_prev, dcarry):
+    def step_vjp(self, rp, res, carry_prev, dcarry):
         acts, tc, _ = res
         _, c_prev = carry_prev
         dh, dc = dcarry
@@ -629,7 +647,7 @@ class PeepholeLSTM(LSTM):
         dc_prev = dc * f + dpre_i * p_i + dpre_f * p_f
         return (_matmul(dpre, rp["w_h_t"]), dc_prev), dpre
 
-    def _rgrads(self, rp, res, carry_prev, dgx):
+    def recurrent_grads(self, rp, res, carry_prev, dgx):
         _, _, c_new = res
         h_prev, c_prev = carry_prev
         hid = self.hidden_size
@@ -697,13 +715,13 @@ class GRU(Cell):
             "b_h": jnp.zeros((3 * h,), dtype),
         }
 
-    def _input_projection(self, params: Params, xs: Array) -> Array:
+    def input_projection(self, params: Params, xs: Array) -> Array:
         return _project(xs, params["w_x"], params["b_x"])
 
     def recurrent_params(self, params):
         return {"w_h": params["w_h"], "b_h": params["b_h"]}
 
-    def _fwd(self, rp, h, gx_t):
+    def step_with_residuals(self, rp, h, gx_t):
         hid = self.hidden_size
         w_h, b_h = rp["w_h"], rp["b_h"].astype(h.dtype)
         if self.reset == "after":
@@ -722,7 +740,7 @@ class GRU(Cell):
         h_new = n + u * (h - n)
         return h_new, res
 
-    def _bwd(self, rp, res, h_prev, dh):
+    def step_vjp(self, rp, res, h_prev, dh):
         hid = self.hidden_size
         rz, n = res[0], res[1]
         r, u = rz[:, :hid], rz[:, hid:]
@@ -744,7 +762,7 @@ class GRU(Cell):
             dgx = jnp.concatenate([drz, dpre_n], axis=-1)
         return dh_prev, dgx
 
-    def _rgrads(self, rp, res, h_prev, dgx):
+    def recurrent_grads(self, rp, res, h_prev, dgx):
         hid = self.hidden_size
         r = res[0][..., :hid]
         if self.reset == "after":

@@ -184,7 +184,7 @@ def _scan_forward(cell: Cell, unroll: int, chunk: int, params, xs, carry0, lengt
 
     def step(carry, inp):
         t, gx_t = inp
-        new, res = cell._fwd(rp, carry, gx_t)
+        new, res = cell.step_with_residuals(rp, carry, gx_t)
         if lengths is not None:
             new = _where_tree(t < lengths, new, carry)
         return new, ((new, res) if save else cell.carry_hidden(new))
@@ -242,7 +242,7 @@ def _scan_bwd(cell, unroll, chunk, saved, cts):
     def step(dcarry, inp):
         t, res_t, prev_t, dh_t = inp
         d_in = cell.with_hidden(dcarry, cell.carry_hidden(dcarry) + dh_t)
-        dprev, dgx_t = cell._bwd(rp_bwd, res_t, prev_t, d_in)
+        dprev, dgx_t = cell.step_vjp(rp_bwd, res_t, prev_t, d_in)
         if lengths is not None:  # a padding step is the identity on the carry and outputs 0
             m = t < lengths
             dprev = _where_tree(m, dprev, dcarry)
@@ -259,7 +259,7 @@ def _scan_bwd(cell, unroll, chunk, saved, cts):
         _, project_vjp = jax.vjp(cell.project, params, x_c)
         dp, dx_c = project_vjp(dgx_c)
         dp = dict(dp)
-        for name, g in cell._rgrads(rp, res_c, prev_c, dgx_c).items():
+        for name, g in cell.recurrent_grads(rp, res_c, prev_c, dgx_c).items():
             dp[name] = dp[name] + g
         dparams = jax.tree.map(lambda a, g: a + g.astype(acc_dtype), dparams, dp)
         return (dcarry, dparams), dx_c
@@ -278,7 +278,7 @@ _scan.defvjp(_scan_fwd, _scan_bwd)
 
 def _scan_autodiff(cell: Cell, unroll: int, rp, gx, carry0, lengths, remat: bool):
     """The same loop differentiated by JAX (``remat=True``: only carries are kept)."""
-    fwd = functools.partial(cell._fwd, rp)
+    fwd = functools.partial(cell.step_with_residuals, rp)
 
     def step(carry, gx_t):
         return fwd(carry, gx_t)[0]
@@ -298,6 +298,33 @@ def _scan_autodiff(cell: Cell, unroll: int, rp, gx, carry0, lengths, remat: bool
     if lengths is not None:
         hs = jnp.where((jnp.arange(steps)[:, None] < lengths)[..., None], hs, 0.0)
     return hs, carry
+
+
+def _scan_states(cell: Cell, unroll: int, rp, gx, carry0, lengths, remat: bool):
+    """:func:`_scan_autodiff` that also returns every step's carry and residuals, time-major
+    ``[T, B, ...]`` and zero past each length: ``(hs, carry, states, residuals)``."""
+    step = functools.partial(cell.step_with_residuals, rp)
+    if remat:
+        step = jax.checkpoint(step)
+
+    def body(carry, inp):
+        t, gx_t = inp
+        new, res = step(carry, gx_t)
+        if lengths is not None:
+            new = _where_tree(t < lengths, new, carry)
+        return new, (new, res)
+
+    steps = gx.shape[0]
+    carry, (states, res) = jax.lax.scan(body, carry0, (jnp.arange(steps), gx), unroll=unroll)
+    if lengths is not None:
+        valid = jnp.arange(steps)[:, None] < lengths[None, :]  # [T, B]
+
+        def mask(x):
+            return jnp.where(valid.reshape(valid.shape + (1,) * (x.ndim - 2)), x,
+                             jnp.zeros((), x.dtype))
+
+        states, res = jax.tree.map(mask, states), jax.tree.map(mask, res)
+    return jax.vmap(cell.carry_hidden)(states), carry, states, res
 
 
 # ------------------------------------------------------------------------------------------
@@ -345,7 +372,9 @@ def rnn(
     unroll: int = 1,
     remat: bool = False,
     time_major: bool = False,
-) -> tuple[Array, Any]:
+    return_states: bool = False,
+    return_residuals: bool = False,
+) -> tuple:
     """Run ``cell`` over a batch of sequences.
 
     Args:
@@ -371,10 +400,19 @@ def rnn(
       remat: recompute each step in the backward pass instead of storing its activations
         (memory ``O(T B H)`` carries only, at the cost of a second forward).
       time_major: ``xs`` and the outputs are ``[T, B, ...]``.
+      return_states: also return ``states``, the carry after every step (a carry pytree with
+        every leaf stacked over time, ``[B, T, ...]``; ``[T, B, ...]`` if ``time_major``), zero
+        at ``t >= seq_lengths[b]`` and aligned with the inputs like ``ys`` (also for
+        ``reverse``). Runs the scan loop differentiated by JAX (no fused kernel).
+      return_residuals: also return the residuals of every step's
+        ``cell.step_with_residuals`` (stacked and masked like ``states``; ``None`` for cells
+        without); e.g. an LSTM's activated gates.
 
     Returns:
       ``(ys, final_carry)``: ``ys [B, T, H]`` in the dtype of ``xs``; the final carry in
-      float32 (state is at least float32, float64 for float64 inputs).
+      float32 (state is at least float32, float64 for float64 inputs). With ``return_states``
+      and/or ``return_residuals``: ``(ys, final_carry, states)``, ``(ys, final_carry,
+      residuals)`` or ``(ys, final_carry, states, residuals)``.
 
     Raises:
       TypeError / ValueError: naming the argument and the expected and received shape or dtype
@@ -395,35 +433,89 @@ def rnn(
     if steps == 0 or batch == 0:
         ys = jnp.zeros((steps, batch, cell.hidden_size) if time_major
                        else (batch, steps, cell.hidden_size), out_dtype)
+        if return_states or return_residuals:
+            return _empty_states(cell, params, carry0, steps, batch, time_major, ys,
+                                 return_states, return_residuals)
         return ys, carry0
 
+    xs_tm = _time_major_inputs(xs, lengths, reverse, time_major)
+    if return_states or return_residuals:
+        return _run_with_states(cell, params, xs_tm, carry0, lengths, unroll, remat, reverse,
+                                time_major, out_dtype, return_states, return_residuals)
+    choice = resolve_backend(cell, backend, dtype=xs.dtype, batch=batch, steps=steps)
+    hs, carry = _run_loop(cell, choice.name, params, xs_tm, carry0, lengths, unroll, remat)
+    if reverse:
+        hs = _reverse_padded(hs, lengths)
+    ys = hs.astype(out_dtype)
+    return (ys if time_major else jnp.swapaxes(ys, 0, 1)), carry
+
+
+def _time_major_inputs(xs, lengths, reverse: bool, time_major: bool) -> Array:
+    """``xs`` as ``[T, B, D]``, reversed within each length if ``reverse``, padding zeroed."""
     xs_tm = xs if time_major else jnp.swapaxes(xs, 0, 1)
     if reverse:
         xs_tm = _reverse_padded(xs_tm, lengths)
     if lengths is not None:
         # Zero the padding before the input projection: a NaN/inf there would otherwise reach
         # dW_x (NaN * 0 = NaN), and padding must change neither values nor gradients.
-        valid = jnp.arange(steps)[:, None] < lengths[None, :]  # [T, B]
+        valid = jnp.arange(xs_tm.shape[0])[:, None] < lengths[None, :]  # [T, B]
         xs_tm = jnp.where(valid[..., None], xs_tm, jnp.zeros((), xs_tm.dtype))
-    choice = resolve_backend(cell, backend, dtype=xs.dtype, batch=batch, steps=steps)
-    if choice.name == "scan" and not remat and cell.hand_written_vjp:
-        hs, carry = _scan(cell, unroll, min(CHUNK, steps), params, xs_tm, carry0, lengths)
-    else:
-        gx = cell.project(params, xs_tm)  # [T, B, G]: the input projection of all steps at once
-        rp = cell.recurrent_params(params)
-        if choice.name == "pallas":
-            from seqjax.kernels import run_kernel  # lazily: kernels are optional on CPU
+    return xs_tm
 
-            if remat or unroll != 1:
-                _warn_once(f"rnn(backend='pallas'): remat={remat} and unroll={unroll} do not "
-                           "apply to the fused kernel (it loops inside one kernel and saves its "
-                           "own residuals); they are ignored there")
-            hs, carry = run_kernel(cell.kernel, rp, gx, carry0, lengths,
-                                   hidden_size=cell.hidden_size, **cell.kernel_options())
-        else:
-            hs, carry = _scan_autodiff(cell, unroll, rp, gx, carry0, lengths, remat=remat)
 
-    if reverse:
-        hs = _reverse_padded(hs, lengths)
-    ys = hs.astype(out_dtype)
-    return (ys if time_major else jnp.swapaxes(ys, 0, 1)), carry
+def _run_loop(cell, backend: str, params, xs_tm, carry0, lengths, unroll: int, remat: bool):
+    """The time loop of the resolved ``backend``: ``xs_tm [T, B, D] -> (hs [T, B, H], carry)``."""
+    steps = xs_tm.shape[0]
+    if backend == "scan" and not remat and cell.hand_written_vjp:
+        return _scan(cell, unroll, min(CHUNK, steps), params, xs_tm, carry0, lengths)
+    gx = cell.project(params, xs_tm)  # [T, B, G]: the input projection of all steps at once
+    rp = cell.recurrent_params(params)
+    if backend == "pallas":
+        from seqjax.kernels import run_kernel  # lazily: kernels are optional on CPU
+
+        if remat or unroll != 1:
+            _warn_once(f"rnn(backend='pallas'): remat={remat} and unroll={unroll} do not "
+                       "apply to the fused kernel (it loops inside one kernel and saves its "
+                       "own residuals); they are ignored there")
+        return run_kernel(cell.kernel, rp, gx, carry0, lengths,
+                          hidden_size=cell.hidden_size, **cell.kernel_options())
+    return _scan_autodiff(cell, unroll, rp, gx, carry0, lengths, remat=remat)
+
+
+def _run_with_states(cell, params, xs_tm, carry0, lengths, unroll, remat, reverse, time_major,
+                     out_dtype, return_states, return_residuals):
+    """The ``return_states``/``return_residuals`` path of :func:`rnn` (``xs_tm`` time-major,
+    already reversed and with its padding zeroed)."""
+    gx = cell.project(params, xs_tm)
+    rp = cell.recurrent_params(params)
+    hs, carry, states, res = _scan_states(cell, unroll, rp, gx, carry0, lengths, remat)
+
+    def layout(x):
+        if reverse:
+            x = _reverse_padded(x, lengths)
+        return x if time_major else jnp.swapaxes(x, 0, 1)
+
+    out = (layout(hs).astype(out_dtype), carry)
+    if return_states:
+        out += (jax.tree.map(layout, states),)
+    if return_residuals:
+        out += (jax.tree.map(layout, res),)
+    return out
+
+
+def _empty_states(cell, params, carry0, steps, batch, time_major, ys, return_states,
+                  return_residuals):
+    """:func:`_run_with_states` for ``T = 0`` or ``B = 0``: zero-size stacks of the right shapes."""
+    def stacked(x):
+        lead = (steps, batch) if time_major else (batch, steps)
+        return jnp.zeros(lead + tuple(x.shape[1:]), x.dtype)
+
+    out = (ys, carry0)
+    if return_states:
+        out += (jax.tree.map(stacked, carry0),)
+    if return_residuals:
+        gx_t = jax.ShapeDtypeStruct((batch, cell.gate_size), state_dtype(ys.dtype))
+        res = jax.eval_shape(cell.step_with_residuals, cell.recurrent_params(params), carry0,
+                             gx_t)[1]
+        out += (jax.tree.map(stacked, res),)
+    return out

@@ -15,7 +15,8 @@ BPTT carries its memory across chunks. Its step:
    on top gives the NTM's and the DNC's output layer ``y_t = W_y h_t + W_r r_t``.
 
 The memory cells have no hand-written VJP (``hand_written_vjp = False``): JAX differentiates the
-scan through ``_fwd`` (``rnn(..., remat=True)`` keeps only the carries and recomputes the steps).
+scan through ``step_with_residuals`` (``rnn(..., remat=True)`` keeps only the carries and
+recomputes the steps).
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ from seqjax.core.cells import (
     check_key,
     glorot_uniform,
     make_cell,
-    state_dtype,
 )
 
 Array = jax.Array
@@ -138,10 +138,10 @@ class MemoryCell(Cell):
 
     # -- the Cell interface ------------------------------------------------------------------
 
-    def _input_projection(self, params: dict, xs: Array) -> Array:
+    def input_projection(self, params: dict, xs: Array) -> Array:
         """``xs [..., D] -> [..., G]``: the controller's input projection of ``x`` alone."""
         ctrl = params["controller"]
-        return self.controller_cell._input_projection(
+        return self.controller_cell.input_projection(
             dict(ctrl, w_x=ctrl["w_x"][: self.input_size]), xs)
 
     def recurrent_params(self, params: dict) -> dict:
@@ -156,12 +156,13 @@ class MemoryCell(Cell):
     def with_hidden(self, carry: Any, h: Array) -> Any:
         raise TypeError(f"{type(self).__name__} has no single hidden state to replace")
 
-    def _fwd(self, rp: dict, carry: Any, gx_t: Array) -> tuple[Any, None]:
+    def step_with_residuals(self, rp: dict, carry: Any, gx_t: Array) -> tuple[Any, None]:
         ctrl_cell, ctrl = self.controller_cell, rp["controller"]
         reads = carry.reads.reshape(carry.reads.shape[0], -1)
         w_r = ctrl["w_x"][self.input_size:].astype(gx_t.dtype)
         gx = gx_t + jnp.dot(reads.astype(gx_t.dtype), w_r, preferred_element_type=gx_t.dtype)
-        ctrl_carry, _ = ctrl_cell._fwd(ctrl_cell.recurrent_params(ctrl), carry.controller, gx)
+        ctrl_carry, _ = ctrl_cell.step_with_residuals(
+            ctrl_cell.recurrent_params(ctrl), carry.controller, gx)
         h = ctrl_cell.carry_hidden(ctrl_carry)
         w_i, b_i = rp["interface"]["w"], rp["interface"]["b"]
         xi = jnp.dot(h, w_i.astype(h.dtype), preferred_element_type=h.dtype) + b_i.astype(h.dtype)
@@ -194,16 +195,9 @@ def run_with_states(cell: Cell, params: dict, xs: Array, *, initial_carry: Any =
     cell.check_params(params)
     if initial_carry is not None:
         check_carry(cell, initial_carry, batch, "initial_carry")
+    from seqjax.core.recurrent import rnn  # lazily: recurrent imports the cells
+
     xs = jnp.asarray(xs)
-    acc = state_dtype(xs.dtype)
-    carry = cell.initial_carry(batch, acc) if initial_carry is None else initial_carry
-    gx = cell._input_projection(params, jnp.swapaxes(xs, 0, 1))
-    rp = cell.recurrent_params(params)
-
-    def body(c, gx_t):
-        new, _ = cell._fwd(rp, c, gx_t)
-        return new, new
-
-    _, carries = jax.lax.scan(body, carry, gx)
-    ys = jax.vmap(cell.carry_hidden)(carries)  # over time
-    return jnp.swapaxes(ys, 0, 1), jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), carries)
+    _, _, carries = rnn(cell, params, xs, initial_carry=initial_carry, return_states=True)
+    ys = jax.vmap(cell.carry_hidden, in_axes=1, out_axes=1)(carries)  # over time, state dtype
+    return ys, carries
