@@ -81,7 +81,10 @@ def find_unfinished(runs: Path, row: str, seed: int, models: str | None) -> Path
             saved = json.loads(run_json.read_text())
         except json.JSONDecodeError:
             continue
-        if saved.get("argv", [])[: len(argv)] == argv and not (
+        # the run's own arguments are exactly these (then --out ...): a part-row run of
+        # --models tcn is not the whole row's run
+        ran = saved.get("argv", [])
+        if ran[: len(argv)] == argv and ran[len(argv): len(argv) + 1] == ["--out"] and not (
                 run_json.parent / "results.json").exists():
             candidates.append(run_json.parent)
     return candidates[-1] if candidates else None

@@ -1,0 +1,59 @@
+"""experiments/table1.py finds the run to resume for a row, seed and model subset, and the
+renderer merges a seed's parts into one row beside the paper's numbers."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load(name, path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+table1 = _load("table1", ROOT / "experiments" / "table1.py")
+results_table = _load("results_table", ROOT / "docs" / "results_table.py")
+
+
+def _run(runs, stamp, argv, finished=False):
+    run_dir = runs / "adding" / stamp
+    run_dir.mkdir(parents=True)
+    (run_dir / "run.json").write_text(json.dumps({"argv": argv + ["--out", str(runs)]}))
+    if finished:
+        (run_dir / "results.json").write_text("{}")
+    return run_dir
+
+
+def test_find_unfinished_matches_row_seed_and_models_exactly(tmp_path):
+    whole = table1.row_argv("adding", 0, None)
+    tcn = table1.row_argv("adding", 0, "tcn")
+    a = _run(tmp_path, "20261130-010000", tcn)
+    assert table1.find_unfinished(tmp_path, "adding", 0, None) is None  # a part is not the row
+    assert table1.find_unfinished(tmp_path, "adding", 0, "tcn") == a
+    b = _run(tmp_path, "20261130-020000", whole)
+    _run(tmp_path, "20261130-030000", whole, finished=True)
+    _run(tmp_path, "20261130-040000", table1.row_argv("adding", 1, None))
+    assert table1.find_unfinished(tmp_path, "adding", 0, None) == b
+    assert table1.find_unfinished(tmp_path, "adding", 2, None) is None
+    assert table1.suffix("tcn,lstm") == "-tcn-lstm" and table1.suffix(None) == ""
+
+
+def test_table1_merges_the_parts_of_a_seed(tmp_path):
+    def part(name, models, wall):
+        seed = tmp_path / "jsb" / "seed0"
+        seed.mkdir(parents=True, exist_ok=True)
+        (seed / name).write_text(json.dumps({
+            "seed": 0, "steps": 22900, "total_wall_s": wall,
+            "provenance": {"devices": "1 x cpu cpu", "cpu_count": 2},
+            "models": {m: {"test_metric": v} for m, v in models.items()}}))
+
+    part("results-tcn.json", {"tcn": 8.2}, 600.0)
+    part("results-lstm-gru-rnn.json", {"lstm": 8.5, "gru": 8.6, "rnn": 8.9}, 1200.0)
+    text = results_table.table1(tmp_path)
+    assert ("| JSB Chorales (nll) | 8.2 (8.1) | 8.5 (8.45) | 8.6 (8.43) | 8.9 (8.91) | 0 | 22,900 "
+            "| 30 min, 2-core CPU |") in text
+    assert "adding" not in text  # rows without runs are left out
