@@ -29,8 +29,9 @@ from seqjax.cli import (
 )
 from seqjax.data import resolve_data_dir
 from seqjax.data import sentiment as mr
-from seqjax.models.classify import Classifier, evaluate, make_classifier_step
+from seqjax.models.classify import Classifier, evaluate
 from seqjax.models.word2vec import Word2Vec, train_word2vec
+from seqjax.train import make_classifier_step
 
 MODELS = {
     "bilstm": dict(kind="lstm", bidirectional=True, pool="final"),

@@ -7,7 +7,8 @@ import optax
 import pytest
 
 from seqjax.data import sentiment as mr
-from seqjax.models.classify import Classifier, evaluate, make_classifier_step
+from seqjax.models.classify import Classifier, evaluate
+from seqjax.train import make_classifier_step
 
 V = 12
 

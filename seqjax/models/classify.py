@@ -33,7 +33,7 @@ from seqjax.core.layers import init_stack, stack_cells, stacked
 from seqjax.core.tcn import TCN
 from seqjax.models.sequence import check_lengths, check_params, check_token_ids, embed_tokens
 
-__all__ = ["Classifier", "cross_entropy", "accuracy", "make_classifier_step", "evaluate"]
+__all__ = ["Classifier", "cross_entropy", "accuracy", "evaluate"]
 
 Array = jax.Array
 _RNN_KINDS = ("lstm", "gru", "rnn")
@@ -271,32 +271,6 @@ def accuracy(logits: Array, labels: Array) -> Array:
     labels = labels if hasattr(labels, "dtype") else np.asarray(labels)
     _check_labels(logits, labels)
     return (logits.argmax(-1) == labels).mean()
-
-
-def make_classifier_step(model: Classifier, optimizer: optax.GradientTransformation):
-    """A jitted ``step(params, opt_state, tokens, lengths, labels, key) -> (params, opt_state,
-    loss, acc)``; one compilation per padded length.
-
-    A thin wrapper over :func:`seqjax.train.loop.make_train_step` (the library's one train
-    step): the dropout key is the caller's ``key``, not one folded from a step counter.
-    """
-    from seqjax.train.loop import make_train_step
-    from seqjax.train.state import TrainState
-
-    def loss_fn(params, batch, _step_key, train):
-        tokens, lengths, labels, key = batch
-        logits = model.apply(params, tokens, lengths, train=train, key=key)
-        return cross_entropy(logits, labels), {"acc": accuracy(logits, labels)}
-
-    train_step = make_train_step(loss_fn, optimizer, donate=False)
-
-    def step(params, opt_state, tokens, lengths, labels, key):
-        state = TrainState(params=params, opt_state=opt_state, step=np.int32(0),
-                           key=np.zeros(2, np.uint32))
-        state, metrics = train_step(state, (tokens, lengths, labels, key))
-        return state.params, state.opt_state, metrics["loss"], metrics["acc"]
-
-    return step
 
 
 def evaluate(model: Classifier, params: dict, batches) -> float:

@@ -40,7 +40,7 @@ from seqjax.train.parallel import (
 from seqjax.train.plot import plot_curves
 from seqjax.train.provenance import run_provenance
 from seqjax.train.state import TrainState
-from seqjax.train.tasks import fit_task, make_task_evaluator, task_loss_fn
+from seqjax.train.tasks import fit_task, make_classifier_step, make_task_evaluator, task_loss_fn
 from seqjax.train.tbptt import (
     StreamBatch,
     TokenStreams,
@@ -79,6 +79,7 @@ __all__ = [
     "make_optimizer",
     "make_schedule",
     "evaluate_stream",
+    "make_classifier_step",
     "make_task_evaluator",
     "make_tbptt_loss_fn",
     "make_train_step",

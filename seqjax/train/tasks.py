@@ -10,10 +10,14 @@ import itertools
 from typing import Any, Callable
 
 import jax
+import numpy as np
+import optax
 
-from seqjax.train.loop import FitResult, fit
+from seqjax.models.classify import Classifier, accuracy, cross_entropy
+from seqjax.train.loop import FitResult, fit, make_train_step
+from seqjax.train.state import TrainState
 
-__all__ = ["task_loss_fn", "make_task_evaluator", "fit_task"]
+__all__ = ["task_loss_fn", "make_task_evaluator", "fit_task", "make_classifier_step"]
 
 
 def task_loss_fn(model: Any, task: Any) -> Callable:
@@ -99,3 +103,26 @@ def fit_task(
         log_every=max(1, eval_every // 5),
         **fit_kwargs,
     )
+
+
+def make_classifier_step(model: Classifier, optimizer: optax.GradientTransformation) -> Callable:
+    """A jitted ``step(params, opt_state, tokens, lengths, labels, key) -> (params, opt_state,
+    loss, acc)``; one compilation per padded length.
+
+    A thin wrapper over :func:`make_train_step` (the library's one train
+    step): the dropout key is the caller's ``key``, not one folded from a step counter.
+    """
+    def loss_fn(params, batch, _step_key, train):
+        tokens, lengths, labels, key = batch
+        logits = model.apply(params, tokens, lengths, train=train, key=key)
+        return cross_entropy(logits, labels), {"acc": accuracy(logits, labels)}
+
+    train_step = make_train_step(loss_fn, optimizer, donate=False)
+
+    def step(params, opt_state, tokens, lengths, labels, key):
+        state = TrainState(params=params, opt_state=opt_state, step=np.int32(0),
+                           key=np.zeros(2, np.uint32))
+        state, metrics = train_step(state, (tokens, lengths, labels, key))
+        return state.params, state.opt_state, metrics["loss"], metrics["acc"]
+
+    return step
