@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -29,27 +29,39 @@ __all__ = [
     "DEFAULT_MAX_PROGRAMS",
     "GPU",
     "TPU",
+    "WEIGHT_DTYPES",
+    "BlockSizes",
     "PersistentGrid",
+    "PersistentProgram",
+    "TpuSpecs",
     "cdiv",
     "check_block_sizes",
+    "check_kernel_args",
     "default_max_programs",
     "default_persistent_blocks",
     "dot_nt",
+    "f32",
+    "gate_major_weights",
     "gpu_barrier",
     "grid_barrier",
     "interpret_arg",
     "is_persistent",
     "k_tiling",
+    "kernel_lengths",
     "kernel_platform",
     "largest_divisor_at_most",
+    "live_outputs",
     "next_pow2",
     "pad_bh",
     "persistent_call",
     "persistent_grid",
     "resident_num_warps",
+    "resident_weights",
     "round_up",
+    "sequential_program",
     "sigmoid",
     "tile",
+    "tpu_call",
 ]
 
 GPU = "gpu"
@@ -399,3 +411,322 @@ def persistent_call(bs: Any, grid: PersistentGrid, phases: int, kernel_gpu, kern
         return outs[:-1]
 
     return call
+
+
+# ------------------------------------------------------------------------------------------
+# The static choices every recurrent kernel takes
+# ------------------------------------------------------------------------------------------
+
+#: Supported dtypes of the recurrent params (state and accumulation are always float32).
+WEIGHT_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
+
+_TPU_VMEM_BUDGET = 48 * 2**20  # what default() plans for (v7x has 64 MiB per core)
+_TPU_VMEM_CAP = 60 * 2**20
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockSizes:
+    """Static kernel choices shared by the recurrent kernels (hashable: a subclass travels as
+    its op's one non-differentiable argument). Subclasses (:class:`seqjax.kernels.LSTMBlockSizes`,
+    :class:`seqjax.kernels.GRUBlockSizes`) set the class constants of their family and may add
+    fields.
+
+    Attributes:
+      platform: ``"gpu"`` (persistent Triton kernel) or ``"tpu"`` (Mosaic kernel).
+      block_b: batch rows per block (GPU: a power of two >= 16, the minimum ``tl.dot`` size;
+        TPU: a multiple of 8).
+      block_h: hidden units per program (GPU: a power of two >= 16; each program owns the gate
+        columns of its units); TPU: the whole padded hidden size, a multiple of 128.
+      block_t: time steps per grid step (TPU only; divides ``T``). 1 on GPU.
+      num_warps, num_stages: Triton launch parameters (GPU only). ``num_stages=1`` (no software
+        pipelining): each step reads through global memory what other programs wrote before the
+        grid barrier, and Triton's pipeliner would prefetch those loads across it.
+      vmem_limit_bytes: Mosaic scoped-VMEM limit (TPU only; ``None``: the compiler's default).
+      interpret: run in Pallas interpret mode (CPU tests); ``False`` to lower for the device.
+      max_programs: GPU only: the most programs the persistent kernel may launch. They all wait
+        for each other every step, so they must all be resident at once: keep it <= the SMs of
+        the GPU (the field's default is 132, an H100/H200 SXM; :meth:`default` uses the SM
+        count of the local GPU when the process has one: 114 on an H100 PCIe, 108 on an A100).
+        Batch blocks beyond it are looped over inside the programs.
+    """
+
+    platform: str
+    block_b: int
+    block_h: int
+    block_t: int = 1
+    num_warps: int = 4
+    num_stages: int = 1
+    vmem_limit_bytes: int | None = None
+    interpret: bool = False
+    max_programs: int = DEFAULT_MAX_PROGRAMS
+
+    #: Gates of the family: rows of its gate-major recurrent weight ``[G, Hp, Hp]``.
+    GATES: ClassVar[int] = 0
+    #: The TPU VMEM model: ``[block_b, Hp]`` float32 tiles per time step (the larger of forward
+    #: and backward) and outside the time blocks (scratch and the state blocks).
+    TPU_STEP_TILES: ClassVar[int] = 0
+    TPU_STATE_TILES: ClassVar[int] = 0
+
+    def __post_init__(self):
+        check_block_sizes(self.platform, self.block_b, self.block_h, self.block_t)
+        self._check_options()
+        if self.max_programs < 1:
+            raise ValueError(f"max_programs={self.max_programs} must be positive")
+
+    def _check_options(self) -> None:
+        """Validate a subclass's own fields (none here)."""
+
+    @classmethod
+    def tpu_vmem_bytes(cls, block_b: int, block_t: int, hidden_p: int) -> int:
+        """VMEM the TPU kernels need (the larger of forward and backward), double-buffered
+        blocks: the weight ``[G, Hp, Hp]`` (f32) double-buffered, ``TPU_STEP_TILES`` tiles per
+        step of a time block (double-buffered) and ``TPU_STATE_TILES`` more."""
+        tile = block_b * hidden_p * 4
+        weight = 2 * cls.GATES * hidden_p * hidden_p * 4
+        return weight + 2 * block_t * (cls.TPU_STEP_TILES * tile) + cls.TPU_STATE_TILES * tile
+
+    @classmethod
+    def _default(cls, shape: tuple[int, int, int], dtype: Any, platform: str, *,
+                 interpret: bool, **fields):
+        """What the subclasses' ``default()`` return (their docstrings say what it picks);
+        ``fields`` are the subclass's own fields."""
+        steps, batch, hidden = (int(s) for s in shape)
+        if jnp.dtype(dtype) not in WEIGHT_DTYPES:
+            raise TypeError(f"dtype={jnp.dtype(dtype)} must be float32 or bfloat16")
+        style, on_cpu = kernel_platform(platform)
+        interpret = bool(interpret or on_cpu)
+        if style == GPU:
+            cap = default_max_programs()
+            block_b, block_h, grid = default_persistent_blocks(batch, hidden, cap)
+            weight_bytes = cls.GATES * grid.hidden_p * block_h * jnp.dtype(dtype).itemsize
+            return cls(GPU, block_b, block_h, num_warps=resident_num_warps(weight_bytes),
+                       interpret=interpret, max_programs=cap, **fields)
+        block_h = round_up(hidden, 128)
+        block_b = min(round_up(batch, 8), 128)
+        block_t = largest_divisor_at_most(steps, 16)
+        while cls.tpu_vmem_bytes(block_b, 1, block_h) > _TPU_VMEM_BUDGET and block_b > 8:
+            block_b = max(8, round_up(block_b // 2, 8))
+        while cls.tpu_vmem_bytes(block_b, block_t, block_h) > _TPU_VMEM_BUDGET and block_t > 1:
+            block_t = largest_divisor_at_most(steps, block_t // 2)
+        need = cls.tpu_vmem_bytes(block_b, block_t, block_h)
+        limit = min(max(32 * 2**20, int(need * 1.25) + 4 * 2**20), _TPU_VMEM_CAP)
+        return cls(TPU, block_b, block_h, block_t, vmem_limit_bytes=limit, interpret=interpret,
+                   **fields)
+
+    def grid(self, batch: int, hidden: int) -> PersistentGrid:
+        """The GPU kernel's :class:`~seqjax.kernels.common.PersistentGrid` for ``[B, H]``."""
+        if self.platform != GPU:
+            raise ValueError("grid() is for the GPU kernel")
+        return persistent_grid(batch, hidden, self.block_b, self.block_h, self.max_programs)
+
+    def padded(self, batch: int, hidden: int) -> tuple[int, int]:
+        """``(B_pad, H_pad)``: the batch and hidden sizes the kernel runs at."""
+        if self.platform == GPU:
+            grid = self.grid(batch, hidden)
+            return grid.batch_p, grid.hidden_p
+        if hidden > self.block_h:
+            raise ValueError(
+                f"hidden={hidden} > block_h={self.block_h}: on TPU block_h is all of H")
+        return round_up(batch, self.block_b), round_up(hidden, self.block_h)
+
+    def plan(self, steps: int, batch: int, hidden: int
+             ) -> tuple[int, int, PersistentGrid | None]:
+        """``(B_pad, H_pad, grid)`` for a ``[T, B, H]`` problem (``grid`` ``None`` on TPU).
+
+        Raises:
+          ValueError: on TPU if ``block_t`` does not divide ``T``.
+        """
+        if self.platform == TPU and steps % self.block_t:
+            raise ValueError(f"block_t={self.block_t} must divide T={steps}")
+        batch_p, hidden_p = self.padded(batch, hidden)
+        return batch_p, hidden_p, (self.grid(batch, hidden) if self.platform == GPU else None)
+
+
+# ------------------------------------------------------------------------------------------
+# Wrapper helpers: argument checks, relayout and padding, the Mosaic pallas_call
+# ------------------------------------------------------------------------------------------
+
+
+def check_kernel_args(gx, gates: int, params, carries, lengths) -> tuple[int, int, int]:
+    """Validate a recurrent op's arguments; return ``(T, B, H)``.
+
+    ``gx`` must be ``[T, B, G H]`` float32 (``G = gates``), ``params`` (``(name, array)`` pairs:
+    ``w_h`` first, ``[H, G H]``, then ``b_h`` if any, ``[G H]``) float32 or bfloat16, each
+    carry (``(label, array)`` pairs) ``[B, H]`` float32, ``lengths`` ``[B]`` or ``None``, and
+    ``T, B >= 1``.
+
+    Raises:
+      ValueError, TypeError: naming the argument, the expected and the received shape/dtype.
+    """
+    if gx.ndim != 3 or gx.shape[-1] % gates:
+        raise ValueError(f"gx.shape={tuple(gx.shape)} must be [T, B, {gates}H]")
+    steps, batch, width = gx.shape
+    hidden = width // gates
+    for name, x in params:
+        want = (hidden, width) if name == "w_h" else (width,)
+        if tuple(x.shape) != want:
+            raise ValueError(f"{name}.shape={tuple(x.shape)} must be {want} for gx {gx.shape}")
+    for name, x in params:
+        if jnp.dtype(x.dtype) not in WEIGHT_DTYPES:
+            raise TypeError(f"{name}.dtype={x.dtype} must be float32 or bfloat16")
+    if gx.dtype != jnp.float32:
+        raise TypeError(f"gx.dtype={gx.dtype} must be float32 (state and accumulation are float32)")
+    for label, x in carries:
+        if tuple(x.shape) != (batch, hidden) or x.dtype != jnp.float32:
+            raise ValueError(f"{label}: {x.shape} {x.dtype} must be ({batch}, {hidden}) float32")
+    if lengths is not None and tuple(jnp.shape(lengths)) != (batch,):
+        raise ValueError(f"lengths.shape={tuple(jnp.shape(lengths))} must be ({batch},)")
+    if steps == 0 or batch == 0:
+        raise ValueError(f"gx.shape={tuple(gx.shape)}: T and B must be positive")
+    return steps, batch, hidden
+
+
+def kernel_lengths(lengths, steps: int, batch: int, batch_p: int):
+    """``[Bp]`` int32 lengths (all ``T`` for ``None``); padding rows get length 0."""
+    lens = jnp.full((batch,), steps, jnp.int32) if lengths is None else lengths.astype(jnp.int32)
+    return jnp.pad(lens, (0, batch_p - batch))
+
+
+def gate_major_weights(bs: BlockSizes, w_h, hidden_p: int):
+    """``w_h [H, G H]`` -> ``[G, Hp, Hp]`` (``w[k] = w_h[:, kH:(k+1)H]``, ``G = bs.GATES``),
+    zero-padded; float32 on TPU, the weight dtype on GPU."""
+    hidden = w_h.shape[0]
+    w = w_h.reshape(hidden, bs.GATES, hidden).transpose(1, 0, 2)
+    w = jnp.pad(w, ((0, 0), (0, hidden_p - hidden), (0, hidden_p - hidden)))
+    return w.astype(jnp.float32) if bs.platform == TPU else w
+
+
+def live_outputs(hcar, lens, batch: int, hidden: int):
+    """``hs [T, B, H]`` from the carry output ``hcar [T+1, Bp, Hp]`` (row ``t + 1`` the carry
+    after step ``t``), unpadded, zero at ``t >= lens[b]``."""
+    steps = hcar.shape[0] - 1
+    live = (jnp.arange(steps)[:, None] < lens[None, :batch])[..., None]
+    return jnp.where(live, hcar[1:, :batch, :hidden], 0.0)
+
+
+def f32(*shape: int) -> jax.ShapeDtypeStruct:
+    """A float32 ``ShapeDtypeStruct`` (kernel outputs are float32)."""
+    return jax.ShapeDtypeStruct(shape, jnp.float32)
+
+
+def resident_weights(w_ref, cols, grid: PersistentGrid, gates: int, *, transposed: bool):
+    """A program's resident weight slice of a persistent kernel, loaded once (in the weight
+    dtype): forward ``w[g][k] = w_ref[g, K tile k, cols]`` (``[block_k, block_h]``: the gate
+    columns of its units); ``transposed`` (backward) ``w[g][k] = w_ref[g, cols, K tile k]``
+    (``[block_h, block_k]``: the rows of ``W`` that feed its units)."""
+    if transposed:
+        return [[w_ref[g, cols, tile(k, grid.block_k)] for k in range(grid.k_tiles)]
+                for g in range(gates)]
+    return [[w_ref[g, tile(k, grid.block_k), cols] for k in range(grid.k_tiles)]
+            for g in range(gates)]
+
+
+class PersistentProgram:
+    """Program ``(n, p)`` of a persistent GPU kernel (grid ``(hidden blocks, batch groups)``):
+    its hidden block ``cols``, its ``j``-th batch block ``rows(j)``, the barrier of its batch
+    group and a loop over its batch blocks. Build it inside the kernel."""
+
+    def __init__(self, grid: PersistentGrid, count_ref, *, interpret: bool):
+        from jax.experimental import pallas as pl
+
+        self.grid, self.count_ref, self.interpret = grid, count_ref, interpret
+        self.n, self.p = pl.program_id(0), pl.program_id(1)
+        self.cols = tile(self.n, grid.block_h)
+        self.per_program = grid.blocks_per_program
+
+    def rows(self, j):
+        """The program's ``j``-th batch block."""
+        return tile(self.p * self.per_program + j, self.grid.block_b)
+
+    def barrier(self, k) -> None:
+        """The ``k``-th barrier: every program of group ``p`` has written what follows it."""
+        grid_barrier(self.count_ref, self.p, (k + 1) * self.grid.hidden_blocks,
+                     interpret=self.interpret)
+
+    def each_block(self, fn) -> None:
+        """``fn(rows(j))`` for each of the program's batch blocks, in a ``fori_loop`` (what
+        ``fn`` returns is dropped)."""
+
+        def body(j, _):
+            fn(self.rows(j))
+
+        lax.fori_loop(0, self.per_program, body, None)
+
+
+def sequential_program(grid: PersistentGrid):
+    """``(phase, rows, cols)`` of a sequential driver's program (grid ``(phases, hidden blocks,
+    batch blocks)``)."""
+    from jax.experimental import pallas as pl
+
+    s, n, b = pl.program_id(0), pl.program_id(1), pl.program_id(2)
+    return s, tile(b, grid.block_b), tile(n, grid.block_h)
+
+
+@dataclasses.dataclass(frozen=True)
+class TpuSpecs:
+    """The ``BlockSpec`` s of a Mosaic kernel on grid ``(batch blocks, time blocks)``; with
+    ``reverse`` the time blocks are visited last to first."""
+
+    block_b: int
+    block_t: int
+    hidden_p: int
+    time_blocks: int
+    reverse: bool = False
+
+    def _time(self, s):
+        return self.time_blocks - 1 - s if self.reverse else s
+
+    def lengths(self):
+        """``len [bb, 1]``."""
+        from jax.experimental import pallas as pl
+
+        return pl.BlockSpec((self.block_b, 1), lambda b, s: (b, 0))
+
+    def weight(self, gates: int):
+        """The whole ``w [G, Hp, Hp]``."""
+        from jax.experimental import pallas as pl
+
+        return pl.BlockSpec((gates, self.hidden_p, self.hidden_p), lambda b, s: (0, 0, 0))
+
+    def state(self):
+        """A ``[bb, Hp]`` state block."""
+        from jax.experimental import pallas as pl
+
+        return pl.BlockSpec((self.block_b, self.hidden_p), lambda b, s: (b, 0))
+
+    def seq(self):
+        """A ``[bt, bb, Hp]`` block of a per-step array."""
+        from jax.experimental import pallas as pl
+
+        return pl.BlockSpec((self.block_t, self.block_b, self.hidden_p),
+                            lambda b, s: (self._time(s), b, 0))
+
+    def gates(self, gates: int):
+        """A ``[bt, G, bb, Hp]`` block of a per-step gate array."""
+        from jax.experimental import pallas as pl
+
+        return pl.BlockSpec((self.block_t, gates, self.block_b, self.hidden_p),
+                            lambda b, s: (self._time(s), 0, b, 0))
+
+
+def tpu_call(bs: BlockSizes, kernel, specs: TpuSpecs, *, batch_p: int, in_specs, out_specs,
+             out_shape, scratch: int, name: str):
+    """The Mosaic ``pallas_call`` of a recurrent kernel: grid ``(batch blocks, time blocks)``,
+    the time axis sequential (``"arbitrary"``), ``scratch`` ``[bb, Hp]`` float32 VMEM scratch
+    buffers, ``bs.vmem_limit_bytes`` and ``bs``'s interpret mode."""
+    from jax.experimental import pallas as pl
+    from jax.experimental.pallas import tpu as pltpu
+
+    return pl.pallas_call(
+        kernel,
+        grid=(batch_p // bs.block_b, specs.time_blocks),
+        in_specs=in_specs,
+        out_specs=out_specs,
+        out_shape=out_shape,
+        scratch_shapes=[pltpu.VMEM((bs.block_b, specs.hidden_p), jnp.float32)] * scratch,
+        compiler_params=pltpu.CompilerParams(
+            dimension_semantics=("parallel", "arbitrary"), vmem_limit_bytes=bs.vmem_limit_bytes
+        ),
+        interpret=interpret_arg(bs.platform, bs.interpret),
+        name=name,
+    )

@@ -72,13 +72,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
-from jax.experimental.pallas import tpu as pltpu
 
 from . import common
 
@@ -92,10 +91,7 @@ MAX_HIDDEN = 1024
 #: The reset variants: ``"after"`` (cuDNN/PyTorch) and ``"before"`` (Cho et al. 2014).
 RESETS = ("after", "before")
 #: Supported dtypes of the recurrent params (state and accumulation are always float32).
-WEIGHT_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
-
-_TPU_VMEM_BUDGET = 48 * 2**20  # what default() plans for (v7x has 64 MiB per core)
-_TPU_VMEM_CAP = 60 * 2**20
+WEIGHT_DTYPES = common.WEIGHT_DTYPES
 
 _sigmoid = common.sigmoid
 _dot_nt = common.dot_nt
@@ -107,44 +103,30 @@ _dot_nt = common.dot_nt
 
 
 @dataclasses.dataclass(frozen=True)
-class GRUBlockSizes:
+class GRUBlockSizes(common.BlockSizes):
     """Static kernel choices (hashable: it travels as the op's one non-differentiable argument).
 
+    The fields of :class:`seqjax.kernels.common.BlockSizes` (``platform``, ``block_b``,
+    ``block_h``, ``block_t``, ``num_warps``, ``num_stages``, ``vmem_limit_bytes``,
+    ``interpret``, ``max_programs``; on GPU each program owns the r, z, n columns of its
+    ``block_h`` units), their validation, :meth:`grid`, :meth:`padded` and :meth:`plan`, plus:
+
     Attributes:
-      platform: ``"gpu"`` (Triton kernel) or ``"tpu"`` (Mosaic kernel).
-      block_b: batch rows per program (GPU: a power of two >= 16, the minimum ``tl.dot`` size;
-        TPU: a multiple of 8).
-      block_h: hidden tile (GPU: a power of two >= 16; TPU: the whole padded hidden size, a
-        multiple of 128).
       reset: ``"after"`` (cuDNN/PyTorch) or ``"before"`` (Cho et al.); see the module docstring.
-      block_t: time steps per grid step (TPU only; divides ``T``). 1 on GPU.
-      num_warps, num_stages: Triton launch parameters (GPU only). ``num_stages=1`` (no software
-        pipelining): each step reads through global memory what the previous phase wrote behind
-        a barrier, and Triton's pipeliner does no alias analysis.
-      vmem_limit_bytes: Mosaic scoped-VMEM limit (TPU only; ``None``: the compiler's default).
-      interpret: run in Pallas interpret mode (CPU tests); ``False`` to lower for the device.
-      max_programs: GPU only: the most programs the persistent kernel may launch; all must be
-        resident at once (see :class:`seqjax.kernels.LSTMBlockSizes`; default 132, an
-        H100/H200 SXM; :meth:`default` uses the SM count of the local GPU when there is one).
+        Keyword-only.
     """
 
-    platform: str
-    block_b: int
-    block_h: int
-    reset: str = "after"
-    block_t: int = 1
-    num_warps: int = 4
-    num_stages: int = 1
-    vmem_limit_bytes: int | None = None
-    interpret: bool = False
-    max_programs: int = common.DEFAULT_MAX_PROGRAMS
+    reset: str = dataclasses.field(default="after", kw_only=True)
 
-    def __post_init__(self):
-        common.check_block_sizes(self.platform, self.block_b, self.block_h, self.block_t)
+    GATES: ClassVar[int] = 3
+    # backward per step: acts 4 + h_prev 1 + dhs 1 + dgx 3 (forward: 8); state: scratch (1),
+    # b_hn, the (bb, H) in/out blocks double-buffered
+    TPU_STEP_TILES: ClassVar[int] = 9
+    TPU_STATE_TILES: ClassVar[int] = 8
+
+    def _check_options(self) -> None:
         if self.reset not in RESETS:
             raise ValueError(f"reset={self.reset!r} must be 'after' or 'before'")
-        if self.max_programs < 1:
-            raise ValueError(f"max_programs={self.max_programs} must be positive")
 
     @property
     def saved_gates(self) -> int:
@@ -167,56 +149,7 @@ class GRUBlockSizes:
         ``block_h`` is ``H`` rounded up to 128; ``block_b`` up to 128 rows and ``block_t`` the
         largest divisor of ``T`` up to 16, halved until the VMEM estimate fits 48 MiB.
         """
-        steps, batch, hidden = (int(s) for s in shape)
-        if jnp.dtype(dtype) not in WEIGHT_DTYPES:
-            raise TypeError(f"dtype={jnp.dtype(dtype)} must be float32 or bfloat16")
-        style, on_cpu = common.kernel_platform(platform)
-        interpret = bool(interpret or on_cpu)
-        if style == common.GPU:
-            cap = common.default_max_programs()
-            block_b, block_h, grid = common.default_persistent_blocks(batch, hidden, cap)
-            weight_bytes = 3 * grid.hidden_p * block_h * jnp.dtype(dtype).itemsize
-            return cls(common.GPU, block_b, block_h, reset,
-                       num_warps=common.resident_num_warps(weight_bytes), interpret=interpret,
-                       max_programs=cap)
-        block_h = common.round_up(hidden, 128)
-        block_b = min(common.round_up(batch, 8), 128)
-        block_t = common.largest_divisor_at_most(steps, 16)
-        while _tpu_vmem_bytes(block_b, 1, block_h) > _TPU_VMEM_BUDGET and block_b > 8:
-            block_b = max(8, common.round_up(block_b // 2, 8))
-        while _tpu_vmem_bytes(block_b, block_t, block_h) > _TPU_VMEM_BUDGET and block_t > 1:
-            block_t = common.largest_divisor_at_most(steps, block_t // 2)
-        need = _tpu_vmem_bytes(block_b, block_t, block_h)
-        limit = min(max(32 * 2**20, int(need * 1.25) + 4 * 2**20), _TPU_VMEM_CAP)
-        return cls(common.TPU, block_b, block_h, reset, block_t, vmem_limit_bytes=limit,
-                   interpret=interpret)
-
-    def grid(self, batch: int, hidden: int) -> common.PersistentGrid:
-        """The GPU kernel's :class:`~seqjax.kernels.common.PersistentGrid` for ``[B, H]``."""
-        if self.platform != common.GPU:
-            raise ValueError("grid() is for the GPU kernel")
-        return common.persistent_grid(batch, hidden, self.block_b, self.block_h,
-                                      self.max_programs)
-
-    def padded(self, batch: int, hidden: int) -> tuple[int, int]:
-        """``(B_pad, H_pad)``: the batch and hidden sizes the kernel runs at."""
-        if self.platform == common.GPU:
-            grid = self.grid(batch, hidden)
-            return grid.batch_p, grid.hidden_p
-        if hidden > self.block_h:
-            raise ValueError(
-                f"hidden={hidden} > block_h={self.block_h}: on TPU block_h is all of H")
-        return common.round_up(batch, self.block_b), common.round_up(hidden, self.block_h)
-
-
-def _tpu_vmem_bytes(block_b: int, block_t: int, hidden_p: int) -> int:
-    """VMEM the TPU kernels need (the larger of forward and backward, either variant),
-    double-buffered blocks."""
-    tile = block_b * hidden_p * 4
-    weight = 2 * 3 * hidden_p * hidden_p * 4  # f32 [3, H, H], double-buffered
-    per_step = 9 * tile  # backward: acts 4 + h_prev 1 + dhs 1 + dgx 3 (forward: 8)
-    state = 8 * tile  # scratch (1), b_hn, the (bb, H) in/out blocks double-buffered
-    return weight + 2 * block_t * per_step + state
+        return cls._default(shape, dtype, platform, interpret=interpret, reset=reset)
 
 
 # ------------------------------------------------------------------------------------------
@@ -247,14 +180,12 @@ _tile = common.tile
 
 def _fwd_weights(w_ref, cols, grid: common.PersistentGrid):
     """A program's resident forward weight slice: ``w[g][k] = w_ref[g, K tile k, cols]``."""
-    return [[w_ref[g, _tile(k, grid.block_k), cols] for k in range(grid.k_tiles)]
-            for g in range(3)]
+    return common.resident_weights(w_ref, cols, grid, 3, transposed=False)
 
 
 def _bwd_weights(w_ref, cols, grid: common.PersistentGrid):
     """A program's resident backward weight slice: ``w[g][k] = w_ref[g, cols, K tile k]``."""
-    return [[w_ref[g, cols, _tile(k, grid.block_k)] for k in range(grid.k_tiles)]
-            for g in range(3)]
+    return common.resident_weights(w_ref, cols, grid, 3, transposed=True)
 
 
 def _contract(src, w, gates, grid: common.PersistentGrid, transposed: bool = False):
@@ -331,20 +262,10 @@ def _fwd_kernel_gpu(len_ref, gx_ref, w_ref, b_ref, h0_ref, count_in_ref, hcar_re
     """
     del count_in_ref
     refs, (count_ref,) = _fwd_split((len_ref, gx_ref, b_ref, hcar_ref, *rest), reset, save)
-    n, p = pl.program_id(0), pl.program_id(1)
-    cols = _tile(n, grid.block_h)
+    prog = common.PersistentProgram(grid, count_ref, interpret=interpret)
+    cols, barrier, each_block = prog.cols, prog.barrier, prog.each_block
     w = _fwd_weights(w_ref, cols, grid)  # on-chip for the whole sequence
-    per_program = grid.blocks_per_program
     phases = 1 if reset == "after" else 2
-
-    def rows(j):
-        return _tile(p * per_program + j, grid.block_b)
-
-    def barrier(k):
-        common.grid_barrier(count_ref, p, (k + 1) * grid.hidden_blocks, interpret=interpret)
-
-    def each_block(fn):
-        lax.fori_loop(0, per_program, lambda j, _: fn(rows(j)), None)
 
     def init(r):
         hcar_ref[0, r, cols] = h0_ref[r, cols]
@@ -368,8 +289,7 @@ def _fwd_kernel_seq(len_ref, gx_ref, w_ref, b_ref, h0_ref, hcar_ref, *rest,
     blocks)``, phase outermost; phase 0 writes ``h0``. Same refs as :func:`_fwd_kernel_gpu`,
     without the counter."""
     refs, _ = _fwd_split((len_ref, gx_ref, b_ref, hcar_ref, *rest), reset, save)
-    s, n, b = pl.program_id(0), pl.program_id(1), pl.program_id(2)
-    rows, cols = _tile(b, grid.block_b), _tile(n, grid.block_h)
+    s, rows, cols = common.sequential_program(grid)
     phases = 1 if reset == "after" else 2
     t, phase = (s - 1) // phases, (s - 1) % phases
 
@@ -479,19 +399,9 @@ def _bwd_kernel_gpu(len_ref, w_ref, acts_ref, hcar_ref, dhs_ref, dht_ref, count_
     del count_in_ref
     *tmp_ref, count_ref = rest
     refs = (len_ref, acts_ref, hcar_ref, dhs_ref, dgx_ref, dh_ref, tmp_ref[0] if tmp_ref else None)
-    n, p = pl.program_id(0), pl.program_id(1)
-    cols = _tile(n, grid.block_h)
+    prog = common.PersistentProgram(grid, count_ref, interpret=interpret)
+    cols, barrier, each_block = prog.cols, prog.barrier, prog.each_block
     w = _bwd_weights(w_ref, cols, grid)  # on-chip for the whole sequence
-    per_program = grid.blocks_per_program
-
-    def rows(j):
-        return _tile(p * per_program + j, grid.block_b)
-
-    def barrier(k):
-        common.grid_barrier(count_ref, p, (k + 1) * grid.hidden_blocks, interpret=interpret)
-
-    def each_block(fn):
-        lax.fori_loop(0, per_program, lambda j, _: fn(rows(j)), None)
 
     def init(r):
         dh_ref[r, cols] = dht_ref[r, cols]
@@ -518,8 +428,7 @@ def _bwd_kernel_seq(len_ref, w_ref, acts_ref, hcar_ref, dhs_ref, dht_ref, dgx_re
     blocks)``; phase 0 copies ``dht`` into ``dh``, then each step's phases in reverse time.
     Same refs as :func:`_bwd_kernel_gpu`, without the counter."""
     refs = (len_ref, acts_ref, hcar_ref, dhs_ref, dgx_ref, dh_ref, tmp_ref[0] if tmp_ref else None)
-    s, n, b = pl.program_id(0), pl.program_id(1), pl.program_id(2)
-    rows, cols = _tile(b, grid.block_b), _tile(n, grid.block_h)
+    s, rows, cols = common.sequential_program(grid)
     phases = 2 if reset == "after" else 3
     t, phase = steps - 1 - (s - 1) // phases, (s - 1) % phases
 
@@ -625,43 +534,11 @@ def _bwd_kernel_tpu(len_ref, w_ref, acts_ref, hprev_ref, dhs_ref, dht_ref, dgx_r
 # ------------------------------------------------------------------------------------------
 
 
-def _check_args(w_h, b_h, gx, h0, lengths):
-    if gx.ndim != 3 or gx.shape[-1] % 3:
-        raise ValueError(f"gx.shape={tuple(gx.shape)} must be [T, B, 3H]")
-    steps, batch, gates = gx.shape
-    hidden = gates // 3
-    if tuple(w_h.shape) != (hidden, gates):
-        raise ValueError(
-            f"w_h.shape={tuple(w_h.shape)} must be ({hidden}, {gates}) for gx {gx.shape}")
-    if tuple(b_h.shape) != (gates,):
-        raise ValueError(f"b_h.shape={tuple(b_h.shape)} must be ({gates},) for gx {gx.shape}")
-    for name, x in (("w_h", w_h), ("b_h", b_h)):
-        if jnp.dtype(x.dtype) not in WEIGHT_DTYPES:
-            raise TypeError(f"{name}.dtype={x.dtype} must be float32 or bfloat16")
-    if gx.dtype != _F32:
-        raise TypeError(f"gx.dtype={gx.dtype} must be float32 (state and accumulation are float32)")
-    if tuple(h0.shape) != (batch, hidden) or h0.dtype != _F32:
-        raise ValueError(f"h0: {h0.shape} {h0.dtype} must be ({batch}, {hidden}) float32")
-    if lengths is not None and tuple(jnp.shape(lengths)) != (batch,):
-        raise ValueError(f"lengths.shape={tuple(jnp.shape(lengths))} must be ({batch},)")
-    if steps == 0 or batch == 0:
-        raise ValueError(f"gx.shape={tuple(gx.shape)}: T and B must be positive")
-
-
-def _kernel_weights(bs: GRUBlockSizes, w_h: Array, hidden_p: int) -> Array:
-    """``w_h [H, 3H]`` -> ``[3, Hp, Hp]`` (``w[k] = w_h[:, kH:(k+1)H]``), f32 on TPU."""
-    hidden = w_h.shape[0]
-    w = w_h.reshape(hidden, 3, hidden).transpose(1, 0, 2)
-    w = jnp.pad(w, ((0, 0), (0, hidden_p - hidden), (0, hidden_p - hidden)))
-    return w.astype(_F32) if bs.platform == common.TPU else w
-
-
 def _fwd_call(bs: GRUBlockSizes, steps: int, batch_p: int, hidden_p: int, save: bool,
               grid: common.PersistentGrid | None = None):
     """The forward ``pallas_call``: ``(len, gx3, w3, b_hn, h0) -> (hcar[, tmp][, acts])`` on GPU,
     ``-> (hs[, acts])`` on TPU (see the kernels for shapes)."""
-    bb, interpret = bs.block_b, common.interpret_arg(bs.platform, bs.interpret)
-    f32 = lambda *shape: jax.ShapeDtypeStruct(shape, _F32)  # noqa: E731
+    f32 = common.f32
     name = f"seqjax_gru_{bs.reset}_fwd" + ("_res" if save else "")
     ng = bs.saved_gates
     if bs.platform == common.GPU:
@@ -675,32 +552,18 @@ def _fwd_call(bs: GRUBlockSizes, steps: int, batch_p: int, hidden_p: int, save: 
             bs, grid, 1 + (1 if bs.reset == "after" else 2) * steps,
             functools.partial(_fwd_kernel_gpu, steps=steps, **statics),
             functools.partial(_fwd_kernel_seq, **statics), out_shape, name)
-    bt = bs.block_t
-    kernel = functools.partial(_fwd_kernel_tpu, block_t=bt, reset=bs.reset)
+    specs = common.TpuSpecs(bs.block_b, bs.block_t, hidden_p, steps // bs.block_t)
     out_shape = [f32(steps, batch_p, hidden_p)]
-    out_specs = [pl.BlockSpec((bt, bb, hidden_p), lambda b, s: (s, b, 0))]
+    out_specs = [specs.seq()]
     if save:
         out_shape.append(f32(steps, ng, batch_p, hidden_p))
-        out_specs.append(pl.BlockSpec((bt, ng, bb, hidden_p), lambda b, s: (s, 0, b, 0)))
-    return pl.pallas_call(
-        kernel,
-        grid=(batch_p // bb, steps // bt),
-        in_specs=[
-            pl.BlockSpec((bb, 1), lambda b, s: (b, 0)),
-            pl.BlockSpec((bt, 3, bb, hidden_p), lambda b, s: (s, 0, b, 0)),
-            pl.BlockSpec((3, hidden_p, hidden_p), lambda b, s: (0, 0, 0)),
-            pl.BlockSpec((1, hidden_p), lambda b, s: (0, 0)),
-            pl.BlockSpec((bb, hidden_p), lambda b, s: (b, 0)),
-        ],
-        out_specs=out_specs,
-        out_shape=out_shape,
-        scratch_shapes=[pltpu.VMEM((bb, hidden_p), _F32)],
-        compiler_params=pltpu.CompilerParams(
-            dimension_semantics=("parallel", "arbitrary"), vmem_limit_bytes=bs.vmem_limit_bytes
-        ),
-        interpret=interpret,
-        name=name,
-    )
+        out_specs.append(specs.gates(ng))
+    b_hn = pl.BlockSpec((1, hidden_p), lambda b, s: (0, 0))
+    return common.tpu_call(
+        bs, functools.partial(_fwd_kernel_tpu, block_t=bs.block_t, reset=bs.reset), specs,
+        batch_p=batch_p,
+        in_specs=[specs.lengths(), specs.gates(3), specs.weight(3), b_hn, specs.state()],
+        out_specs=out_specs, out_shape=out_shape, scratch=1, name=name)
 
 
 def _bwd_call(bs: GRUBlockSizes, steps: int, batch_p: int, hidden_p: int,
@@ -708,62 +571,42 @@ def _bwd_call(bs: GRUBlockSizes, steps: int, batch_p: int, hidden_p: int,
     """The backward ``pallas_call``. GPU: ``(len, w3, acts, hcar, dhs, dhT) -> (dgx, dh0[,
     tmp])``; TPU:
     ``(len, w3, acts, hprev, dhs, dhT) -> (dgx, dh0)``."""
-    bb, interpret = bs.block_b, common.interpret_arg(bs.platform, bs.interpret)
-    f32 = lambda *shape: jax.ShapeDtypeStruct(shape, _F32)  # noqa: E731
+    f32 = common.f32
     name = f"seqjax_gru_{bs.reset}_bwd"
-    ng = bs.saved_gates
+    out_shape = [f32(steps, 3, batch_p, hidden_p), f32(batch_p, hidden_p)]
     if bs.platform == common.GPU:
-        out_shape = [f32(steps, 3, batch_p, hidden_p), f32(batch_p, hidden_p)]
         if bs.reset == "before":
             out_shape.append(f32(batch_p, hidden_p))
         return common.persistent_call(
             bs, grid, 1 + (2 if bs.reset == "after" else 3) * steps,
             functools.partial(_bwd_kernel_gpu, steps=steps, reset=bs.reset),
             functools.partial(_bwd_kernel_seq, steps=steps, reset=bs.reset), out_shape, name)
-    bt, nt = bs.block_t, steps // bs.block_t
-    kernel = functools.partial(_bwd_kernel_tpu, block_t=bt, time_blocks=nt, reset=bs.reset)
-    seq = pl.BlockSpec((bt, bb, hidden_p), lambda b, s: (nt - 1 - s, b, 0))
-    gates = lambda g: pl.BlockSpec((bt, g, bb, hidden_p), lambda b, s: (nt - 1 - s, 0, b, 0))  # noqa: E731
-    state = pl.BlockSpec((bb, hidden_p), lambda b, s: (b, 0))
-    return pl.pallas_call(
-        kernel,
-        grid=(batch_p // bb, nt),
-        in_specs=[
-            pl.BlockSpec((bb, 1), lambda b, s: (b, 0)),
-            pl.BlockSpec((3, hidden_p, hidden_p), lambda b, s: (0, 0, 0)),
-            gates(ng), seq, seq, state,
-        ],
-        out_specs=[gates(3), state],
-        out_shape=[f32(steps, 3, batch_p, hidden_p), f32(batch_p, hidden_p)],
-        scratch_shapes=[pltpu.VMEM((bb, hidden_p), _F32)],
-        compiler_params=pltpu.CompilerParams(
-            dimension_semantics=("parallel", "arbitrary"), vmem_limit_bytes=bs.vmem_limit_bytes
-        ),
-        interpret=interpret,
-        name=name,
-    )
+    nt = steps // bs.block_t
+    specs = common.TpuSpecs(bs.block_b, bs.block_t, hidden_p, nt, reverse=True)
+    seq, state = specs.seq(), specs.state()
+    return common.tpu_call(
+        bs, functools.partial(_bwd_kernel_tpu, block_t=bs.block_t, time_blocks=nt,
+                              reset=bs.reset), specs,
+        batch_p=batch_p,
+        in_specs=[specs.lengths(), specs.weight(3), specs.gates(bs.saved_gates), seq, seq, state],
+        out_specs=[specs.gates(3), state], out_shape=out_shape, scratch=1, name=name)
 
 
 def _fwd(w_h, b_h, gx, h0, lengths, block_sizes: GRUBlockSizes, save: bool = True):
     """Forward: fold ``b_hr, b_hz`` into ``gx``, relayout, run the kernel, unpad.
     Returns ``((hs, h_T), residuals)``."""
     bs = block_sizes
-    _check_args(w_h, b_h, gx, h0, lengths)
-    steps, batch, gates = gx.shape
-    hidden = gates // 3
-    if bs.platform == common.TPU and steps % bs.block_t:
-        raise ValueError(f"block_t={bs.block_t} must divide T={steps}")
-    batch_p, hidden_p = bs.padded(batch, hidden)
-    lens = jnp.full((batch,), steps, jnp.int32) if lengths is None else lengths.astype(jnp.int32)
-    lens = jnp.pad(lens, (0, batch_p - batch))  # padding rows: length 0
+    steps, batch, hidden = common.check_kernel_args(
+        gx, 3, [("w_h", w_h), ("b_h", b_h)], [("h0", h0)], lengths)
+    batch_p, hidden_p, grid = bs.plan(steps, batch, hidden)
+    lens = common.kernel_lengths(lengths, steps, batch, batch_p)
     b3 = b_h.astype(_F32).reshape(3, hidden)
     gx3 = gx.reshape(steps, batch, 3, hidden) + jnp.concatenate(
         [b3[:2], jnp.zeros((1, hidden), _F32)])  # b_hn stays out: it sits inside r * (...)
     gx3 = common.pad_bh(gx3.transpose(0, 2, 1, 3), batch_p, hidden_p)
     b_hn = jnp.pad(b3[2], (0, hidden_p - hidden))
-    w3 = _kernel_weights(bs, w_h, hidden_p)
+    w3 = common.gate_major_weights(bs, w_h, hidden_p)
     h0_p = common.pad_bh(h0, batch_p, hidden_p)
-    grid = bs.grid(batch, hidden) if bs.platform == common.GPU else None
     call = _fwd_call(bs, steps, batch_p, hidden_p, save, grid)
     if bs.platform == common.GPU:
         hcar, *rest = call(lens, gx3, w3, b_hn, h0_p)
@@ -772,8 +615,7 @@ def _fwd(w_h, b_h, gx, h0, lengths, block_sizes: GRUBlockSizes, save: bool = Tru
         hs, *rest = call(lens[:, None], gx3, w3, b_hn[None], h0_p)
         acts = rest[0] if save else None
         hcar = jnp.concatenate([h0_p[None], hs])
-    live = (jnp.arange(steps)[:, None] < lens[None, :batch])[..., None]
-    hs = jnp.where(live, hcar[1:, :batch, :hidden], 0.0)
+    hs = common.live_outputs(hcar, lens, batch, hidden)
     out = (hs, hcar[steps, :batch, :hidden])
     return out, ((w_h, b_h, lens, hcar, acts) if save else None)
 
@@ -786,9 +628,9 @@ def _bwd(block_sizes: GRUBlockSizes, res, cts):
     dhs, dht = cts
     steps, batch, hidden = dhs.shape
     batch_p, hidden_p = hcar.shape[1:]
-    w3 = _kernel_weights(bs, w_h, hidden_p)
+    w3 = common.gate_major_weights(bs, w_h, hidden_p)
     dhs_p, dht_p = (common.pad_bh(x.astype(_F32), batch_p, hidden_p) for x in (dhs, dht))
-    grid = bs.grid(batch, hidden) if bs.platform == common.GPU else None
+    grid = bs.plan(steps, batch, hidden)[2]
     call = _bwd_call(bs, steps, batch_p, hidden_p, grid)
     if bs.platform == common.GPU:
         da, dh0, *_ = call(lens, w3, acts, hcar, dhs_p, dht_p)

@@ -88,13 +88,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
-from jax.experimental.pallas import tpu as pltpu
 
 from . import common
 
@@ -106,10 +105,7 @@ _F32 = jnp.float32
 #: Largest hidden size served (the TPU kernel keeps ``w_h`` whole in VMEM).
 MAX_HIDDEN = 1024
 #: Supported dtypes of the recurrent weight (state and accumulation are always float32).
-WEIGHT_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
-
-_TPU_VMEM_BUDGET = 48 * 2**20  # what default() plans for (v7x has 64 MiB per core)
-_TPU_VMEM_CAP = 60 * 2**20
+WEIGHT_DTYPES = common.WEIGHT_DTYPES
 
 
 # ------------------------------------------------------------------------------------------
@@ -118,42 +114,20 @@ _TPU_VMEM_CAP = 60 * 2**20
 
 
 @dataclasses.dataclass(frozen=True)
-class LSTMBlockSizes:
+class LSTMBlockSizes(common.BlockSizes):
     """Static kernel choices (hashable: it travels as the op's one non-differentiable argument).
 
-    Attributes:
-      platform: ``"gpu"`` (persistent Triton kernel) or ``"tpu"`` (Mosaic kernel).
-      block_b: batch rows per block (GPU: a power of two >= 16, the minimum ``tl.dot`` size;
-        TPU: a multiple of 8).
-      block_h: hidden units per program (GPU: a power of two >= 16; each program owns the four
-        gate columns of its units); TPU: the whole padded hidden size, a multiple of 128.
-      block_t: time steps per grid step (TPU only; divides ``T``). 1 on GPU.
-      num_warps, num_stages: Triton launch parameters (GPU only). ``num_stages=1`` (no software
-        pipelining): each step reads through global memory what other programs wrote before the
-        grid barrier, and Triton's pipeliner would prefetch those loads across it.
-      vmem_limit_bytes: Mosaic scoped-VMEM limit (TPU only; ``None``: the compiler's default).
-      interpret: run in Pallas interpret mode (CPU tests); ``False`` to lower for the device.
-      max_programs: GPU only: the most programs the persistent kernel may launch. They all wait
-        for each other every step, so they must all be resident at once: keep it <= the SMs of
-        the GPU (the field's default is 132, an H100/H200 SXM; :meth:`default` uses the SM
-        count of the local GPU when the process has one: 114 on an H100 PCIe, 108 on an A100).
-        Batch blocks beyond it are looped over inside the programs.
+    The fields, their validation, :meth:`grid`, :meth:`padded` and :meth:`plan` are those of
+    :class:`seqjax.kernels.common.BlockSizes` (``platform``, ``block_b``, ``block_h``,
+    ``block_t``, ``num_warps``, ``num_stages``, ``vmem_limit_bytes``, ``interpret``,
+    ``max_programs``); on GPU each program owns the four gate columns of its ``block_h`` units.
     """
 
-    platform: str
-    block_b: int
-    block_h: int
-    block_t: int = 1
-    num_warps: int = 4
-    num_stages: int = 1
-    vmem_limit_bytes: int | None = None
-    interpret: bool = False
-    max_programs: int = common.DEFAULT_MAX_PROGRAMS
-
-    def __post_init__(self):
-        common.check_block_sizes(self.platform, self.block_b, self.block_h, self.block_t)
-        if self.max_programs < 1:
-            raise ValueError(f"max_programs={self.max_programs} must be positive")
+    GATES: ClassVar[int] = 4
+    # backward per step: acts 4 + c 1 + c_prev 1 + dhs 1 + dgates 4 (forward: 10); state:
+    # scratch (2), the (bb, H) in/out blocks double-buffered (8)
+    TPU_STEP_TILES: ClassVar[int] = 11
+    TPU_STATE_TILES: ClassVar[int] = 10
 
     @classmethod
     def default(
@@ -173,55 +147,7 @@ class LSTMBlockSizes:
         ``block_b`` up to 128 rows and ``block_t`` the largest divisor of ``T`` up to 16, halved
         until the VMEM estimate fits 48 MiB.
         """
-        steps, batch, hidden = (int(s) for s in shape)
-        if jnp.dtype(dtype) not in WEIGHT_DTYPES:
-            raise TypeError(f"dtype={jnp.dtype(dtype)} must be float32 or bfloat16")
-        style, on_cpu = common.kernel_platform(platform)
-        interpret = bool(interpret or on_cpu)
-        if style == common.GPU:
-            cap = common.default_max_programs()
-            block_b, block_h, grid = common.default_persistent_blocks(batch, hidden, cap)
-            weight_bytes = 4 * grid.hidden_p * block_h * jnp.dtype(dtype).itemsize
-            return cls(common.GPU, block_b, block_h,
-                       num_warps=common.resident_num_warps(weight_bytes), interpret=interpret,
-                       max_programs=cap)
-        block_h = common.round_up(hidden, 128)
-        block_b = min(common.round_up(batch, 8), 128)
-        block_t = common.largest_divisor_at_most(steps, 16)
-        while _tpu_vmem_bytes(block_b, 1, block_h) > _TPU_VMEM_BUDGET and block_b > 8:
-            block_b = max(8, common.round_up(block_b // 2, 8))
-        while _tpu_vmem_bytes(block_b, block_t, block_h) > _TPU_VMEM_BUDGET and block_t > 1:
-            block_t = common.largest_divisor_at_most(steps, block_t // 2)
-        need = _tpu_vmem_bytes(block_b, block_t, block_h)
-        limit = min(max(32 * 2**20, int(need * 1.25) + 4 * 2**20), _TPU_VMEM_CAP)
-        return cls(common.TPU, block_b, block_h, block_t, vmem_limit_bytes=limit,
-                   interpret=interpret)
-
-    def grid(self, batch: int, hidden: int) -> common.PersistentGrid:
-        """The GPU kernel's :class:`~seqjax.kernels.common.PersistentGrid` for ``[B, H]``."""
-        if self.platform != common.GPU:
-            raise ValueError("grid() is for the GPU kernel")
-        return common.persistent_grid(batch, hidden, self.block_b, self.block_h,
-                                      self.max_programs)
-
-    def padded(self, batch: int, hidden: int) -> tuple[int, int]:
-        """``(B_pad, H_pad)``: the batch and hidden sizes the kernel runs at."""
-        if self.platform == common.GPU:
-            grid = self.grid(batch, hidden)
-            return grid.batch_p, grid.hidden_p
-        if hidden > self.block_h:
-            raise ValueError(
-                f"hidden={hidden} > block_h={self.block_h}: on TPU block_h is all of H")
-        return common.round_up(batch, self.block_b), common.round_up(hidden, self.block_h)
-
-
-def _tpu_vmem_bytes(block_b: int, block_t: int, hidden_p: int) -> int:
-    """VMEM the TPU kernels need (the larger of forward and backward), double-buffered blocks."""
-    tile = block_b * hidden_p * 4
-    weight = 2 * 4 * hidden_p * hidden_p * 4  # f32 [4, H, H], double-buffered
-    per_step = 11 * tile  # backward: acts 4 + c 1 + c_prev 1 + dhs 1 + dgates 4 (forward: 10)
-    state = 10 * tile  # scratch (2), the (bb, H) in/out blocks double-buffered (8)
-    return weight + 2 * block_t * per_step + state
+        return cls._default(shape, dtype, platform, interpret=interpret)
 
 
 # ------------------------------------------------------------------------------------------
@@ -253,17 +179,13 @@ _tile = common.tile
 
 
 def _fwd_weights(w_ref, cols, grid: common.PersistentGrid):
-    """A program's resident forward weight slice: ``w[g][k] = w_ref[g, K tile k, cols]``,
-    ``[block_k, block_h]`` each, loaded once (in the weight dtype)."""
-    return [[w_ref[g, _tile(k, grid.block_k), cols] for k in range(grid.k_tiles)]
-            for g in range(4)]
+    """A program's resident forward weight slice: ``w[g][k] = w_ref[g, K tile k, cols]``."""
+    return common.resident_weights(w_ref, cols, grid, 4, transposed=False)
 
 
 def _bwd_weights(w_ref, cols, grid: common.PersistentGrid):
-    """A program's resident backward weight slice: ``w[g][k] = w_ref[g, cols, K tile k]``,
-    ``[block_h, block_k]`` each (the rows of ``W`` that feed its hidden units)."""
-    return [[w_ref[g, cols, _tile(k, grid.block_k)] for k in range(grid.k_tiles)]
-            for g in range(4)]
+    """A program's resident backward weight slice: ``w[g][k] = w_ref[g, cols, K tile k]``."""
+    return common.resident_weights(w_ref, cols, grid, 4, transposed=True)
 
 
 def _fwd_step(t, rows, cols, w, carry, len_ref, gx_ref, hcar_ref, ccar_ref, acts_ref,
@@ -341,19 +263,12 @@ def _fwd_kernel_gpu(len_ref, gx_ref, w_ref, h0_ref, c0_ref, count_in_ref, hcar_r
     del count_in_ref  # the same buffer as count_ref
     *acts_ref, count_ref = rest
     acts_ref = acts_ref[0] if acts_ref else None
-    n, p = pl.program_id(0), pl.program_id(1)
-    cols = _tile(n, grid.block_h)
+    prog = common.PersistentProgram(grid, count_ref, interpret=interpret)
+    rows, cols, barrier = prog.rows, prog.cols, prog.barrier
     w = _fwd_weights(w_ref, cols, grid)  # on-chip for the whole sequence
-    per_program = grid.blocks_per_program
     outs = (len_ref, gx_ref, hcar_ref, ccar_ref, acts_ref)
 
-    def rows(j):
-        return _tile(p * per_program + j, grid.block_b)
-
-    def barrier(k):  # the k-th: every program of group p has written what step k reads
-        common.grid_barrier(count_ref, p, (k + 1) * grid.hidden_blocks, interpret=interpret)
-
-    if per_program == 1:  # the carry (h, c) of the tile stays in registers
+    if prog.per_program == 1:  # the carry (h, c) of the tile stays in registers
         carry = _fwd_init(rows(0), cols, h0_ref, c0_ref, hcar_ref, ccar_ref)
         barrier(0)
 
@@ -366,18 +281,12 @@ def _fwd_kernel_gpu(len_ref, gx_ref, w_ref, h0_ref, c0_ref, count_in_ref, hcar_r
         return
 
     # Several batch blocks per program: each block's carry is re-read from the outputs.
-    def init(j, _):
-        _fwd_init(rows(j), cols, h0_ref, c0_ref, hcar_ref, ccar_ref)
-
-    lax.fori_loop(0, per_program, init, None)
+    prog.each_block(lambda r: _fwd_init(r, cols, h0_ref, c0_ref, hcar_ref, ccar_ref))
     barrier(0)
 
     def step(t, _):
-        def block(j, _):
-            r = rows(j)
-            _fwd_step(t, r, cols, w, (hcar_ref[t, r, cols], ccar_ref[t, r, cols]), *outs, grid)
-
-        lax.fori_loop(0, per_program, block, None)
+        prog.each_block(lambda r: _fwd_step(t, r, cols, w, (hcar_ref[t, r, cols],
+                                                             ccar_ref[t, r, cols]), *outs, grid))
         barrier(t + 1)
 
     lax.fori_loop(0, steps, step, None)
@@ -390,8 +299,7 @@ def _fwd_kernel_seq(len_ref, gx_ref, w_ref, h0_ref, c0_ref, hcar_ref, ccar_ref, 
     phase ``s`` runs step ``s - 1`` with the carry read back from the outputs. Same refs as
     :func:`_fwd_kernel_gpu`, without the counter."""
     acts_ref = acts_ref[0] if acts_ref else None
-    s, n, b = pl.program_id(0), pl.program_id(1), pl.program_id(2)
-    rows, cols = _tile(b, grid.block_b), _tile(n, grid.block_h)
+    s, rows, cols = common.sequential_program(grid)
 
     @pl.when(s == 0)
     def _():
@@ -418,23 +326,16 @@ def _bwd_kernel_gpu(len_ref, w_ref, acts_ref, ccar_ref, dhs_ref, dht_ref, dct_re
     ``count``.
     """
     del count_in_ref
-    n, p = pl.program_id(0), pl.program_id(1)
-    cols = _tile(n, grid.block_h)
+    prog = common.PersistentProgram(grid, count_ref, interpret=interpret)
+    rows, cols, barrier = prog.rows, prog.cols, prog.barrier
     w = _bwd_weights(w_ref, cols, grid)  # on-chip for the whole sequence
-    per_program = grid.blocks_per_program
     cell_refs = (len_ref, acts_ref, ccar_ref, dhs_ref, dz_ref)
-
-    def rows(j):
-        return _tile(p * per_program + j, grid.block_b)
-
-    def barrier(k):
-        common.grid_barrier(count_ref, p, (k + 1) * grid.hidden_blocks, interpret=interpret)
 
     def tile_step(t, r, dh, dc):
         dh = _bwd_dh(t + 1, r, cols, w, dh, len_ref, dz_ref, grid, steps)
         return dh, _bwd_cell(t, r, cols, dh, dc, *cell_refs)
 
-    if per_program == 1:  # the carry (dh, dc) of the tile stays in registers
+    if prog.per_program == 1:  # the carry (dh, dc) of the tile stays in registers
         r = rows(0)
 
         def step(s, carry):
@@ -447,30 +348,26 @@ def _bwd_kernel_gpu(len_ref, w_ref, acts_ref, ccar_ref, dhs_ref, dht_ref, dct_re
         dc0_ref[r, cols] = dc
         return
 
-    def init(j, _):
-        r = rows(j)
+    def init(r):
         dh0_ref[r, cols] = dht_ref[r, cols]
         dc0_ref[r, cols] = dct_ref[r, cols]
 
-    lax.fori_loop(0, per_program, init, None)
+    prog.each_block(init)
 
     def step(s, _):
-        def block(j, _):
-            r = rows(j)
-            dh, dc = tile_step(steps - 1 - s, r, dh0_ref[r, cols], dc0_ref[r, cols])
-            dh0_ref[r, cols] = dh
-            dc0_ref[r, cols] = dc
+        def block(r):
+            dh0_ref[r, cols], dc0_ref[r, cols] = tile_step(steps - 1 - s, r, dh0_ref[r, cols],
+                                                           dc0_ref[r, cols])
 
-        lax.fori_loop(0, per_program, block, None)
+        prog.each_block(block)
         barrier(s)
 
     lax.fori_loop(0, steps, step, None)
 
-    def finish(j, _):
-        r = rows(j)
+    def finish(r):
         dh0_ref[r, cols] = _bwd_dh(0, r, cols, w, dh0_ref[r, cols], len_ref, dz_ref, grid, steps)
 
-    lax.fori_loop(0, per_program, finish, None)
+    prog.each_block(finish)
 
 
 def _bwd_kernel_seq(len_ref, w_ref, acts_ref, ccar_ref, dhs_ref, dht_ref, dct_ref, dz_ref,
@@ -479,8 +376,7 @@ def _bwd_kernel_seq(len_ref, w_ref, acts_ref, ccar_ref, dhs_ref, dht_ref, dct_re
     ``(T + 1, hidden blocks, batch blocks)``; phase ``s < T`` runs step ``T - 1 - s`` with the
     tile's carry in ``dh0, dc0`` (``dht, dct`` at ``s = 0``), phase ``T`` the final
     ``dh0 = dz_0 W^T``. Same refs as :func:`_bwd_kernel_gpu`, without the counter."""
-    s, n, b = pl.program_id(0), pl.program_id(1), pl.program_id(2)
-    rows, cols = _tile(b, grid.block_b), _tile(n, grid.block_h)
+    s, rows, cols = common.sequential_program(grid)
     w = _bwd_weights(w_ref, cols, grid)
 
     @pl.when(s < steps)
@@ -584,43 +480,11 @@ def _bwd_kernel_tpu(len_ref, w_ref, acts_ref, cs_ref, cprev_ref, dhs_ref, dht_re
 # ------------------------------------------------------------------------------------------
 
 
-def _check_args(w_h, gx, carry0, lengths):
-    if gx.ndim != 3 or gx.shape[-1] % 4:
-        raise ValueError(f"gx.shape={tuple(gx.shape)} must be [T, B, 4H]")
-    steps, batch, gates = gx.shape
-    hidden = gates // 4
-    if tuple(w_h.shape) != (hidden, gates):
-        raise ValueError(
-            f"w_h.shape={tuple(w_h.shape)} must be ({hidden}, {gates}) for gx {gx.shape}")
-    if jnp.dtype(w_h.dtype) not in WEIGHT_DTYPES:
-        raise TypeError(f"w_h.dtype={w_h.dtype} must be float32 or bfloat16")
-    if gx.dtype != _F32:
-        raise TypeError(f"gx.dtype={gx.dtype} must be float32 (state and accumulation are float32)")
-    h0, c0 = carry0
-    for name, x in (("h0", h0), ("c0", c0)):
-        if tuple(x.shape) != (batch, hidden) or x.dtype != _F32:
-            raise ValueError(
-                f"carry0 {name}: {x.shape} {x.dtype} must be ({batch}, {hidden}) float32")
-    if lengths is not None and tuple(jnp.shape(lengths)) != (batch,):
-        raise ValueError(f"lengths.shape={tuple(jnp.shape(lengths))} must be ({batch},)")
-    if steps == 0 or batch == 0:
-        raise ValueError(f"gx.shape={tuple(gx.shape)}: T and B must be positive")
-
-
-def _kernel_weights(bs: LSTMBlockSizes, w_h: Array, hidden_p: int) -> Array:
-    """``w_h [H, 4H]`` -> ``[4, Hp, Hp]`` (``w[k] = w_h[:, kH:(k+1)H]``), f32 on TPU."""
-    hidden = w_h.shape[0]
-    w = w_h.reshape(hidden, 4, hidden).transpose(1, 0, 2)
-    w = jnp.pad(w, ((0, 0), (0, hidden_p - hidden), (0, hidden_p - hidden)))
-    return w.astype(_F32) if bs.platform == common.TPU else w
-
-
 def _fwd_call(bs: LSTMBlockSizes, steps: int, batch_p: int, hidden_p: int, save: bool,
               grid: common.PersistentGrid | None = None):
     """The forward ``pallas_call``: ``(len, gx4, w4, h0, c0) -> (hcar, ccar[, acts])`` on GPU,
     ``-> (hs, cs[, acts])`` on TPU (see the kernels for shapes)."""
-    bb, interpret = bs.block_b, common.interpret_arg(bs.platform, bs.interpret)
-    f32 = lambda *shape: jax.ShapeDtypeStruct(shape, _F32)  # noqa: E731
+    f32 = common.f32
     name = "seqjax_lstm_fwd" + ("_res" if save else "")
     if bs.platform == common.GPU:
         out_shape = [f32(steps + 1, batch_p, hidden_p)] * 2
@@ -629,96 +493,59 @@ def _fwd_call(bs: LSTMBlockSizes, steps: int, batch_p: int, hidden_p: int, save:
         return common.persistent_call(bs, grid, steps + 1,
                                       functools.partial(_fwd_kernel_gpu, steps=steps),
                                       _fwd_kernel_seq, out_shape, name)
-    bt = bs.block_t
-    kernel = functools.partial(_fwd_kernel_tpu, block_t=bt)
+    specs = common.TpuSpecs(bs.block_b, bs.block_t, hidden_p, steps // bs.block_t)
     out_shape = [f32(steps, batch_p, hidden_p)] * 2
-    out_specs = [pl.BlockSpec((bt, bb, hidden_p), lambda b, s: (s, b, 0))] * 2
+    out_specs = [specs.seq()] * 2
     if save:
         out_shape.append(f32(steps, 4, batch_p, hidden_p))
-        out_specs.append(pl.BlockSpec((bt, 4, bb, hidden_p), lambda b, s: (s, 0, b, 0)))
-    return pl.pallas_call(
-        kernel,
-        grid=(batch_p // bb, steps // bt),
-        in_specs=[
-            pl.BlockSpec((bb, 1), lambda b, s: (b, 0)),
-            pl.BlockSpec((bt, 4, bb, hidden_p), lambda b, s: (s, 0, b, 0)),
-            pl.BlockSpec((4, hidden_p, hidden_p), lambda b, s: (0, 0, 0)),
-            pl.BlockSpec((bb, hidden_p), lambda b, s: (b, 0)),
-            pl.BlockSpec((bb, hidden_p), lambda b, s: (b, 0)),
-        ],
-        out_specs=out_specs,
-        out_shape=out_shape,
-        scratch_shapes=[pltpu.VMEM((bb, hidden_p), _F32)] * 2,
-        compiler_params=pltpu.CompilerParams(
-            dimension_semantics=("parallel", "arbitrary"), vmem_limit_bytes=bs.vmem_limit_bytes
-        ),
-        interpret=interpret,
-        name=name,
-    )
+        out_specs.append(specs.gates(4))
+    return common.tpu_call(
+        bs, functools.partial(_fwd_kernel_tpu, block_t=bs.block_t), specs, batch_p=batch_p,
+        in_specs=[specs.lengths(), specs.gates(4), specs.weight(4), specs.state(),
+                  specs.state()],
+        out_specs=out_specs, out_shape=out_shape, scratch=2, name=name)
 
 
 def _bwd_call(bs: LSTMBlockSizes, steps: int, batch_p: int, hidden_p: int,
               grid: common.PersistentGrid | None = None):
     """The backward ``pallas_call``. GPU: ``(len, w4, acts, ccar, dhs, dhT, dcT) -> (dz, dh0,
     dc0)``; TPU: ``(len, w4, acts, cs, cprev, dhs, dhT, dcT) -> (dz, dh0, dc0)``."""
-    bb, interpret = bs.block_b, common.interpret_arg(bs.platform, bs.interpret)
-    f32 = lambda *shape: jax.ShapeDtypeStruct(shape, _F32)  # noqa: E731
+    f32 = common.f32
+    out_shape = [f32(steps, 4, batch_p, hidden_p), f32(batch_p, hidden_p), f32(batch_p, hidden_p)]
     if bs.platform == common.GPU:
-        out_shape = [f32(steps, 4, batch_p, hidden_p), f32(batch_p, hidden_p),
-                     f32(batch_p, hidden_p)]
         return common.persistent_call(bs, grid, steps + 1,
                                       functools.partial(_bwd_kernel_gpu, steps=steps),
                                       functools.partial(_bwd_kernel_seq, steps=steps), out_shape,
                                       "seqjax_lstm_bwd")
-    bt, nt = bs.block_t, steps // bs.block_t
-    kernel = functools.partial(_bwd_kernel_tpu, block_t=bt, time_blocks=nt)
-    seq = pl.BlockSpec((bt, bb, hidden_p), lambda b, s: (nt - 1 - s, b, 0))
-    gates = pl.BlockSpec((bt, 4, bb, hidden_p), lambda b, s: (nt - 1 - s, 0, b, 0))
-    state = pl.BlockSpec((bb, hidden_p), lambda b, s: (b, 0))
-    return pl.pallas_call(
-        kernel,
-        grid=(batch_p // bb, nt),
-        in_specs=[
-            pl.BlockSpec((bb, 1), lambda b, s: (b, 0)),
-            pl.BlockSpec((4, hidden_p, hidden_p), lambda b, s: (0, 0, 0)),
-            gates, seq, seq, seq, state, state,
-        ],
-        out_specs=[gates, state, state],
-        out_shape=[f32(steps, 4, batch_p, hidden_p), f32(batch_p, hidden_p),
-                   f32(batch_p, hidden_p)],
-        scratch_shapes=[pltpu.VMEM((bb, hidden_p), _F32)] * 2,
-        compiler_params=pltpu.CompilerParams(
-            dimension_semantics=("parallel", "arbitrary"), vmem_limit_bytes=bs.vmem_limit_bytes
-        ),
-        interpret=interpret,
-        name="seqjax_lstm_bwd",
-    )
+    nt = steps // bs.block_t
+    specs = common.TpuSpecs(bs.block_b, bs.block_t, hidden_p, nt, reverse=True)
+    seq, state = specs.seq(), specs.state()
+    return common.tpu_call(
+        bs, functools.partial(_bwd_kernel_tpu, block_t=bs.block_t, time_blocks=nt), specs,
+        batch_p=batch_p,
+        in_specs=[specs.lengths(), specs.weight(4), specs.gates(4), seq, seq, seq, state, state],
+        out_specs=[specs.gates(4), state, state], out_shape=out_shape, scratch=2,
+        name="seqjax_lstm_bwd")
 
 
 def _fwd(w_h, gx, carry0, lengths, block_sizes: LSTMBlockSizes, save: bool = True):
     """Forward: relayout, run the kernel, unpad. Returns ``((hs, (h_T, c_T)), residuals)``."""
     bs = block_sizes
-    _check_args(w_h, gx, carry0, lengths)
-    steps, batch, gates = gx.shape
-    hidden = gates // 4
-    if bs.platform == common.TPU and steps % bs.block_t:
-        raise ValueError(f"block_t={bs.block_t} must divide T={steps}")
-    batch_p, hidden_p = bs.padded(batch, hidden)
-    lens = jnp.full((batch,), steps, jnp.int32) if lengths is None else lengths.astype(jnp.int32)
-    lens = jnp.pad(lens, (0, batch_p - batch))  # padding rows: length 0
+    steps, batch, hidden = common.check_kernel_args(
+        gx, 4, [("w_h", w_h)], zip(("carry0 h0", "carry0 c0"), carry0), lengths)
+    batch_p, hidden_p, grid = bs.plan(steps, batch, hidden)
+    lens = common.kernel_lengths(lengths, steps, batch, batch_p)
     gates_first = gx.reshape(steps, batch, 4, hidden).transpose(0, 2, 1, 3)
     gx4 = common.pad_bh(gates_first, batch_p, hidden_p)
-    w4 = _kernel_weights(bs, w_h, hidden_p)
+    w4 = common.gate_major_weights(bs, w_h, hidden_p)
     h0, c0 = (common.pad_bh(x, batch_p, hidden_p) for x in carry0)
-    grid = bs.grid(batch, hidden) if bs.platform == common.GPU else None
     call = _fwd_call(bs, steps, batch_p, hidden_p, save, grid)
     if bs.platform == common.GPU:
         hcar, ccar, *acts = call(lens, gx4, w4, h0, c0)
     else:
         hs, cs, *acts = call(lens[:, None], gx4, w4, h0, c0)
         hcar, ccar = jnp.concatenate([h0[None], hs]), jnp.concatenate([c0[None], cs])
-    live = (jnp.arange(steps)[:, None] < lens[None, :batch])[..., None]
-    hs = jnp.where(live, hcar[1:, :batch, :hidden], 0.0)
+    hs = common.live_outputs(hcar, lens, batch, hidden)
     out = (hs, (hcar[steps, :batch, :hidden], ccar[steps, :batch, :hidden]))
     return out, ((w_h, lens, hcar, ccar, acts[0]) if save else None)
 
@@ -731,10 +558,10 @@ def _bwd(block_sizes: LSTMBlockSizes, res, cts):
     dhs, (dht, dct) = cts
     steps, batch, hidden = dhs.shape
     batch_p, hidden_p = hcar.shape[1:]
-    w4 = _kernel_weights(bs, w_h, hidden_p)
+    w4 = common.gate_major_weights(bs, w_h, hidden_p)
     dhs_p, dht_p, dct_p = (common.pad_bh(x.astype(_F32), batch_p, hidden_p)
                            for x in (dhs, dht, dct))
-    grid = bs.grid(batch, hidden) if bs.platform == common.GPU else None
+    grid = bs.plan(steps, batch, hidden)[2]
     call = _bwd_call(bs, steps, batch_p, hidden_p, grid)
     if bs.platform == common.GPU:
         dz, dh0, dc0 = call(lens, w4, acts, ccar, dhs_p, dht_p, dct_p)

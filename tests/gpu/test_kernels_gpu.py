@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import faulthandler
 import os
+import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -43,7 +45,13 @@ from seqjax.kernels import (
 )
 
 import seqjax
-from seqjax import GRU, LSTM, rnn
+
+# The kernel tests' shared helpers (tests/kernels/helpers.py; pytest puts that folder on
+# sys.path only for the tests inside it).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "kernels"))
+import helpers  # noqa: E402
+from helpers import CELLS, F32, lengths_for  # noqa: E402
+from helpers import assert_close_scaled as assert_close  # noqa: E402
 
 
 def _no_gpu_reason() -> str | None:
@@ -59,9 +67,7 @@ def _no_gpu_reason() -> str | None:
 NO_GPU = _no_gpu_reason()
 pytestmark = pytest.mark.skipif(NO_GPU is not None, reason=NO_GPU or "")
 
-F32 = jnp.float32
 TOLS = {"float32": 1e-4, "bfloat16": 2e-2}
-CELLS = ("lstm", "gru_after", "gru_before")
 
 # (B, T, H, dtype, lengths, reverse, non-zero initial carry)
 SHAPES = [
@@ -81,63 +87,20 @@ def watchdog():
     faulthandler.cancel_dump_traceback_later()
 
 
-def make_problem(kind, batch, steps, hidden, dtype, carry, seed=0, inputs=64):
-    cell = LSTM(inputs, hidden) if kind == "lstm" else GRU(inputs, hidden,
-                                                            reset=kind.split("_")[1])
-    rng = np.random.default_rng(seed)
-    np_dtype = jnp.dtype(dtype).type
-
-    def draw(shape, scale):
-        return jnp.asarray((scale * rng.standard_normal(shape)).astype(np.float32).astype(np_dtype))
-
-    params = {name: draw(shape, 0.5 if name.startswith("b") else hidden ** -0.5)
-              for name, shape in cell.param_shapes().items()}
-    xs = draw((batch, steps, inputs), 1.0)
-    carry0 = None
-    if carry:
-        state = lambda: jnp.asarray(0.5 * rng.standard_normal((batch, hidden)), F32)  # noqa: E731
-        carry0 = (state(), state()) if kind == "lstm" else state()
-    return cell, params, xs, carry0
-
-
-def outs_and_grads(cell, backend, lengths, reverse, carry0, params, xs, seed=7):
-    def fn(p, x, *c):
-        return rnn(cell, p, x, seq_lengths=lengths, initial_carry=c[0] if c else None,
-                   reverse=reverse, backend=backend)
-
-    args = (params, xs) + (() if carry0 is None else (carry0,))
-    outs, pullback = jax.vjp(fn, *args)
-    leaves, treedef = jax.tree.flatten(outs)
-    keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
-    cts = treedef.unflatten([jax.random.normal(k, x.shape, F32).astype(x.dtype)
-                             for k, x in zip(keys, leaves)])
-    return outs, pullback(cts)
-
-
-def assert_close(a, b, tol, what):
-    def one(x, y):
-        x, y = np.asarray(x, np.float32), np.asarray(y, np.float32)
-        assert x.shape == y.shape, (what, x.shape, y.shape)
-        err, scale = float(np.max(np.abs(x - y))), max(1.0, float(np.max(np.abs(y))))
-        assert err <= tol * scale, f"{what}: max |pallas - scan| = {err:.3g} > {tol} * {scale:.3g}"
-
-    jax.tree.map(one, a, b)
-
-
 @pytest.mark.parametrize("kind", CELLS)
 @pytest.mark.parametrize("batch,steps,hidden,dtype,lengths_kind,reverse,carry", SHAPES)
 def test_pallas_on_gpu_matches_scan(kind, batch, steps, hidden, dtype, lengths_kind, reverse,
                                     carry):
-    cell, params, xs, carry0 = make_problem(kind, batch, steps, hidden, dtype, carry)
+    cell, params, xs, carry0 = helpers.numpy_problem(kind, steps, batch, hidden, dtype=dtype,
+                                                     carry=carry, inputs=64)
     choice = seqjax.resolve_backend(cell, "pallas", dtype=jnp.dtype(dtype), batch=batch,
                                     steps=steps)
     assert choice.name == "pallas", choice.reason
     assert common.kernel_platform(choice.platform) == ("gpu", False)  # compiled, not interpreted
-    lens = None
-    if lengths_kind == "variable":  # 0 .. T, both ends included
-        lens = jnp.asarray(np.linspace(0, steps, batch).round().astype(np.int32))
+    lens = lengths_for(lengths_kind, steps, batch)  # "variable": 0 .. T, both ends included
 
-    both = lambda *a: [outs_and_grads(cell, b, lens, reverse, *a) for b in ("pallas", "scan")]
+    both = lambda *a: [helpers.rnn_outs_and_grads(cell, b, lens, reverse, *a)  # noqa: E731
+                       for b in ("pallas", "scan")]
     with jax.default_matmul_precision("highest"):
         traced = jax.jit(both).trace(carry0, params, xs)
         kernel = "seqjax_lstm_fwd" if kind == "lstm" else f"seqjax_{kind}_fwd"
@@ -149,15 +112,9 @@ def test_pallas_on_gpu_matches_scan(kind, batch, steps, hidden, dtype, lengths_k
     assert ys.dtype == xs.dtype and ys.shape == (batch, steps, hidden)
     assert_close(ys, ys_s, tol, "outputs")
     assert_close(carry_t, carry_s, tol, "final carry")
-    assert set(grads[0]) == set(params)
-    for name in params:
-        assert_close(grads[0][name], grads_s[0][name], tol, f"d/d {name}")
-    assert_close(grads[1], grads_s[1], tol, "d/d xs")
-    if carry0 is not None:
-        assert_close(grads[2], grads_s[2], tol, "d/d initial carry")
+    helpers.assert_rnn_grads_close(grads, grads_s, params, carry0, tol, close=assert_close)
     if lens is not None:
-        mask = np.arange(steps)[None, :] < np.asarray(lens)[:, None]
-        assert np.all(np.asarray(ys, np.float32)[~mask] == 0.0)
+        helpers.assert_zero_past_lengths(ys, lens, batch_major=True)
 
 
 @pytest.mark.parametrize("kind", CELLS)
@@ -173,7 +130,7 @@ def test_batch_groups_loop_on_gpu(kind):
     b = jnp.asarray(0.5 * rng.standard_normal((gates * hidden,)), F32)
     gx = jnp.asarray(rng.standard_normal((steps, batch, gates * hidden)), F32)
     h0 = jnp.asarray(0.5 * rng.standard_normal((batch, hidden)), F32)
-    lens = jnp.asarray(np.linspace(0, steps, batch).round().astype(np.int32))
+    lens = lengths_for("variable", steps, batch)
     if kind == "lstm":
         bs = LSTMBlockSizes("gpu", 16, 64, num_warps=8, max_programs=8)
         args = (w, gx, (h0, 0.5 * h0))

@@ -14,49 +14,17 @@ kernels is where the time goes; see ``FAST_COMPILE``).
 
 from __future__ import annotations
 
+import helpers
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import CELLS, F32, FAST_COMPILE, assert_close, numpy_problem
 from jax.test_util import check_grads
 from seqjax.kernels import GRUBlockSizes, LSTMBlockSizes, gru, lstm
 
-from seqjax import GRU, LSTM, rnn
-
-F32, BF16 = jnp.float32, jnp.bfloat16
 TOLS = {"float32": 1e-5, "bfloat16": 2e-2}
-CELLS = ("lstm", "gru_after", "gru_before")
-# Compile the interpret-mode kernels and the scan without LLVM's optimisation passes: the same
-# float32 maths (both sides alike), less than half the compile time, which dominates these tests.
-FAST_COMPILE = {"xla_backend_optimization_level": 0}
-
-
-def make_cell(kind: str, inputs: int, hidden: int):
-    if kind == "lstm":
-        return LSTM(inputs, hidden)
-    return GRU(inputs, hidden, reset=kind.split("_")[1])
-
-
-def problem(kind, steps, batch, hidden, *, dtype="float32", carry=True, inputs=3, seed=0):
-    """A cell, params with random biases (so no gate sits at 1/2 and ``b_hn`` matters), inputs
-    ``xs [B, T, D]`` and a non-zero initial carry (or ``None``: the default zeros).
-
-    Drawn with NumPy: eager JAX ops would each compile, which costs more than these tests."""
-    cell = make_cell(kind, inputs, hidden)
-    rng = np.random.default_rng(seed)
-    np_dtype = jnp.dtype(dtype).type  # bfloat16: the ml_dtypes NumPy type, no JAX op
-
-    def draw(shape, scale):
-        return jnp.asarray((scale * rng.standard_normal(shape)).astype(np.float32).astype(np_dtype))
-
-    params = {name: draw(shape, 0.5 if name.startswith("b") else hidden ** -0.5)
-              for name, shape in cell.param_shapes().items()}
-    xs = draw((batch, steps, inputs), 1.0)
-    carry0 = None
-    if carry:
-        state = lambda: jnp.asarray(0.5 * rng.standard_normal((batch, hidden)), F32)  # noqa: E731
-        carry0 = (state(), state()) if kind == "lstm" else state()
-    return cell, params, xs, carry0
+problem = numpy_problem
 
 
 def kernel_inputs(kind, steps, batch, hidden, seed):
@@ -65,34 +33,6 @@ def kernel_inputs(kind, steps, batch, hidden, seed):
     rng = np.random.default_rng(seed + 1)
     gx = jnp.asarray(rng.standard_normal((steps, batch, cell.gate_size)), F32)
     return params, gx, carry0
-
-
-def cotangents(tree, seed):
-    leaves, treedef = jax.tree.flatten(tree)
-    keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
-    return treedef.unflatten(
-        [jax.random.normal(k, x.shape, F32).astype(x.dtype) for k, x in zip(keys, leaves)])
-
-
-def outs_and_grads(cell, backend, lengths, reverse, carry0, params, xs, seed=7):
-    """``rnn`` outputs and final carry, and the VJP of a random functional of both w.r.t.
-    ``(params, xs[, carry0])``."""
-
-    def fn(p, x, *c):
-        return rnn(cell, p, x, seq_lengths=lengths, initial_carry=c[0] if c else None,
-                   reverse=reverse, backend=backend)
-
-    args = (params, xs) + (() if carry0 is None else (carry0,))
-    outs, pullback = jax.vjp(fn, *args)
-    return outs, pullback(cotangents(outs, seed))
-
-
-def assert_close(a, b, tol, what):
-    jax.tree.map(
-        lambda x, y: np.testing.assert_allclose(
-            np.asarray(x, np.float32), np.asarray(y, np.float32), rtol=tol, atol=tol,
-            err_msg=what),
-        a, b)
 
 
 # (T, B, H, lengths, reverse, dtype, non-zero initial carry)
@@ -109,7 +49,8 @@ def test_pallas_matches_scan(kind, steps, batch, hidden, lengths, reverse, dtype
     cell, params, xs, carry0 = problem(kind, steps, batch, hidden, dtype=dtype, carry=carry,
                                        seed=steps * 100 + hidden)
     lens = None if lengths is None else jnp.asarray(lengths, jnp.int32)
-    both = lambda *a: [outs_and_grads(cell, b, lens, reverse, *a) for b in ("pallas", "scan")]
+    both = lambda *a: [helpers.rnn_outs_and_grads(cell, b, lens, reverse, *a)  # noqa: E731
+                       for b in ("pallas", "scan")]
     traced = jax.jit(both).trace(carry0, params, xs)
     kernel_name = "seqjax_lstm_fwd" if kind == "lstm" else f"seqjax_{kind}_fwd"
     assert kernel_name in str(traced.jaxpr), "the kernel must run, not a fallback"
@@ -121,17 +62,11 @@ def test_pallas_matches_scan(kind, steps, batch, hidden, lengths, reverse, dtype
     assert_close(ys, ys_s, tol, "outputs")
     assert_close(carry_t, carry_s, tol, "final carry")
     # Gradients: every parameter, the inputs and (when given) the initial carry.
-    assert set(grads[0]) == set(params)
-    for name in params:
-        assert grads[0][name].dtype == params[name].dtype
-        assert_close(grads[0][name], grads_s[0][name], tol, f"d/d {name}")
-    assert_close(grads[1], grads_s[1], tol, "d/d xs")
+    helpers.assert_rnn_grads_close(grads, grads_s, params, carry0, tol)
     if carry0 is not None:
-        assert_close(grads[2], grads_s[2], tol, "d/d initial carry")
         assert max(np.abs(np.asarray(g)).max() for g in jax.tree.leaves(grads[2])) > 0
     if lens is not None:  # zeros past each length; the carry of a length-0 row is carry0
-        mask = np.arange(steps)[None, :] < np.asarray(lens)[:, None]
-        assert np.all(np.asarray(ys, np.float32)[~mask] == 0.0)
+        helpers.assert_zero_past_lengths(ys, lens, batch_major=True)
         zero = np.asarray(lens) == 0
         h_t = carry_t[0] if kind == "lstm" else carry_t
         h_0 = np.zeros(h_t.shape) if carry0 is None else carry0[0] if kind == "lstm" else carry0

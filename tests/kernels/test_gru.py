@@ -7,72 +7,22 @@ Both reset variants (``"after"``: cuDNN/PyTorch; ``"before"``: Cho et al.). Valu
 ``rnn(..., backend="pallas")`` on CPU runs the kernel in interpret mode end to end.
 """
 
+import helpers
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import BF16, F32, RESETS, TOL, assert_close, lengths_for, outs_and_grads
 from seqjax.kernels import GRUBlockSizes, common, gru, gru_reference, unsupported_reason
 
 import seqjax
 from seqjax import GRU, rnn
 
-F32, BF16 = jnp.float32, jnp.bfloat16
-TOL = 1e-5
-RESETS = ["after", "before"]
-# Compile without LLVM's optimisation passes (as tests/kernels/test_grid.py): same maths,
-# about half the compile time.
-FAST_COMPILE = {"xla_backend_optimization_level": 0}
 
-
-def lengths_for(kind, steps, batch):
-    """``None`` or ``[B]`` int32 lengths spanning ``0 .. T`` (both ends included)."""
-    if kind is None:
-        return None
-    return jnp.asarray(np.linspace(0, steps, batch).round().astype(np.int32))
-
-
-def problem(steps, batch, hidden, reset, *, inputs=4, seed=0):
+def problem(steps, batch, hidden, reset, *, seed=0):
     """A GRU, params (random biases so no gate sits at 1/2 and ``b_hn`` matters), ``xs [B, T,
     D]`` and an initial state."""
-    cell = GRU(inputs, hidden, reset=reset)
-    k = jax.random.split(jax.random.PRNGKey(seed), 5)
-    params = cell.init(k[0])
-    params["b_x"] = 0.5 * jax.random.normal(k[1], params["b_x"].shape)
-    params["b_h"] = 0.5 * jax.random.normal(k[2], params["b_h"].shape)
-    xs = jax.random.normal(k[3], (batch, steps, inputs))
-    h0 = 0.5 * jax.random.normal(k[4], (batch, hidden))
-    return cell, params, xs, h0
-
-
-def cotangents(tree, seed=1):
-    """Random cotangents shaped like ``tree`` (a random linear functional of the outputs)."""
-    leaves, treedef = jax.tree.flatten(tree)
-    keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
-    return treedef.unflatten(
-        [jax.random.normal(key, x.shape, F32).astype(x.dtype) for key, x in zip(keys, leaves)]
-    )
-
-
-def outs_and_grads(fn, *args, seed=1):
-    """``(fn(*args), vjp of fn at args with random cotangents)``."""
-    outs, pullback = jax.vjp(fn, *args)
-    return outs, pullback(cotangents(outs, seed))
-
-
-def assert_close(a, b, tol, what=""):
-    jax.tree.map(
-        lambda x, y: np.testing.assert_allclose(
-            np.asarray(x, np.float32), np.asarray(y, np.float32), rtol=tol, atol=tol, err_msg=what
-        ),
-        a, b,
-    )
-
-
-def kernel_args(cell, params, xs, h0):
-    """``(w_h, b_h, gx [T, B, 3H], h0)``: what :func:`gru` takes."""
-    gx = cell.project(params, jnp.swapaxes(xs, 0, 1))
-    rp = cell.recurrent_params(params)
-    return rp["w_h"], rp["b_h"], gx, h0
+    return helpers.keyed_problem(f"gru_{reset}", steps, batch, hidden, seed=seed)
 
 
 def check_kernel(bs, args, lengths):
@@ -80,8 +30,8 @@ def check_kernel(bs, args, lengths):
     ``w_h``, ``b_h``, ``gx`` and ``h0``. The kernel side runs under ``jit``: one compilation
     instead of one per wrapper op (compiling interpret-mode kernels is where the time goes),
     without LLVM's optimisation passes (same maths, about half the compile time)."""
-    kernel_side = jax.jit(lambda *a: outs_and_grads(lambda *b: gru(*b, lengths, bs), *a))
-    out, grads = kernel_side.trace(*args).lower().compile(FAST_COMPILE)(*args)
+    out, grads = helpers.compile_fast(
+        lambda *a: outs_and_grads(lambda *b: gru(*b, lengths, bs), *a), *args)
     ref, grads_ref = outs_and_grads(lambda *a: gru_reference(*a, lengths, bs), *args)
     assert_close(out, ref, TOL, "kernel vs reference")
     assert_close(grads, grads_ref, TOL, "kernel grads vs autodiff of the reference")
@@ -100,7 +50,7 @@ def test_kernel_matches_reference_and_scan(reset):
     gradients in the backward) go through the kernel's phases correctly. Lengths span 0 .. T."""
     steps, batch, hidden = 4, 20, 40
     cell, params, xs, h0 = problem(steps, batch, hidden, reset)
-    args = kernel_args(cell, params, xs, h0)
+    args = helpers.kernel_args(cell, params, xs, h0)
     lengths = lengths_for("variable", steps, batch)
     bs = GRUBlockSizes("gpu", block_b=16, block_h=16, reset=reset, interpret=True)
     assert bs.padded(batch, hidden) == (32, 48)
@@ -117,8 +67,7 @@ def test_kernel_matches_reference_and_scan(reset):
     # Zeros past each length; the final state frozen at the length.
     lens = np.asarray(lengths)
     assert lens.min() == 0 and lens.max() == steps
-    mask = np.arange(steps)[:, None] < lens[None, :]
-    assert np.all(np.asarray(out[0])[~mask] == 0.0)
+    helpers.assert_zero_past_lengths(out[0], lengths)
     np.testing.assert_array_equal(np.asarray(out[1])[lens == 0], np.asarray(h0)[lens == 0])
 
 
@@ -141,31 +90,22 @@ def test_persistent_kernel_matches_reference_and_scan(reset, dtype):
     xs_t = jnp.swapaxes(xs, 0, 1)
     lengths = lengths_for("variable", steps, batch)
 
-    def projected(op):
-        def fn(p, x, h):
-            return op(p["w_h"], p["b_h"], cell.project(p, x).astype(F32), h, lengths)
-        return fn
-
-    def scan_rnn(p, x, h):
-        return rnn(cell, p, x, seq_lengths=lengths, initial_carry=h, backend="scan",
-                   time_major=True)
-
-    def all_sides(*args):
+    def all_sides(*args):  # the ops behind the same input projection as the scan backend
         return [outs_and_grads(f, *args) for f in (
-            projected(lambda *a: gru(*a, bs)),
-            projected(lambda *a: gru_reference(*a, reset)), scan_rnn)]
+            helpers.projected(cell, lambda *a: gru(*a, bs), lengths),
+            helpers.projected(cell, lambda *a: gru_reference(*a, reset), lengths),
+            helpers.scan_rnn(cell, lengths))]
 
     traced = jax.jit(all_sides).trace(params, xs_t, h0)
     assert f"seqjax_gru_{reset}_bwd" in str(traced.jaxpr)
     (out, grads), (ref, grads_ref), (scan, grads_scan) = (
-        traced.lower().compile(FAST_COMPILE)(params, xs_t, h0))
+        traced.lower().compile(helpers.FAST_COMPILE)(params, xs_t, h0))
     grad_tol = TOL if dtype == "float32" else 1e-2  # bf16 d/dW_h, d/db_h: rounding of f32 sums
     assert_close(out, ref, TOL, "kernel vs reference")
     assert_close(grads, grads_ref, grad_tol, "kernel grads vs autodiff of the reference")
     assert_close(out, scan, TOL, "kernel vs scan backend")
     assert_close(grads, grads_scan, grad_tol, "kernel grads vs the scan backend's VJP")
-    mask = np.arange(steps)[:, None] < np.asarray(lengths)[None, :]
-    assert np.all(np.asarray(out[0])[~mask] == 0.0)
+    helpers.assert_zero_past_lengths(out[0], lengths)
 
 
 @pytest.mark.parametrize("reset", RESETS)
@@ -175,7 +115,8 @@ def test_tpu_kernel_interpret_matches_reference(reset):
     steps, batch, hidden = 4, 10, 8
     cell, params, xs, h0 = problem(steps, batch, hidden, reset, seed=4)
     bs = GRUBlockSizes("tpu", block_b=8, block_h=128, reset=reset, block_t=2, interpret=True)
-    check_kernel(bs, kernel_args(cell, params, xs, h0), lengths_for("variable", steps, batch))
+    check_kernel(bs, helpers.kernel_args(cell, params, xs, h0),
+                 lengths_for("variable", steps, batch))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -186,12 +127,8 @@ def test_tpu_kernel_interpret_matches_reference(reset):
 def run_both(cell, params, xs, h0, lengths, reverse, backend):
     """Outputs and VJP of ``rnn`` on ``backend`` (pallas under ``jit``: see check_kernel)."""
 
-    def fn(p, x, h):
-        return rnn(cell, p, x, seq_lengths=lengths, initial_carry=h, reverse=reverse,
-                   backend=backend)
-
-    run = lambda *a: outs_and_grads(fn, *a, seed=7)
-    return (jax.jit(run) if backend == "pallas" else run)(params, xs, h0)
+    run = lambda *a: helpers.rnn_outs_and_grads(cell, backend, lengths, reverse, *a)  # noqa: E731
+    return (jax.jit(run) if backend == "pallas" else run)(h0, params, xs)
 
 
 @pytest.mark.parametrize(
@@ -270,7 +207,6 @@ def test_block_sizes():
     before = GRUBlockSizes.default((7, 3, 8), F32, "cuda", reset="before")
     assert before.reset == "before" and before != bs  # the variant is part of the static key
     assert (bs.saved_gates, before.saved_gates) == (4, 3)
-    assert bs.padded(3, 8) == (16, 16)
     # Persistent GPU kernel: 16 hidden units a program, every program resident (<= 132).
     b16 = GRUBlockSizes.default((1024, 16, 768), BF16, "gpu", reset="before")
     grid = b16.grid(16, 768)
@@ -279,28 +215,15 @@ def test_block_sizes():
     big = GRUBlockSizes.default((6, 9000, 200), F32, "gpu")
     grid = big.grid(9000, 200)
     assert big.block_b == 128 and grid.programs <= 132 and grid.blocks_per_program > 1
-    assert GRUBlockSizes.default((7, 3, 200), F32, "gpu").padded(3, 200) == (16, 224)
-    with pytest.raises(ValueError, match="larger block_h"):
-        GRUBlockSizes("gpu", block_b=16, block_h=16, max_programs=2).padded(3, 40)
-    tpu = GRUBlockSizes.default((12, 3, 200), F32, "tpu")
-    assert (tpu.block_b, tpu.block_h, tpu.block_t) == (8, 256, 12)
-    big = GRUBlockSizes.default((100, 512, 1024), F32, "tpu", reset="before")
-    assert 100 % big.block_t == 0 and big.vmem_limit_bytes <= 60 * 2**20
-    with pytest.raises(ValueError, match="power of two"):
-        GRUBlockSizes("gpu", block_b=8, block_h=16)
-    with pytest.raises(ValueError, match="multiple of 128"):
-        GRUBlockSizes("tpu", block_b=8, block_h=64)
     with pytest.raises(ValueError, match="reset='sideways'"):
         GRUBlockSizes("gpu", block_b=16, block_h=16, reset="sideways")
-    with pytest.raises(TypeError, match="float16"):
-        GRUBlockSizes.default((7, 3, 8), jnp.float16, "gpu")
-    with pytest.raises(ValueError, match="no fused kernels"):
-        GRUBlockSizes.default((7, 3, 8), F32, "metal")
+    for reset in RESETS:
+        helpers.assert_block_size_rules(GRUBlockSizes, reset=reset)
 
 
 def test_argument_errors_name_the_argument():
     cell, params, xs, h0 = problem(3, 2, 8, "after")
-    w_h, b_h, gx, h0 = kernel_args(cell, params, xs, h0)
+    w_h, b_h, gx, h0 = helpers.kernel_args(cell, params, xs, h0)
     bs = GRUBlockSizes.default((3, 2, 8), F32, "cpu")
     with pytest.raises(ValueError, match="b_h.shape"):
         gru(w_h, b_h[:-1], gx, h0, None, bs)

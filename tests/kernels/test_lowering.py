@@ -10,13 +10,10 @@ dispatches to; for the GRU (both reset variants) a set of shapes that reaches ev
 block size and launch parameter :meth:`GRUBlockSizes.default` picks.
 """
 
-import jax
 import jax.numpy as jnp
 import pytest
-from seqjax.kernels import GRUBlockSizes, LSTMBlockSizes, gru, lstm
-
-S = jax.ShapeDtypeStruct
-F32 = jnp.float32
+from helpers import F32, RESETS, lower_op
+from seqjax.kernels import GRUBlockSizes, LSTMBlockSizes
 
 # (T, B, H) shapes that reach every GPU configuration default() returns for the persistent
 # kernel (block_h is always 16): block_b in {16, 32, 64, 128}, num_warps in {4, 8, 16}, one and
@@ -30,36 +27,10 @@ GPU_SHAPES = [(6, 3, 8), (6, 16, 768), (6, 64, 256), (6, 64, 512), (6, 256, 256)
 TPU_SHAPES = [(7, 3, 8), (32, 300, 256), (17, 40, 128), (8, 512, 1024)]
 
 
-def _args(shape, dtype):
-    steps, batch, hidden = shape
-    return (S((hidden, 4 * hidden), dtype), S((steps, batch, 4 * hidden), F32),
-            (S((batch, hidden), F32), S((batch, hidden), F32)), S((batch,), jnp.int32))
-
-
-def _lower(fn, args, platform):
-    return jax.jit(fn).trace(*args).lower(lowering_platforms=(platform,)).as_text()
-
-
 def _check(shape, dtype, platform, style):
     bs = LSTMBlockSizes.default(shape, dtype, style)
     assert not bs.interpret
-    args = _args(shape, dtype)
-
-    def forward(w, gx, carry, lengths):
-        return lstm(w, gx, carry, lengths, bs)
-
-    def grads(w, gx, carry, lengths):
-        def loss(w, gx, carry):
-            hs, (h, c) = lstm(w, gx, carry, lengths, bs)
-            return jnp.sum(hs * hs) + jnp.sum(h) + jnp.sum(c)
-
-        return jax.grad(loss, argnums=(0, 1, 2))(w, gx, carry)
-
-    fwd_text = _lower(forward, args, platform)
-    assert "seqjax_lstm_fwd" in fwd_text and "seqjax_lstm_bwd" not in fwd_text
-    bwd_text = _lower(grads, args, platform)
-    assert "seqjax_lstm_fwd_res" in bwd_text and "seqjax_lstm_bwd" in bwd_text
-    return bs, fwd_text, bwd_text
+    return (bs, *lower_op("lstm", bs, shape, dtype, platform))
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["f32", "bf16"])
@@ -70,17 +41,39 @@ def test_lowers_for_cuda_triton(shape, dtype):
     assert "__gpu$xla.gpu.triton" in fwd_text and "__gpu$xla.gpu.triton" in bwd_text
 
 
-def test_gpu_shapes_cover_every_default_configuration():
-    configs = [(LSTMBlockSizes.default(s, dt, "gpu"), s) for s in GPU_SHAPES
+def gpu_defaults_reached(block_sizes, shapes):
+    """What ``block_sizes.default`` picks on GPU over ``shapes`` in float32 and bfloat16: the
+    values of ``block_b``, ``block_h``, ``num_warps``, and whether one and several K tiles,
+    batch groups and batch blocks per program occur. Every grid fits its 132 programs."""
+    configs = [(block_sizes.default(s, dt, "gpu"), s) for s in shapes
                for dt in (jnp.float32, jnp.bfloat16)]
     grids = [bs.grid(s[1], s[2]) for bs, s in configs]
-    assert {bs.block_b for bs, _ in configs} == {16, 32, 64, 128}
-    assert {bs.block_h for bs, _ in configs} == {16}
-    assert {bs.num_warps for bs, _ in configs} == {4, 8, 16}
-    assert {g.k_tiles > 1 for g in grids} == {False, True}
-    assert {g.batch_groups > 1 for g in grids} == {False, True}
-    assert {g.blocks_per_program > 1 for g in grids} == {False, True}
     assert all(g.programs <= bs.max_programs == 132 for g, (bs, _) in zip(grids, configs))
+    return {
+        "block_b": {bs.block_b for bs, _ in configs},
+        "block_h": {bs.block_h for bs, _ in configs},
+        "num_warps": {bs.num_warps for bs, _ in configs},
+        "several K tiles": {g.k_tiles > 1 for g in grids},
+        "several batch groups": {g.batch_groups > 1 for g in grids},
+        "several blocks per program": {g.blocks_per_program > 1 for g in grids},
+    }
+
+
+def tpu_defaults_reached(block_sizes, shapes):
+    """The ``block_b``, ``block_t`` and ``block_h`` values ``block_sizes.default`` picks on TPU
+    over ``shapes`` (float32)."""
+    configs = [block_sizes.default(s, F32, "tpu") for s in shapes]
+    return ({bs.block_b for bs in configs}, {bs.block_t for bs in configs},
+            {bs.block_h for bs in configs})
+
+
+EVERY_GPU_CASE = {"several K tiles": {False, True}, "several batch groups": {False, True},
+                  "several blocks per program": {False, True}}
+
+
+def test_gpu_shapes_cover_every_default_configuration():
+    assert gpu_defaults_reached(LSTMBlockSizes, GPU_SHAPES) == {
+        "block_b": {16, 32, 64, 128}, "block_h": {16}, "num_warps": {4, 8, 16}, **EVERY_GPU_CASE}
 
 
 def test_cuda_lowering_is_the_persistent_kernel():
@@ -102,10 +95,8 @@ def test_lowers_for_tpu_mosaic(shape, dtype):
 
 
 def test_tpu_shapes_span_the_default_regimes():
-    configs = [LSTMBlockSizes.default(s, F32, "tpu") for s in TPU_SHAPES]
-    assert {bs.block_b for bs in configs} >= {8, 128}
-    assert {bs.block_t for bs in configs} >= {1, 7, 16}
-    assert {bs.block_h for bs in configs} == {128, 256, 1024}
+    block_b, block_t, block_h = tpu_defaults_reached(LSTMBlockSizes, TPU_SHAPES)
+    assert block_b >= {8, 128} and block_t >= {1, 7, 16} and block_h == {128, 256, 1024}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -118,36 +109,12 @@ def test_tpu_shapes_span_the_default_regimes():
 # 4/8/16 warps) and include issue #16's B=16 H=768.
 GRU_GPU_SHAPES = [(6, 3, 8), (6, 16, 768), (6, 256, 256), (6, 9000, 200)]
 GRU_TPU_SHAPES = TPU_SHAPES
-RESETS = ["after", "before"]
-
-
-def _gru_args(shape, dtype):
-    steps, batch, hidden = shape
-    return (S((hidden, 3 * hidden), dtype), S((3 * hidden,), dtype),
-            S((steps, batch, 3 * hidden), F32), S((batch, hidden), F32), S((batch,), jnp.int32))
 
 
 def _check_gru(shape, dtype, reset, platform, style):
     bs = GRUBlockSizes.default(shape, dtype, style, reset=reset)
     assert not bs.interpret and bs.reset == reset
-    args = _gru_args(shape, dtype)
-
-    def forward(w, b, gx, h0, lengths):
-        return gru(w, b, gx, h0, lengths, bs)
-
-    def grads(w, b, gx, h0, lengths):
-        def loss(w, b, gx, h0):
-            hs, h = gru(w, b, gx, h0, lengths, bs)
-            return jnp.sum(hs * hs) + jnp.sum(h)
-
-        return jax.grad(loss, argnums=(0, 1, 2, 3))(w, b, gx, h0)
-
-    name = f"seqjax_gru_{reset}"
-    fwd_text = _lower(forward, args, platform)
-    assert f"{name}_fwd" in fwd_text and f"{name}_bwd" not in fwd_text
-    bwd_text = _lower(grads, args, platform)
-    assert f"{name}_fwd_res" in bwd_text and f"{name}_bwd" in bwd_text
-    return fwd_text, bwd_text
+    return lower_op("gru", bs, shape, dtype, platform)
 
 
 @pytest.mark.parametrize("reset", RESETS)
@@ -159,15 +126,8 @@ def test_gru_lowers_for_cuda_triton(shape, dtype, reset):
 
 
 def test_gru_gpu_shapes_reach_every_default_value():
-    configs = [(GRUBlockSizes.default(s, dt, "gpu"), s) for s in GRU_GPU_SHAPES
-               for dt in (jnp.float32, jnp.bfloat16)]
-    grids = [bs.grid(s[1], s[2]) for bs, s in configs]
-    assert {bs.block_b for bs, _ in configs} == {16, 32, 128}
-    assert {bs.num_warps for bs, _ in configs} == {4, 8, 16}
-    assert {g.k_tiles > 1 for g in grids} == {False, True}
-    assert {g.batch_groups > 1 for g in grids} == {False, True}
-    assert {g.blocks_per_program > 1 for g in grids} == {False, True}
-    assert all(g.programs <= 132 for g in grids)
+    assert gpu_defaults_reached(GRUBlockSizes, GRU_GPU_SHAPES) == {
+        "block_b": {16, 32, 128}, "block_h": {16}, "num_warps": {4, 8, 16}, **EVERY_GPU_CASE}
 
 
 def test_gru_cuda_lowering_is_the_persistent_kernel():
@@ -196,7 +156,5 @@ def test_gru_lowers_for_tpu_mosaic(shape, dtype, reset):
 
 
 def test_gru_tpu_shapes_span_the_default_regimes():
-    configs = [GRUBlockSizes.default(s, F32, "tpu") for s in GRU_TPU_SHAPES]
-    assert {bs.block_b for bs in configs} >= {8, 128}
-    assert {bs.block_t for bs in configs} >= {1, 7, 16}
-    assert {bs.block_h for bs in configs} == {128, 256, 1024}
+    block_b, block_t, block_h = tpu_defaults_reached(GRUBlockSizes, GRU_TPU_SHAPES)
+    assert block_b >= {8, 128} and block_t >= {1, 7, 16} and block_h == {128, 256, 1024}

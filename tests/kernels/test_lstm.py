@@ -8,70 +8,21 @@ mode end to end.
 
 import warnings
 
+import helpers
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import BF16, F32, TOL, assert_close, lengths_for, outs_and_grads
 from seqjax.kernels import LSTMBlockSizes, common, lstm, lstm_reference, unsupported_reason
 
 import seqjax
 from seqjax import LSTM, PeepholeLSTM, SimpleRNN, rnn
 
-F32, BF16 = jnp.float32, jnp.bfloat16
-TOL = 1e-5
 
-
-def lengths_for(kind, steps, batch):
-    """``None`` or ``[B]`` int32 lengths spanning ``0 .. T`` (both ends included)."""
-    if kind is None:
-        return None
-    return jnp.asarray(np.linspace(0, steps, batch).round().astype(np.int32))
-
-
-def problem(steps, batch, hidden, *, inputs=4, seed=0):
-    """A cell, params (random bias so no gate sits at 1/2), ``xs [B, T, D]`` and a carry."""
-    cell = LSTM(inputs, hidden)
-    k = jax.random.split(jax.random.PRNGKey(seed), 5)
-    params = cell.init(k[0])
-    params["b"] = 0.5 * jax.random.normal(k[1], params["b"].shape)
-    xs = jax.random.normal(k[2], (batch, steps, inputs))
-    carry0 = (0.5 * jax.random.normal(k[3], (batch, hidden)),
-              0.5 * jax.random.normal(k[4], (batch, hidden)))
-    return cell, params, xs, carry0
-
-
-def cotangents(tree, seed=1):
-    """Random cotangents shaped like ``tree`` (a random linear functional of the outputs)."""
-    leaves, treedef = jax.tree.flatten(tree)
-    keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
-    return treedef.unflatten(
-        [jax.random.normal(key, x.shape, F32).astype(x.dtype) for key, x in zip(keys, leaves)]
-    )
-
-
-def outs_and_grads(fn, *args, seed=1):
-    """``(fn(*args), vjp of fn at args with random cotangents)``."""
-    outs, pullback = jax.vjp(fn, *args)
-    return outs, pullback(cotangents(outs, seed))
-
-
-def assert_close(a, b, tol, what=""):
-    jax.tree.map(
-        lambda x, y: np.testing.assert_allclose(
-            np.asarray(x, np.float32), np.asarray(y, np.float32), rtol=tol, atol=tol, err_msg=what
-        ),
-        a, b,
-    )
-
-
-# Compile without LLVM's optimisation passes (as tests/kernels/test_grid.py): same maths,
-# about half the compile time.
-FAST_COMPILE = {"xla_backend_optimization_level": 0}
-
-
-def kernel_inputs(cell, params, xs):
-    gx = cell.project(params, jnp.swapaxes(xs, 0, 1))  # [T, B, 4H] float32
-    return cell.recurrent_params(params), gx
+def problem(steps, batch, hidden, *, seed=0):
+    """An LSTM, params (random bias so no gate sits at 1/2), ``xs [B, T, D]`` and a carry."""
+    return helpers.keyed_problem("lstm", steps, batch, hidden, seed=seed)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -84,25 +35,22 @@ def kernel_inputs(cell, params, xs):
 def test_kernel_matches_reference_and_scan(shape, lengths_kind):
     steps, batch, hidden = shape
     cell, params, xs, carry0 = problem(steps, batch, hidden)
-    rp, gx = kernel_inputs(cell, params, xs)
     lengths = lengths_for(lengths_kind, steps, batch)
     bs = LSTMBlockSizes.default(shape, F32, "cpu")
     assert bs.interpret and bs.platform == "gpu"
 
-    args = (rp["w_h"], gx, carry0)
+    args = helpers.kernel_args(cell, params, xs, carry0)
     # Under jit, compiled without LLVM's optimisation passes: one compilation of the
     # interpret-mode kernel instead of one per op (where the time goes).
-    kernel_side = jax.jit(lambda *a: outs_and_grads(lambda w, g, c: lstm(w, g, c, lengths, bs),
-                                                    *a))
-    out, grads = kernel_side.trace(*args).lower().compile(FAST_COMPILE)(*args)
+    out, grads = helpers.compile_fast(
+        lambda *a: outs_and_grads(lambda w, g, c: lstm(w, g, c, lengths, bs), *a), *args)
     ref, grads_ref = outs_and_grads(lambda w, g, c: lstm_reference(w, g, c, lengths), *args)
     scan = rnn(cell, params, jnp.swapaxes(xs, 0, 1), seq_lengths=lengths, initial_carry=carry0,
                backend="scan", time_major=True)
     assert_close(out, ref, TOL, "kernel vs reference")
     assert_close(ref, scan, TOL, "reference vs scan backend")
     if lengths is not None:  # zeros past each length; the final carry frozen at the length
-        mask = np.arange(steps)[:, None] < np.asarray(lengths)[None, :]
-        assert np.all(np.asarray(out[0])[~mask] == 0.0)
+        helpers.assert_zero_past_lengths(out[0], lengths)
         zero = np.asarray(lengths) == 0
         np.testing.assert_array_equal(np.asarray(out[1][0])[zero], np.asarray(carry0[0])[zero])
 
@@ -142,21 +90,15 @@ def test_gpu_kernel_drivers_match_reference_and_scan(steps, batch, hidden, block
     lengths = lengths_for("variable", steps, batch)
     assert 0 in np.asarray(lengths) and steps in np.asarray(lengths)
 
-    def projected(op):  # the op behind the same input projection as the scan backend
-        return lambda p, x, c: op(p["w_h"], cell.project(p, x).astype(F32), c, lengths)
-
-    def scan_rnn(p, x, c):
-        return rnn(cell, p, x, seq_lengths=lengths, initial_carry=c, backend="scan",
-                   time_major=True)
-
-    def all_sides(*args):
+    def all_sides(*args):  # the ops behind the same input projection as the scan backend
         return [outs_and_grads(f, *args) for f in (
-            projected(lambda *a: lstm(*a, bs)), projected(lstm_reference), scan_rnn)]
+            helpers.projected(cell, lambda *a: lstm(*a, bs), lengths),
+            helpers.projected(cell, lstm_reference, lengths), helpers.scan_rnn(cell, lengths))]
 
     traced = jax.jit(all_sides).trace(params, xs_t, carry0)
     assert "seqjax_lstm_fwd_res" in str(traced.jaxpr) and "seqjax_lstm_bwd" in str(traced.jaxpr)
     (out, grads), (ref, grads_ref), (scan, grads_scan) = (
-        traced.lower().compile(FAST_COMPILE)(params, xs_t, carry0))
+        traced.lower().compile(helpers.FAST_COMPILE)(params, xs_t, carry0))
     # Gradients w.r.t. every param, xs and the carry. bf16: d/dW_h is rounded to bfloat16 from
     # float32 sums accumulated in a different order.
     grad_tol = TOL if dtype == "float32" else 1e-2
@@ -165,8 +107,7 @@ def test_gpu_kernel_drivers_match_reference_and_scan(steps, batch, hidden, block
     assert_close(out, scan, TOL, "kernel vs scan backend")
     assert_close(grads, grads_scan, grad_tol, "kernel grads vs the scan backend's VJP")
     assert max(float(np.abs(np.asarray(g, np.float32)).max()) for g in jax.tree.leaves(grads)) > 0
-    mask = np.arange(steps)[:, None] < np.asarray(lengths)[None, :]
-    assert np.all(np.asarray(out[0])[~mask] == 0.0)
+    helpers.assert_zero_past_lengths(out[0], lengths)
     zero = np.asarray(lengths) == 0
     np.testing.assert_array_equal(np.asarray(out[1][1])[zero], np.asarray(carry0[1])[zero])
 
@@ -176,10 +117,9 @@ def test_tpu_kernel_interpret_matches_reference():
     so the VMEM scratch state crosses grid steps and the backward walks time blocks in reverse."""
     steps, batch, hidden = 6, 10, 8
     cell, params, xs, carry0 = problem(steps, batch, hidden, seed=4)
-    rp, gx = kernel_inputs(cell, params, xs)
     lengths = lengths_for("variable", steps, batch)
     bs = LSTMBlockSizes("tpu", block_b=8, block_h=128, block_t=3, interpret=True)
-    args = (rp["w_h"], gx, carry0)
+    args = helpers.kernel_args(cell, params, xs, carry0)
     out, grads = outs_and_grads(lambda w, g, c: lstm(w, g, c, lengths, bs), *args)
     ref, grads_ref = outs_and_grads(lambda w, g, c: lstm_reference(w, g, c, lengths), *args)
     assert_close(out, ref, TOL)
@@ -192,11 +132,7 @@ def test_tpu_kernel_interpret_matches_reference():
 
 
 def run_both(cell, params, xs, carry0, lengths, reverse, backend):
-    def fn(p, x, c):
-        return rnn(cell, p, x, seq_lengths=lengths, initial_carry=c, reverse=reverse,
-                   backend=backend)
-
-    return outs_and_grads(fn, params, xs, carry0, seed=7)
+    return helpers.rnn_outs_and_grads(cell, backend, lengths, reverse, carry0, params, xs)
 
 
 @pytest.mark.parametrize(
@@ -296,7 +232,6 @@ def test_block_sizes():
     bs = LSTMBlockSizes.default((7, 3, 8), F32, "cuda")
     assert (bs.platform, bs.block_b, bs.block_h, bs.interpret) == ("gpu", 16, 16, False)
     assert hash(bs) == hash(LSTMBlockSizes.default((7, 3, 8), BF16, "gpu"))
-    assert bs.padded(3, 8) == (16, 16)
     # Persistent GPU kernel: 16 hidden units a program, every program resident (<= 132).
     b16 = LSTMBlockSizes.default((1024, 16, 768), BF16, "gpu")
     grid = b16.grid(16, 768)
@@ -308,20 +243,4 @@ def test_block_sizes():
     grid = big.grid(4096, 1024)
     assert big.block_b == 128 and grid.programs <= 132 and grid.blocks_per_program == 16
     assert grid.batch_p >= 4096 and big.padded(4096, 1024) == (grid.batch_p, 1024)
-    assert LSTMBlockSizes.default((7, 3, 200), F32, "gpu").padded(3, 200) == (16, 224)
-    with pytest.raises(ValueError, match="larger block_h"):
-        LSTMBlockSizes("gpu", block_b=16, block_h=16, max_programs=2).padded(3, 40)
-    with pytest.raises(ValueError, match="max_programs"):
-        LSTMBlockSizes("gpu", block_b=16, block_h=16, max_programs=0)
-    tpu = LSTMBlockSizes.default((12, 3, 200), F32, "tpu")
-    assert (tpu.block_b, tpu.block_h, tpu.block_t) == (8, 256, 12)
-    big = LSTMBlockSizes.default((100, 512, 1024), F32, "tpu")
-    assert 100 % big.block_t == 0 and big.vmem_limit_bytes <= 60 * 2**20
-    with pytest.raises(ValueError, match="power of two"):
-        LSTMBlockSizes("gpu", block_b=8, block_h=16)
-    with pytest.raises(ValueError, match="multiple of 128"):
-        LSTMBlockSizes("tpu", block_b=8, block_h=64)
-    with pytest.raises(TypeError, match="float16"):
-        LSTMBlockSizes.default((7, 3, 8), jnp.float16, "gpu")
-    with pytest.raises(ValueError, match="no fused kernels"):
-        LSTMBlockSizes.default((7, 3, 8), F32, "metal")
+    helpers.assert_block_size_rules(LSTMBlockSizes)
