@@ -281,6 +281,9 @@ def run_model(name, model, task, preset, args, run_dir: Path, resume: bool) -> d
         progress=not args.no_progress and sys.stderr.isatty(),
         desc=f"{task.name} {name}",
         mesh=mesh_for(args.devices),
+        # K updates per jitted call (a lax.scan) for recurrent models; a TCN's convolutions
+        # run much slower inside a loop on XLA:CPU, so it keeps one step per call.
+        steps_per_call=1 if name == "tcn" else args.steps_per_call,
     )
     # The protocol of the paper (and locuslab/TCN): test the params of the best validation row.
     test_on = make_task_evaluator(model, task, preset.eval_batch_size)
@@ -346,6 +349,9 @@ def parse_args(argv=None):
     ap.add_argument("--resume", default=None, metavar="RUN_DIR",
                     help="continue an interrupted comparison in RUN_DIR (its config wins)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars")
+    ap.add_argument("--steps-per-call", type=positive_int, default=1,
+                    help="recurrent models: run K training steps per jitted call (a lax.scan; "
+                         "numbers equal K=1's up to rounding); must divide --eval-every")
     ap.add_argument("--devices", type=non_negative_int, default=1,
                     help="data-parallel over the first N devices (0: all); the batch size "
                          "must be divisible by N (default 1: a single device)")
@@ -399,6 +405,10 @@ def main(argv=None) -> dict:
                     **dict(preset.task_kwargs))
     models = build_models(task, preset, args.model_names, args.backend)
     check_devices(args.devices, preset.batch_size)
+    if args.steps_per_call > 1 and (preset.eval_every % args.steps_per_call
+                                    or args.devices != 1):
+        raise ValueError(f"--steps-per-call {args.steps_per_call} must divide the evaluation "
+                         f"period {preset.eval_every} and needs --devices 1")
 
     if resuming:
         check_resumable(run_root, models, preset)

@@ -11,6 +11,7 @@ import itertools
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -483,3 +484,59 @@ def test_resume_after_sigkill(tmp_path):
     assert resumed.start_step == k
     assert_trees_equal(resumed.state, full.state)
     assert [r["step"] for r in load_history(run_dir)] == list(range(1, n + 1))
+
+
+# ---------------------------------------------------------------------------------------------
+# steps_per_call and lazy metric syncs.
+
+
+def test_steps_per_call_matches_single_steps():
+    optimizer = make_optimizer("adam", 0.05, clip_norm=1.0)
+    state0 = TrainState.create(init_params(), optimizer, 3)
+    one = make_train_step(dropout_loss, optimizer, donate=False)
+    three = make_train_step(dropout_loss, optimizer, donate=False, steps_per_call=3)
+    state, losses = state0, []
+    for i in range(3):
+        state, m = one(state, minibatches(i))
+        losses.append(float(m["loss"]))
+    stacked = jax.tree.map(lambda *xs: np.stack(xs), *[minibatches(i) for i in range(3)])
+    state3, m3 = three(state0, stacked)
+    assert int(state3.step) == 3 and m3["loss"].shape == (3,)
+    np.testing.assert_allclose(np.asarray(m3["loss"]), losses, rtol=1e-6)
+    for u, v in zip(jax.tree.leaves(state3.params), jax.tree.leaves(state.params)):
+        np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="steps_per_call"):
+        make_train_step(dropout_loss, optimizer, steps_per_call=0)
+
+
+def test_fit_steps_per_call_resumes_bit_for_bit(tmp_path):
+    kwargs = _resume_kwargs(steps_per_call=2, checkpoint_every=4, eval_every=4, sync_every=3,
+                            num_steps=9)
+    full = fit(run_dir=tmp_path / "full", **kwargs)
+    single = fit(run_dir=None, **_resume_kwargs(checkpoint_every=4, eval_every=4, num_steps=9))
+    assert [r["step"] for r in full.history] == [r["step"] for r in single.history]
+    for a, b in zip(full.history, single.history):
+        assert a["split"] == b["split"] and a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+    parts = tmp_path / "parts"
+    fit(run_dir=parts, **{**kwargs, "num_steps": 5})  # checkpoints 4 and 5
+    shutil.rmtree(parts / "checkpoints" / "5")  # resume from 4: calls [4, 6), [6, 8), [8, 9)
+    resumed = fit(run_dir=parts, resume=True, **kwargs)
+    assert resumed.start_step == 4
+    assert_trees_equal(resumed.state, full.state)
+    assert without_time(resumed.history) == without_time(full.history)
+    with pytest.raises(ValueError, match="multiple"):
+        fit(run_dir=None, **{**kwargs, "eval_every": 3})
+
+
+def test_non_finite_loss_found_at_a_lazy_sync(tmp_path):
+    def exploding_loss(params, batch, key, train):
+        loss, aux = mse_loss(params, batch, key, train)
+        return jnp.where(batch["i"] >= 6, jnp.nan, loss), aux
+
+    run_dir = tmp_path / "nan"
+    with pytest.raises(NonFiniteLossError, match="at step 7") as info:
+        fit(params=init_params(), loss_fn=exploding_loss, optimizer=make_optimizer("sgd", 0.05),
+            train_batches=full_batch, num_steps=40, run_dir=run_dir, checkpoint_every=6,
+            log_every=2, sync_every=20, progress=False)
+    assert info.value.last_checkpoint == 6 and latest_step(run_dir) == 6
+    assert [r["step"] for r in load_history(run_dir)] == [2, 4, 6]

@@ -110,8 +110,9 @@ class FitResult:
       state: the final :class:`TrainState`.
       history: all metric rows of the run (restored ones included), as in ``metrics.jsonl``.
       wall_s: wall-clock seconds of this call (compilation, evaluation and checkpoints included).
-      steps_per_s: training steps per second of this call, not counting the first step
-        (which compiles) when more than one step ran.
+      steps_per_s: training steps per second of this call: the time of the steps only, not
+        counting the first call (which compiles), evaluation and checkpoints (when only one
+        call ran: steps over ``wall_s``).
       start_step: the step this call started from (``> 0`` after a resume).
       best_step, best_value, best_params: with ``keep_best``, the step, validation value and
         params of the best validation row of the whole run (resumed parts included); ``None``
@@ -140,6 +141,7 @@ def make_train_step(
     stateful: bool = False,
     mesh: Any = None,
     grad_hook: Callable[[Any], Mapping[str, jax.Array]] | None = None,
+    steps_per_call: int = 1,
 ) -> Callable[[TrainState, Any], tuple[TrainState, dict[str, jax.Array]]]:
     """Builds the jitted update ``step_fn(state, batch) -> (state, metrics)``.
 
@@ -172,6 +174,13 @@ def make_train_step(
         of every step; its entries join the metrics (e.g. the norm after clipping, see
         :func:`seqjax.analysis.training.track_grad_norms`). Names must not clash with the
         reserved ones or with ``aux``.
+      steps_per_call: ``K >= 1`` updates per call. With ``K > 1``, ``step_fn(state, batches)``
+        takes ``K`` batches stacked on a new leading axis (every leaf ``[K, ...]``; any
+        leading size ``n`` works, one compilation per ``n``) and runs the ``n`` updates in one
+        jitted ``lax.scan``, with the same keys as ``n`` single calls (``fold_in(key, s)``
+        for ``s = state.step, ..., state.step + n - 1``); its metrics are stacked ``[n]``.
+        One dispatch and no host round trip per ``n`` steps; the numbers equal single calls'
+        up to floating-point rounding (XLA may fuse the scan body differently).
 
     Returns:
       ``step_fn``; its metrics are ``loss``, ``grad_norm`` (global L2 norm of the raw gradient,
@@ -183,7 +192,11 @@ def make_train_step(
       ValueError: (at the first call) if the loss is not a float scalar or ``aux`` reuses a
         reserved metric name.
       TypeError: (at the first call) if ``aux`` is not a dict.
+      ValueError: if ``steps_per_call`` is not a positive int.
     """
+    if (not isinstance(steps_per_call, (int, np.integer)) or isinstance(steps_per_call, bool)
+            or steps_per_call < 1):
+        raise ValueError(f"steps_per_call={steps_per_call!r} must be an int >= 1")
     optimizer = optax.with_extra_args_support(optimizer)
 
     def train_step(state: TrainState, batch: Any) -> tuple[TrainState, dict[str, jax.Array]]:
@@ -202,17 +215,34 @@ def make_train_step(
         params = optax.apply_updates(state.params, updates)
         metrics = {"loss": loss, "grad_norm": _global_norm(grads),
                    **learning_rate_of(opt_state), **aux}
-        if grad_hook is not None:
-            hooked = dict(grad_hook(grads))
-            clash = sorted(set(hooked) & (set(_RESERVED) | set(aux)))
-            if clash:
-                raise ValueError(f"grad_hook keys {clash} clash with reserved metric names "
-                                 f"{_RESERVED} or with aux")
-            metrics.update(hooked)
+        metrics.update(_hooked_metrics(grad_hook, grads, aux))
         new_state = state.replace(params=params, opt_state=opt_state, step=state.step + 1,
                                   extra=extra)
         return new_state, metrics
 
+    one_step = train_step
+    if steps_per_call > 1:
+        def train_step(state: TrainState, batches: Any) -> tuple[TrainState, dict[str, jax.Array]]:
+            return jax.lax.scan(one_step, state, batches)
+
+    return _jit_step(train_step, donate=donate, mesh=mesh)
+
+
+def _hooked_metrics(grad_hook: Callable | None, grads: Any, aux: Mapping) -> dict:
+    """``grad_hook(grads)`` as metrics (``{}`` without a hook); its names may not clash."""
+    if grad_hook is None:
+        return {}
+    hooked = dict(grad_hook(grads))
+    clash = sorted(set(hooked) & (set(_RESERVED) | set(aux)))
+    if clash:
+        raise ValueError(f"grad_hook keys {clash} clash with reserved metric names "
+                         f"{_RESERVED} or with aux")
+    return hooked
+
+
+def _jit_step(train_step: Callable, *, donate: bool, mesh: Any) -> Callable:
+    """``jax.jit`` of a step, the state donated if ``donate``; with a ``mesh``, the new state
+    and the metrics constrained to their data-parallel shardings."""
     donate_argnums = (0,) if donate else ()
     if mesh is None:
         return jax.jit(train_step, donate_argnums=donate_argnums)
@@ -296,15 +326,18 @@ def fit(
     eval_every: int = 0, checkpoint_every: int = 0, log_every: int = 10, max_to_keep: int = 3,
     resume: bool = False, overwrite: bool = False, config: Mapping[str, Any] | None = None,
     progress: bool = True, desc: str = "", extra: Any = None, mesh: Any = None,
-    keep_best: tuple[str, str] | None = None,
+    keep_best: tuple[str, str] | None = None, steps_per_call: int = 1,
+    sync_every: int | None = None,
 ) -> FitResult:
     """Trains ``params`` for ``num_steps`` updates, with logs, checkpoints and resume.
 
-    Each step ``s = 1..num_steps`` runs the jitted update on ``train_batches(s - 1)`` (the next
-    batch is built while the device works). After it, in this order:
+    Each step ``s = 1..num_steps`` runs the jitted update on ``train_batches(s - 1)``. The host
+    does not wait for a step: it builds the next batch while the device works, and fetches the
+    metrics every ``sync_every`` steps and before an evaluation or a checkpoint. The outcome
+    is that of checking after every step, in this order:
 
-    1. a non-finite loss or gradient norm raises :class:`NonFiniteLossError` naming ``s``; that
-       state is not saved, and the pending checkpoints (all ``< s``) are completed;
+    1. a non-finite loss or gradient norm raises :class:`NonFiniteLossError` naming ``s``; no
+       state from ``s`` on is saved, and the pending checkpoints (all ``< s``) are completed;
     2. every ``log_every`` steps and at the last, a ``"train"`` row goes to the history and to
        ``metrics.jsonl``;
     3. every ``eval_every`` steps (if ``> 0``) and at the last, ``eval_fn(params)`` gives a
@@ -351,6 +384,15 @@ def fit(
       keep_best: ``(metric, "min" | "max")``: keep the params of the best validation row by
         that metric (:class:`~seqjax.train.best.BestParams`; on disk in ``best/``), returned as
         ``FitResult.best_params``: the model selection of the usual protocol. Needs ``eval_fn``.
+      steps_per_call: ``K``: run the updates ``K`` at a time in one jitted call (a ``lax.scan``
+        over ``K`` stacked batches, see :func:`make_train_step`); calls cover steps
+        ``[jK, (j+1)K)``, so ``eval_every`` and ``checkpoint_every`` must be multiples of ``K``
+        (a resumed run then repeats the calls of an uninterrupted one, bit for bit). The
+        numbers may differ from ``K=1``'s by floating-point rounding. Worth it when a step is
+        short against the dispatch of a call (small recurrent models); a TCN's convolutions
+        run much slower inside a loop on XLA:CPU. Not with ``mesh``.
+      sync_every: fetch the metrics (and check them for NaN/inf, update the progress bar) at
+        least every this many steps; ``None``: ``log_every``.
 
     Returns:
       A :class:`FitResult`.
@@ -365,10 +407,13 @@ def fit(
         run resumed with other model sizes); raised before any training step.
     """
     t_start = time.perf_counter()
+    sync_every = log_every if sync_every is None else sync_every
     _validate_fit_args(num_steps=num_steps, eval_every=eval_every, log_every=log_every,
                        checkpoint_every=checkpoint_every, max_to_keep=max_to_keep,
-                       run_dir=run_dir, resume=resume, keep_best=keep_best, eval_fn=eval_fn)
-    step_fn = make_train_step(loss_fn, optimizer, stateful=extra is not None, mesh=mesh)
+                       run_dir=run_dir, resume=resume, keep_best=keep_best, eval_fn=eval_fn,
+                       steps_per_call=steps_per_call, sync_every=sync_every, mesh=mesh)
+    step_fn = make_train_step(loss_fn, optimizer, stateful=extra is not None, mesh=mesh,
+                              steps_per_call=steps_per_call)
     train_batches = _global_batches(train_batches, mesh)
     with contextlib.ExitStack() as stack:
         files = _RunFiles(run_dir, max_to_keep=max_to_keep, t_start=t_start, stack=stack)
@@ -379,12 +424,14 @@ def fit(
                                                          primary=files.primary)
         start = int(state.step)
         with _progress_bar(num_steps, start, desc, progress and jax.process_index() == 0) as bar:
-            state, t_first, t_loop_end = _run_steps(
+            state, train_s, timed_steps = _run_steps(
                 step_fn, state, train_batches, num_steps, files=files, bar=bar, best=best,
                 eval_fn=eval_fn, eval_every=eval_every, log_every=log_every,
-                checkpoint_every=checkpoint_every)
+                checkpoint_every=checkpoint_every, steps_per_call=steps_per_call,
+                sync_every=sync_every)
 
-    steps_per_s = _steps_per_s(num_steps - start, t_start, t_first, t_loop_end)
+    steps_per_s = _steps_per_s(num_steps - start, time.perf_counter() - t_start, train_s,
+                               timed_steps)
     return _fit_result(state, files.history, best, t_start, steps_per_s, start)
 
 
@@ -418,64 +465,138 @@ def _global_batches(train_batches: Callable[[int], Any], mesh: Any) -> Callable[
     return global_batches
 
 
+def _call_ends(start: int, num_steps: int, steps_per_call: int) -> list[int]:
+    """The step each call of the loop ends at: calls cover ``[jK, (j+1)K)`` in absolute step
+    numbers (so a run resumed at a multiple of ``K`` repeats the calls of an uninterrupted one),
+    cut at ``num_steps``."""
+    ends, s = [], start
+    while s < num_steps:
+        s = min((s // steps_per_call + 1) * steps_per_call, num_steps)
+        ends.append(s)
+    return ends
+
+
+def _stack_batches(batches: list[Any]) -> Any:
+    """``n`` batches -> one batch whose leaves have a new leading axis ``[n, ...]``."""
+    return jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *batches)
+
+
+class _Pending:
+    """Metrics of steps that ran but were not yet fetched from the device (no host sync per
+    step): fetched together at the next sync point, checked for finiteness in step order."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, int, Any]] = []  # (first step, number of steps, metrics)
+
+    def add(self, first: int, n: int, metrics: Any) -> None:
+        self.calls.append((first, n, metrics))
+
+    def fetch(self) -> list[tuple[int, dict[str, float | int]]]:
+        """``[(step, scalar metrics)]`` of every pending step, oldest first; clears the list."""
+        calls, self.calls = self.calls, []
+        fetched = jax.device_get([m for _, _, m in calls])
+        rows = []
+        for (first, n, _), values in zip(calls, fetched):
+            if n == 1 and not any(np.ndim(v) for v in values.values()):
+                rows.append((first + 1, _scalars(values)))
+                continue
+            for j in range(n):
+                rows.append((first + j + 1, _scalars({k: np.asarray(v)[j]
+                                                      for k, v in values.items()})))
+        return rows
+
+
 def _run_steps(step_fn: Callable[[TrainState, Any], tuple[TrainState, dict[str, jax.Array]]],
                state: TrainState, train_batches: Callable[[int], Any], num_steps: int, *,
                files: _RunFiles, bar: Any, best: BestParams | None,
                eval_fn: Callable[[Any], Mapping[str, float]] | None, eval_every: int,
-               log_every: int, checkpoint_every: int) -> tuple[TrainState, float, float]:
+               log_every: int, checkpoint_every: int, steps_per_call: int = 1,
+               sync_every: int = 1) -> tuple[TrainState, float, int]:
     """:func:`fit`'s loop from ``state.step`` to ``num_steps``.
 
-    Returns the final state, the time the first step ended and the time the loop ended. An
-    exception other than :class:`NonFiniteLossError` saves the last completed state first.
+    The host never waits for a step: it dispatches the call, builds the next batch while the
+    device runs (JAX dispatches asynchronously), and fetches the metrics only at a sync point:
+    after the first call (its end starts the clock), every ``sync_every`` steps, and at an
+    evaluation, a checkpoint or the last step. There the pending metrics are checked in step
+    order (a non-finite one raises before anything later is saved), the ``"train"`` rows of the
+    log steps are written, then come evaluation and checkpoint, off the clock.
+
+    Returns the final state, the training seconds (the time between sync points minus the
+    first call, evaluation and checkpoints) and the number of steps they cover. An exception
+    other than :class:`NonFiniteLossError` saves the last state first if its steps were finite.
     """
     start = int(state.step)
-    pending: tuple[TrainState, Any] | None = None  # updated, not yet checked for finiteness
-    t_first = t_loop_end = time.perf_counter()
-    valid_postfix: dict[str, str] = {}
-    try:
-        next_batch = train_batches(start) if start < num_steps else None
-        for i in range(start, num_steps):
-            s = i + 1
-            new_state, metrics = step_fn(state, next_batch)
-            pending = (new_state, metrics)
-            # build the next batch while the device runs this step
-            next_batch = train_batches(s) if s < num_steps else None
-            values = _scalars(jax.device_get(metrics))
+    pending = _Pending()
+    postfix: dict[str, str] = {}
+    clock: dict[str, Any] = {"train_s": 0.0, "steps": 0, "mark": None, "mark_step": start,
+                             "verified": start}
+
+    def sync(s: int) -> None:
+        """Fetches and checks the pending metrics (all steps ``<= s``); writes their rows."""
+        for step, values in pending.fetch():
             bad = _first_non_finite(values)
             if bad is not None:
-                pending = None
-                raise files.non_finite_error(s, bad, values)
-            state, pending = new_state, None
-            if i == start:
-                t_first = time.perf_counter()
+                raise files.non_finite_error(step, bad, values)
+            clock["verified"] = step
+            if step % log_every == 0 or step == num_steps:
+                files.emit({"step": step, "split": "train", **values})
+            postfix["loss"] = f"{values['loss']:.4g}"
+        bar.set_postfix(postfix, refresh=False)
+        now = time.perf_counter()
+        if clock["mark"] is not None:
+            clock["train_s"] += now - clock["mark"]
+            clock["steps"] += s - clock["mark_step"]
+        clock["mark"], clock["mark_step"] = now, s  # restarted after eval/checkpoint below
+        bar.update(s - bar.n)
 
+    ends = _call_ends(start, num_steps, steps_per_call)
+    try:
+        def batch_for(end: int, first: int) -> Any:
+            if steps_per_call == 1:
+                return train_batches(first)
+            return _stack_batches([train_batches(i) for i in range(first, end)])
+
+        next_batch = batch_for(ends[0], start) if ends else None
+        first = start
+        for n_call, end in enumerate(ends):
+            state, metrics = step_fn(state, next_batch)
+            pending.add(first, end - first, metrics)
+            # build the next batch while the device runs this call
+            if n_call + 1 < len(ends):
+                next_batch = batch_for(ends[n_call + 1], end)
+            s, first = end, end
             last = s == num_steps
-            if s % log_every == 0 or last:
-                files.emit({"step": s, "split": "train", **values})
-            if eval_fn is not None and ((eval_every and s % eval_every == 0) or last):
+            evaluate = eval_fn is not None and ((eval_every and s % eval_every == 0) or last)
+            save = (checkpoint_every and s % checkpoint_every == 0) or last
+            if not (n_call == 0 or evaluate or save
+                    or s - clock["mark_step"] >= sync_every):
+                continue
+            sync(s)  # after the first call: the clock starts (its compilation excluded)
+            if evaluate:
                 valid = {k: float(v) for k, v in eval_fn(state.params).items()}
                 files.emit({"step": s, "split": "valid", **valid})
                 if best is not None:
                     best.consider(s, state.params, valid)
-                valid_postfix = {f"valid_{k}": f"{v:.4g}" for k, v in valid.items()}
-            bar.set_postfix({"loss": f"{values['loss']:.4g}", **valid_postfix}, refresh=False)
-            if (checkpoint_every and s % checkpoint_every == 0) or last:
+                postfix.update({f"valid_{k}": f"{v:.4g}" for k, v in valid.items()})
+                bar.set_postfix(postfix, refresh=False)
+            if save:
                 files.save(s, state)
-            bar.update(1)
-        t_loop_end = time.perf_counter()
+            clock["mark"] = time.perf_counter()
     except NonFiniteLossError:
         raise
     except BaseException:
-        _save_on_exit(state, pending, files.save, start)
+        _save_on_exit(state, start, files.save, lambda: sync(int(state.step)),
+                      lambda: clock["verified"])
         raise
-    return state, t_first, t_loop_end
+    return state, clock["train_s"], clock["steps"]
 
 
-def _steps_per_s(ran: int, t_start: float, t_first: float, t_loop_end: float) -> float:
-    """Steps per second, not counting the first (compiling) step when more than one ran."""
-    if ran > 1:
-        return (ran - 1) / max(t_loop_end - t_first, 1e-9)
-    return ran / max(t_loop_end - t_start, 1e-9)
+def _steps_per_s(ran: int, wall_s: float, train_s: float, timed_steps: int) -> float:
+    """Training steps per second: over the timed steps (the first call, which compiles,
+    evaluation and checkpoints excluded) when there are any, else over the wall time."""
+    if timed_steps > 0:
+        return timed_steps / max(train_s, 1e-9)
+    return ran / max(wall_s, 1e-9)
 
 
 def load_history(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
@@ -589,12 +710,21 @@ def _validate_fit_args(*, num_steps: int, eval_every: int, log_every: int,
                        checkpoint_every: int, max_to_keep: int,
                        run_dir: str | os.PathLike | None, resume: bool,
                        keep_best: tuple[str, str] | None = None,
-                       eval_fn: Callable[..., Any] | None = None) -> None:
+                       eval_fn: Callable[..., Any] | None = None, steps_per_call: int = 1,
+                       sync_every: int = 1, mesh: Any = None) -> None:
     for name, value, low in (("num_steps", num_steps, 0), ("eval_every", eval_every, 0),
                              ("checkpoint_every", checkpoint_every, 0),
-                             ("log_every", log_every, 1), ("max_to_keep", max_to_keep, 1)):
+                             ("log_every", log_every, 1), ("max_to_keep", max_to_keep, 1),
+                             ("steps_per_call", steps_per_call, 1),
+                             ("sync_every", sync_every, 1)):
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
             raise ValueError(f"{name}={value!r} must be an int >= {low}")
+    if steps_per_call > 1:
+        if mesh is not None:
+            raise ValueError(f"{steps_per_call=} > 1 is not supported with a mesh")
+        for name, value in (("eval_every", eval_every), ("checkpoint_every", checkpoint_every)):
+            if value % steps_per_call:
+                raise ValueError(f"{name}={value} must be a multiple of {steps_per_call=}")
     if resume and run_dir is None:
         raise ValueError("resume=True needs a run_dir to resume from; got run_dir=None")
     if keep_best is not None and eval_fn is None:
@@ -674,28 +804,25 @@ def _is_deleted(tree: Any) -> bool:
                for leaf in jax.tree_util.tree_leaves(tree))
 
 
-def _save_on_exit(state: TrainState, pending: tuple[TrainState, Any] | None,
-                  save: Callable[[int, TrainState], None], start: int) -> None:
-    """Saves the last completed, finite state (if past ``start``) when an exception ends fit."""
-    candidate = None
-    if not _is_deleted(state):
-        candidate = state
-    elif pending is not None and not _is_deleted(pending[0]):
-        try:
-            values = _scalars(jax.device_get(pending[1]))
-        except Exception:  # noqa: BLE001 - best effort while an exception propagates
-            values = {"loss": math.nan}
-        if _first_non_finite(values) is None:
-            candidate = pending[0]
-    if candidate is None:
+def _save_on_exit(state: TrainState, start: int, save: Callable[[int, TrainState], None],
+                  sync: Callable[[], None], verified: Callable[[], int]) -> None:
+    """Saves the last state (if past ``start``) when an exception ends fit, once its pending
+    metrics are fetched and finite (``verified()`` is then its step)."""
+    if _is_deleted(state):  # interrupted inside a call that had taken (donated) the state
         logger.warning("interrupted inside a train step: no state to save; the newest "
                        "checkpoint on disk is the one to resume from")
         return
     try:
-        step = int(candidate.step)
+        step = int(state.step)
         if step == start:
             return  # nothing new since the start (or the restored checkpoint)
-        save(step, candidate)
+        with contextlib.suppress(Exception):  # best effort while an exception propagates
+            sync()
+        if verified() != step:
+            logger.warning("interrupted: the metrics of step %d are not all finite or could "
+                           "not be fetched; not saved", step)
+            return
+        save(step, state)
         logger.warning("interrupted: saved a checkpoint at step %d", step)
     except Exception as exc:  # noqa: BLE001 - the original exception matters more
         logger.warning("interrupted: saving a checkpoint failed: %r", exc)
