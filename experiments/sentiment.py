@@ -30,15 +30,16 @@ from seqjax.cli import (
 from seqjax.data import resolve_data_dir
 from seqjax.data import sentiment as mr
 from seqjax.models.classify import Classifier, evaluate
-from seqjax.models.word2vec import Word2Vec, train_word2vec
+from seqjax.models.word2vec import Word2Vec
 from seqjax.train import make_classifier_step
+from seqjax.train.word2vec import train_word2vec
 
 MODELS = {
-    "bilstm": dict(kind="lstm", bidirectional=True, pool="final"),
-    "bilstm_max": dict(kind="lstm", bidirectional=True, pool="max"),
-    "conv_bilstm": dict(kind="lstm", bidirectional=True, pool="max", conv_channels=100),
-    "gru": dict(kind="gru", bidirectional=False, pool="final"),
-    "tcn": dict(kind="tcn", bidirectional=False, pool="max", num_layers=3),
+    "bilstm": dict(arch="lstm", bidirectional=True, pool="final"),
+    "bilstm_max": dict(arch="lstm", bidirectional=True, pool="max"),
+    "conv_bilstm": dict(arch="lstm", bidirectional=True, pool="max", conv_channels=100),
+    "gru": dict(arch="gru", bidirectional=False, pool="final"),
+    "tcn": dict(arch="tcn", bidirectional=False, pool="max", num_layers=3),
 }
 EMBEDDINGS = ("rand", "w2v")
 NUM_FOLDS = 10

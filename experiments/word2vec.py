@@ -23,7 +23,8 @@ from seqjax.cli import (
     run_main,
 )
 from seqjax.data import resolve_data_dir
-from seqjax.models.word2vec import Word2Vec, save_word2vec_text, train_word2vec
+from seqjax.models.word2vec import Word2Vec, save_word2vec_text
+from seqjax.train.word2vec import train_word2vec
 
 PROBES = ["money", "company", "stock", "president", "week", "bank", "buy", "good", "market",
           "japan", "computer", "he"]

@@ -91,8 +91,8 @@ from seqjax.models.word2vec import (
     save_word2vec_text,
     skipgram_loss,
     skipgram_pairs,
-    train_word2vec,
 )
+from seqjax.train.word2vec import train_word2vec
 
 #: Public names (of ``seqjax.__all__`` or their module's ``__all__``) this sweep exercises.
 COVERED = {
@@ -635,10 +635,11 @@ def test_sweep_size_and_coverage():
     import seqjax.models.lm
     import seqjax.models.sample
     import seqjax.models.word2vec
+    import seqjax.train
 
     exported = set(seqjax.__all__)
     for mod in (seqjax.analysis, seqjax.models.classify, seqjax.data, seqjax.models.word2vec,
-                seqjax.models.lm, seqjax.models, seqjax.models.sample):
+                seqjax.models.lm, seqjax.models, seqjax.models.sample, seqjax.train):
         exported |= set(mod.__all__)
     assert COVERED <= exported, sorted(COVERED - exported)
 

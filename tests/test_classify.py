@@ -13,12 +13,12 @@ from seqjax.train import make_classifier_step
 V = 12
 
 CONFIGS = {
-    "bilstm_final": dict(kind="lstm", bidirectional=True, pool="final"),
-    "lstm_final": dict(kind="lstm", bidirectional=False, pool="final"),
-    "gru_max_conv": dict(kind="gru", bidirectional=True, pool="max", conv_channels=5),
-    "rnn_mean": dict(kind="rnn", bidirectional=False, pool="mean"),
-    "tcn_final": dict(kind="tcn", bidirectional=False, pool="final", num_layers=2),
-    "tcn_max_conv": dict(kind="tcn", bidirectional=False, pool="max", conv_channels=5),
+    "bilstm_final": dict(arch="lstm", bidirectional=True, pool="final"),
+    "lstm_final": dict(arch="lstm", bidirectional=False, pool="final"),
+    "gru_max_conv": dict(arch="gru", bidirectional=True, pool="max", conv_channels=5),
+    "rnn_mean": dict(arch="rnn", bidirectional=False, pool="mean"),
+    "tcn_final": dict(arch="tcn", bidirectional=False, pool="final", num_layers=2),
+    "tcn_max_conv": dict(arch="tcn", bidirectional=False, pool="max", conv_channels=5),
 }
 
 
@@ -82,7 +82,7 @@ def test_final_pooling_is_state_at_length():
 
 def test_max_and_mean_pool_only_read_valid_steps():
     for pool in ("max", "mean"):
-        model = Classifier(vocab_size=V, embed_dim=4, hidden_size=5, kind="lstm",
+        model = Classifier(vocab_size=V, embed_dim=4, hidden_size=5, arch="lstm",
                            bidirectional=False, pool=pool)
         params = model.init(jax.random.key(2))
         rng = np.random.default_rng(2)
@@ -111,8 +111,8 @@ def test_frozen_embeddings_get_no_gradient_and_pretrained_are_used():
 
 
 def test_validation_errors_name_the_argument():
-    with pytest.raises(ValueError, match="kind"):
-        Classifier(vocab_size=3, kind="cnn")
+    with pytest.raises(ValueError, match="arch"):
+        Classifier(vocab_size=3, arch="cnn")
     with pytest.raises(ValueError, match="pool"):
         Classifier(vocab_size=3, pool="attention")
     model = _model("lstm_final")
@@ -133,7 +133,7 @@ def test_learns_contains_word_task(kind):
         tokens[i, rng.integers(0, lengths[i])] = 3
     tokens[np.arange(t)[None] >= lengths[:, None]] = 0
     tokens[(labels == 0)[:, None] & (np.arange(t)[None] >= lengths[:, None])] = 3  # pad trap
-    model = Classifier(vocab_size=V, embed_dim=8, hidden_size=16, kind=kind,
+    model = Classifier(vocab_size=V, embed_dim=8, hidden_size=16, arch=kind,
                        bidirectional=kind != "tcn", pool="max")
     params = model.init(jax.random.key(0))
     opt = optax.adam(1e-2)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from seqjax.models import word2vec as w2v
+from seqjax.train.word2vec import train_word2vec
 
 
 def _np_sigmoid(x):
@@ -162,7 +163,7 @@ def test_trained_vectors_put_planted_pairs_nearest(mode):
     toks = _planted_corpus(rng)
     cfg = w2v.Word2Vec(dim=16, mode=mode, window=2, negative=5, sample=0, epochs=3,
                        batch_size=64, steps_per_call=50, lr=0.05)
-    model = w2v.train_word2vec(toks, cfg, seed=0)
+    model = train_word2vec(toks, cfg, seed=0)
     assert model.history[-1]["loss"] < model.history[0]["loss"]
     for i in range(12):
         w = f"w{i}"

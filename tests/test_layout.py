@@ -73,3 +73,29 @@ def test_imports_point_down(path):
 
 def test_every_layer_has_files():
     assert {_layer(p) for p in FILES} == set(ALLOWED)
+
+
+#: The longest a library function may be (issue #20): longer ones hide several ideas. Counted
+#: from ``def`` to the end, less the docstring (an argument list documented in full is not
+#: complexity).
+MAX_FUNCTION_LINES = 100
+
+
+def _code_lines(node: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    lines = node.end_lineno - node.lineno + 1
+    first = node.body[0]
+    if (isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)
+            and isinstance(first.value.value, str)):
+        lines -= first.end_lineno - first.lineno + 1
+    return lines
+
+
+def test_no_library_function_over_100_lines():
+    long = []
+    for path in FILES + [ROOT / "seqjax" / "__init__.py", ROOT / "seqjax" / "cli.py"]:
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = _code_lines(node)
+                if lines > MAX_FUNCTION_LINES:
+                    long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({lines})")
+    assert not long, f"functions over {MAX_FUNCTION_LINES} lines: {long}"

@@ -60,6 +60,11 @@ __all__ = [
     "LSTM",
     "PeepholeLSTM",
     "GRU",
+    "make_cell",
+    "register_cell",
+    "cell_kinds",
+    "cell_class",
+    "cell_accepts",
     "glorot_uniform",
     "orthogonal",
 ]
@@ -803,26 +808,80 @@ class GRU(Cell):
         return {"w_h": dw, "b_h": jnp.sum(dgx, axis=(0, 1))}
 
 
-CELLS: dict[str, type] = {
-    "rnn": SimpleRNN,
-    "lstm": LSTM,
-    "peephole_lstm": PeepholeLSTM,
-    "gru": GRU,
-}
+#: The cell registry: kind name -> (cell class, constructor defaults). Model builders take their
+#: architecture lists from it (:func:`cell_kinds`), so a cell registered here (with
+#: :func:`register_cell`, usually as a class decorator in the cell's own module) is available
+#: to ``SequenceModel``, ``LanguageModel``, ``Classifier``, ``stack_cells`` and the scripts.
+_REGISTRY: dict[str, tuple[type, dict[str, Any]]] = {}
+
+
+def register_cell(kind: str, cls: type | None = None, **defaults: Any):
+    """Register ``cls`` under ``kind`` (``defaults`` are constructor arguments the kind implies,
+    e.g. ``register_cell("gru_before", GRU, reset="before")``). Usable as a class decorator:
+    ``@register_cell("mingru")``. Returns ``cls``.
+
+    Raises:
+      ValueError: ``kind`` is already registered to another class or defaults.
+    """
+    if not isinstance(kind, str) or not kind:
+        raise TypeError(f"kind={kind!r} must be a non-empty str")
+
+    def add(c: type) -> type:
+        if not (isinstance(c, type) and issubclass(c, Cell)):
+            raise TypeError(f"register_cell({kind!r}) needs a Cell subclass, got {c!r}")
+        old = _REGISTRY.get(kind)
+        if old is not None and (old[0].__qualname__, old[1]) != (c.__qualname__, defaults):
+            raise ValueError(f"cell kind {kind!r} is already registered to {old[0].__name__}")
+        _REGISTRY[kind] = (c, dict(defaults))
+        return c
+
+    return add if cls is None else add(cls)
+
+
+def cell_kinds() -> tuple[str, ...]:
+    """Every registered cell kind, in registration order (``"rnn"``, ``"lstm"``, ...)."""
+    return tuple(_REGISTRY)
+
+
+def cell_class(kind: str) -> tuple[type, dict[str, Any]]:
+    """``(cell class, constructor defaults)`` of a registered kind.
+
+    Raises:
+      TypeError / ValueError: ``kind`` is not a str / not registered (the message lists the
+        valid kinds).
+    """
+    if not isinstance(kind, str):
+        raise TypeError(f"kind={kind!r} must be a str such as 'lstm'")
+    if kind not in _REGISTRY:
+        raise ValueError(f"unknown cell kind {kind!r}; valid kinds are {sorted(_REGISTRY)}")
+    return _REGISTRY[kind]
+
+
+def cell_accepts(kind: str, option: str) -> bool:
+    """Whether cells of ``kind`` take the constructor argument ``option`` (e.g.
+    ``"forget_bias"``): model builders pass such options only to the cells that have them."""
+    cls, _ = cell_class(kind)
+    return option in {f.name for f in dataclasses.fields(cls)}
+
+
+register_cell("rnn", SimpleRNN)
+register_cell("rnn_tanh", SimpleRNN)
+register_cell("rnn_relu", SimpleRNN, activation="relu")
+register_cell("lstm", LSTM)
+register_cell("peephole_lstm", PeepholeLSTM)
+register_cell("gru", GRU)
+register_cell("gru_before", GRU, reset="before")
+
+#: Kind name -> class of the registered kinds (a read-only view kept for older code).
+CELLS = {kind: cls for kind, (cls, _) in _REGISTRY.items()}
 
 
 def make_cell(kind: str, input_size: int, hidden_size: int, **kwargs: Any) -> Cell:
-    """Build a cell by name: ``"rnn"``, ``"rnn_relu"``, ``"lstm"``, ``"peephole_lstm"``,
-    ``"gru"`` (reset after) or ``"gru_before"``."""
-    aliases = {"rnn_tanh": ("rnn", {}), "rnn_relu": ("rnn", {"activation": "relu"}),
-               "gru_before": ("gru", {"reset": "before"})}
-    if not isinstance(kind, str):
-        raise TypeError(f"kind={kind!r} must be a str such as 'lstm'")
-    name, extra = aliases.get(kind, (kind, {}))
-    if name not in CELLS:
-        valid = sorted(set(CELLS) | set(aliases))
-        raise ValueError(f"unknown cell kind {kind!r}; valid kinds are {valid}")
-    return CELLS[name](input_size, hidden_size, **{**extra, **kwargs})
+    """Build a registered cell by kind (:func:`cell_kinds`): ``"rnn"`` (tanh), ``"rnn_relu"``,
+    ``"lstm"``, ``"peephole_lstm"``, ``"gru"`` (reset after), ``"gru_before"``, and whatever
+    else was registered with :func:`register_cell`. ``kwargs`` override the kind's defaults."""
+    cls, defaults = cell_class(kind)
+    return cls(input_size, hidden_size, **{**defaults, **kwargs})
 
 
 def fan_in_uniform(scale: float | None = None) -> Initializer:

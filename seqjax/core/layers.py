@@ -18,9 +18,19 @@ from seqjax.core.recurrent import check_lengths, rnn
 
 Array = jax.Array
 
-__all__ = ["bidirectional", "stacked", "pyramid", "reduce_time", "init_stack", "stack_cells"]
+__all__ = ["bidirectional", "stacked", "pyramid", "reduce_time", "init_stack", "stack_cells",
+           "dropout"]
 
 _MERGES = ("concat", "sum")
+
+
+def dropout(x: Array, rate: float, key: Array | None) -> Array:
+    """Inverted dropout: each element kept with probability ``1 - rate`` and scaled by
+    ``1 / (1 - rate)``; the identity at ``rate == 0`` or without a ``key`` (evaluation)."""
+    if rate <= 0.0 or key is None:
+        return x
+    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
 
 
 def bidirectional(
@@ -90,6 +100,9 @@ def _lengths(xs: Any, seq_lengths: Any, time_major: bool = False) -> Array | Non
         raise ValueError(f"xs.shape={shape} must be {layout} (rank 3)")
     steps, batch = (shape[0], shape[1]) if time_major else (shape[1], shape[0])
     return check_lengths(seq_lengths, batch, steps)
+
+
+_dropout = dropout  # ``stacked`` has an argument of that name
 
 
 def stacked(
@@ -171,8 +184,7 @@ def stacked(
         carries.append(carry)
         if dropout > 0.0 and key is not None and layer < len(cells) - 1:
             key, sub = jax.random.split(key)
-            keep = jax.random.bernoulli(sub, 1.0 - dropout, xs.shape)
-            xs = jnp.where(keep, xs / (1.0 - dropout), 0.0).astype(xs.dtype)
+            xs = _dropout(xs, dropout, sub)
     return xs, carries
 
 

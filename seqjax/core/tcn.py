@@ -40,6 +40,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from seqjax.core.cells import check_key, check_tree, dtype_of, shape_of
+from seqjax.core.layers import dropout as _dropout
 from seqjax.core.recurrent import check_lengths
 
 __all__ = ["TCN", "causal_conv1d", "receptive_field", "weight_norm"]
@@ -158,14 +159,6 @@ def weight_norm(v: jax.Array, g: jax.Array) -> jax.Array:
     axes = tuple(range(v.ndim - 1))
     norm = jnp.sqrt(jnp.sum(jnp.square(v), axis=axes))
     return v * (g / norm)
-
-
-def _dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
-    """Inverted dropout: zero each element with probability ``rate``, scale the rest."""
-    if key is None or rate == 0.0:
-        return x
-    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
-    return jnp.where(keep, x / (1.0 - rate), jnp.zeros((), x.dtype))
 
 
 def _temporal_block(

@@ -1,5 +1,8 @@
 """Models built on the core: input -> encoder (TCN, stacked cells, memory cell) -> head.
 
+- :mod:`seqjax.models.encoder`: :class:`Encoder`, the one model body the model classes below
+  are presets of, and :func:`model_archs` (``"tcn"`` plus the registered cell kinds).
+
 - :mod:`seqjax.models.sequence`: :class:`SequenceModel`, the per-step model of the task
   comparison, and the validation shared by the models (params, token ids, lengths).
 - :mod:`seqjax.models.lm`: :class:`LanguageModel` (token embedding, tied output).
@@ -11,6 +14,7 @@
 """
 
 from seqjax.models.classify import Classifier
+from seqjax.models.encoder import Encoder, model_archs
 from seqjax.models.lm import LanguageModel
 from seqjax.models.memory import MemoryModel
 from seqjax.models.seq2seq import Seq2Seq
@@ -30,6 +34,7 @@ __all__ = [
     "ARCHS",
     "RECURRENT_ARCHS",
     "Classifier",
+    "Encoder",
     "LanguageModel",
     "MemoryModel",
     "Seq2Seq",
@@ -38,6 +43,7 @@ __all__ = [
     "check_params",
     "check_token_ids",
     "embed_tokens",
+    "model_archs",
     "hidden_for_params",
     "param_count",
 ]

@@ -29,14 +29,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from seqjax.core.layers import init_stack, stack_cells, stacked
+from seqjax.core.layers import dropout
 from seqjax.core.tcn import TCN
+from seqjax.models.encoder import Encoder, check_arch
 from seqjax.models.sequence import check_lengths, check_params, check_token_ids, embed_tokens
 
 __all__ = ["Classifier", "cross_entropy", "accuracy", "evaluate"]
 
 Array = jax.Array
-_RNN_KINDS = ("lstm", "gru", "rnn")
 _POOLS = ("final", "max", "mean")
 
 
@@ -49,7 +49,8 @@ class Classifier:
             since padding is masked by ``seq_lengths``).
         embed_dim: embedding size ``E``.
         num_classes: output classes ``C``.
-        kind: ``"lstm"``, ``"gru"``, ``"rnn"`` or ``"tcn"``.
+        arch: ``"tcn"`` or a registered cell kind (``"lstm"``, ``"gru"``, ``"rnn"``, ...;
+            :func:`seqjax.models.model_archs`).
         hidden_size: recurrent hidden size ``H`` (per direction), or TCN channels per level.
         num_layers: recurrent layers, or TCN levels.
         bidirectional: recurrent models only.
@@ -64,7 +65,7 @@ class Classifier:
     vocab_size: int
     embed_dim: int = 128
     num_classes: int = 2
-    kind: str = "lstm"
+    arch: str = "lstm"
     hidden_size: int = 128
     num_layers: int = 1
     bidirectional: bool = True
@@ -76,11 +77,10 @@ class Classifier:
     freeze_embeddings: bool = False
 
     def __post_init__(self):
-        if self.kind not in (*_RNN_KINDS, "tcn"):
-            raise ValueError(f"kind={self.kind!r} must be one of {(*_RNN_KINDS, 'tcn')}")
+        check_arch(self.arch, "Classifier")
         if self.pool not in _POOLS:
             raise ValueError(f"pool={self.pool!r} must be one of {_POOLS}")
-        if self.kind == "tcn" and self.bidirectional:
+        if self.arch == "tcn" and self.bidirectional:
             raise ValueError("bidirectional=True is for recurrent kinds; set it False for 'tcn'")
         if self.conv_channels and self.conv_width % 2 != 1:
             raise ValueError(f"conv_width={self.conv_width} must be odd ('same' padding)")
@@ -102,17 +102,24 @@ class Classifier:
         return self.conv_channels or self.embed_dim
 
     @property
+    def encoder(self) -> Encoder:
+        """The model body (:class:`seqjax.models.encoder.Encoder`): always the scan backend,
+        the TCN with the paper's init."""
+        return Encoder(self.arch, self._seq_input, self.hidden_size, self.num_layers,
+                       kernel_size=self.tcn_kernel_size, backend="scan", tcn_init="paper",
+                       bidirectional=self.bidirectional)
+
+    @property
     def cells(self) -> list:
-        return stack_cells(self.kind, self._seq_input, self.hidden_size, self.num_layers,
-                           bidirectional=self.bidirectional)
+        return self.encoder.cells
 
     @property
     def tcn(self) -> TCN:
-        return TCN(self._seq_input, (self.hidden_size,) * self.num_layers, self.tcn_kernel_size)
+        return self.encoder.tcn
 
     @property
     def feature_size(self) -> int:
-        return self.hidden_size * (2 if self.bidirectional else 1)
+        return self.encoder.output_width
 
     def init(self, key: Array, embeddings: np.ndarray | Array | None = None) -> dict:
         """Params ``{"embed" [V, E], "conv"?, "seq", "out": {"w" [F, C], "b" [C]}}``.
@@ -137,10 +144,7 @@ class Classifier:
                                         minval=-lim, maxval=lim),
                 "b": jnp.zeros((self.conv_channels,)),
             }
-        if self.kind == "tcn":
-            params["seq"] = self.tcn.init(ks)
-        else:
-            params["seq"] = init_stack(self.cells, ks, bidirectional=self.bidirectional)
+        params["seq"] = self.encoder.init(ks)
         lim = np.sqrt(6.0 / (self.feature_size + self.num_classes))
         params["out"] = {
             "w": jax.random.uniform(ko, (self.feature_size, self.num_classes), minval=-lim,
@@ -182,19 +186,17 @@ class Classifier:
         if self.freeze_embeddings:
             table = jax.lax.stop_gradient(table)
         x = jnp.where(mask, embed_tokens(table, tokens), 0.0)
-        if train and self.dropout > 0:
-            x = _dropout(x, self.dropout, k1)
+        if train:
+            x = dropout(x, self.dropout, k1)
         if self.conv_channels:
             x = jax.lax.conv_general_dilated(x, params["conv"]["w"], (1,), "SAME",
                                              dimension_numbers=("NWC", "WIO", "NWC"))
             x = jnp.where(mask, jax.nn.relu(x + params["conv"]["b"]), 0.0)
-        if self.kind == "tcn":
-            ys = self.tcn.apply(params["seq"], x)
+        ys, carries = self.encoder.apply(params["seq"], x, seq_lengths)
+        if self.arch == "tcn":
             ys = jnp.where(mask, ys, 0.0)
             final = None
         else:
-            ys, carries = stacked(self.cells, params["seq"], x, seq_lengths=seq_lengths,
-                                  bidirectional=self.bidirectional, backend="scan")
             last = carries[-1]
             h = (lambda c: c[0] if isinstance(c, tuple) else c)
             final = (jnp.concatenate([h(last[0]), h(last[1])], -1) if self.bidirectional
@@ -209,8 +211,8 @@ class Classifier:
             z = jnp.where(seq_lengths[:, None] > 0, z, 0.0)
         else:
             z = ys.sum(1) / jnp.maximum(seq_lengths, 1)[:, None].astype(ys.dtype)
-        if train and self.dropout > 0:
-            z = _dropout(z, self.dropout, k2)
+        if train:
+            z = dropout(z, self.dropout, k2)
         return z
 
     def apply(self, params: dict, tokens: Array, seq_lengths: Array, *, train: bool = False,
@@ -231,11 +233,6 @@ class Classifier:
         """
         z = self.features(params, tokens, seq_lengths, train=train, key=key)
         return z @ params["out"]["w"] + params["out"]["b"]
-
-
-def _dropout(x: Array, rate: float, key: Array) -> Array:
-    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
-    return jnp.where(keep, x / (1.0 - rate), 0.0)
 
 
 def _check_labels(logits: Array, labels: Array) -> None:

@@ -33,32 +33,26 @@ Recurrent models carry state across calls: :meth:`LanguageModel.apply` takes an 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from seqjax.core.cells import make_cell
-from seqjax.core.layers import stacked
+from seqjax.core.cells import cell_kinds
+from seqjax.core.layers import dropout
 from seqjax.core.tcn import TCN
+from seqjax.models.encoder import Encoder, check_arch, check_backend, model_archs
 from seqjax.models.sequence import check_params, check_token_ids, embed_tokens
 
 Array = jax.Array
 
 __all__ = ["LanguageModel", "LM_ARCHS", "RECURRENT_LM_ARCHS", "bits_per_token"]
 
-RECURRENT_LM_ARCHS = ("lstm", "gru", "rnn", "rnn_relu", "peephole_lstm", "gru_before")
-LM_ARCHS = RECURRENT_LM_ARCHS + ("tcn",)
-
-
-def _dropout(x: Array, rate: float, key: Array | None) -> Array:
-    """Inverted dropout (identity without a key or at rate 0)."""
-    if rate <= 0.0 or key is None:
-        return x
-    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
-    return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
+#: The registered cell kinds at import (the model validates against
+#: :func:`seqjax.models.model_archs` at call time).
+RECURRENT_LM_ARCHS = cell_kinds()
+LM_ARCHS = model_archs()
 
 
 def bits_per_token(mean_nats: float | Array) -> float | Array:
@@ -108,8 +102,7 @@ class LanguageModel:
     tcn_init: str = "locuslab"
 
     def __post_init__(self):
-        if self.arch not in LM_ARCHS:
-            raise ValueError(f"arch={self.arch!r} must be one of {LM_ARCHS}")
+        check_arch(self.arch, "LanguageModel")
         for name in ("vocab_size", "embed_size", "hidden_size", "num_layers", "kernel_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -118,8 +111,7 @@ class LanguageModel:
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
                 raise ValueError(f"LanguageModel.{name}={value} must be in [0, 1)")
-        if self.backend not in ("auto", "scan", "pallas"):
-            raise ValueError(f"backend={self.backend!r} must be 'auto', 'scan' or 'pallas'")
+        check_backend(self.backend, "LanguageModel")
 
     # ---------------------------------------------------------------------------------------
     @property
@@ -132,31 +124,33 @@ class LanguageModel:
         return self.embed_size if self.tie_weights else self.hidden_size
 
     @property
+    def encoder(self) -> Encoder:
+        """The model body (:class:`seqjax.models.encoder.Encoder`); its last layer is
+        :attr:`output_width` wide."""
+        return Encoder(self.arch, self.embed_size, self.hidden_size, self.num_layers,
+                       kernel_size=self.kernel_size, dropout=self.dropout_hidden,
+                       backend=self.backend, forget_bias=self.forget_bias,
+                       tcn_init=self.tcn_init, last_size=self.output_width)
+
+    @property
     def cells(self) -> list:
         """The recurrent cells, one per layer."""
         if not self.is_recurrent:
             raise ValueError("a TCN language model has no cells")
-        extra = {"forget_bias": self.forget_bias} if "lstm" in self.arch else {}
-        sizes = [self.hidden_size] * (self.num_layers - 1) + [self.output_width]
-        ins = [self.embed_size] + sizes[:-1]
-        return [make_cell(self.arch, i, h, **extra) for i, h in zip(ins, sizes)]
+        return self.encoder.cells
 
     @property
     def tcn(self) -> TCN:
-        channels = (self.hidden_size,) * (self.num_layers - 1) + (self.output_width,)
-        return TCN(self.embed_size, channels, kernel_size=self.kernel_size,
-                   dropout=self.dropout_hidden)
+        return self.encoder.tcn
 
     @property
     def receptive_field(self) -> int | None:
         """TCN: input tokens one output sees; recurrent: ``None`` (unbounded)."""
-        return None if self.is_recurrent else self.tcn.receptive_field
+        return self.encoder.receptive_field
 
     def initial_carry(self, batch: int) -> list | None:
         """Zero carries, one per layer (``None`` for a TCN)."""
-        if not self.is_recurrent:
-            return None
-        return [cell.initial_carry(batch) for cell in self.cells]
+        return self.encoder.initial_carry(batch)
 
     def init(self, key: Array) -> dict:
         """Fresh params (see the module docstring for the layout); one jitted computation."""
@@ -169,11 +163,7 @@ class LanguageModel:
             "embed": jax.random.uniform(k_emb, (self.vocab_size, self.embed_size),
                                         jnp.float32, -s, s)
         }
-        if self.is_recurrent:
-            keys = jax.random.split(k_enc, self.num_layers)
-            params["encoder"] = [c.init(k) for c, k in zip(self.cells, keys)]
-        else:
-            params["encoder"] = self.tcn.init(k_enc, weight_init=self.tcn_init)
+        params["encoder"] = self.encoder.init(k_enc)
         readout: dict[str, Array] = {"b": jnp.zeros((self.vocab_size,), jnp.float32)}
         if not self.tie_weights:
             readout["w"] = jax.random.uniform(k_out, (self.output_width, self.vocab_size),
@@ -190,21 +180,6 @@ class LanguageModel:
         shapes (see :func:`seqjax.models.check_params`): params of another vocabulary size,
         hidden size, depth or kind of cell are refused. Static: works under ``jit``."""
         check_params(self, params)
-
-    def _check_carry(self, carry: Any, batch: int) -> None:
-        if carry is None or not self.is_recurrent:
-            return
-        if not isinstance(carry, (list, tuple)) or len(carry) != self.num_layers:
-            raise ValueError(f"carry must be a list of {self.num_layers} per-layer carries "
-                             f"(model.initial_carry(batch)), got {type(carry).__name__}"
-                             + (f" of length {len(carry)}" if hasattr(carry, "__len__") else ""))
-        want = _carry_shapes(self, batch)
-        for i, (c, w) in enumerate(zip(carry, want)):
-            got = [tuple(jnp.shape(a)) for a in jax.tree.leaves(c)]
-            exp = [tuple(a.shape) for a in jax.tree.leaves(w)]
-            if jax.tree.structure(c) != jax.tree.structure(w) or got != exp:
-                raise ValueError(f"carry[{i}] shapes {got} must be {exp} (layer {i} of a "
-                                 f"{self.arch} model, batch tokens.shape[0]={batch})")
 
     def apply(
         self,
@@ -244,22 +219,17 @@ class LanguageModel:
         """
         tokens = check_token_ids(tokens, self.vocab_size)
         self.check_params(params)
-        self._check_carry(carry, tokens.shape[0])
+        self.encoder.check_carry(carry, tokens.shape[0])
         rates = (self.dropout_input, self.dropout_hidden, self.dropout_output)
         if train and max(rates) > 0 and key is None:
             raise ValueError("LanguageModel.apply(train=True) with dropout > 0 needs a key")
         keys = jax.random.split(key, 3) if (train and key is not None) else (None,) * 3
         xs = embed_tokens(params["embed"], tokens)
-        xs = _dropout(xs, self.dropout_input, keys[0])
-        if self.is_recurrent:
-            hs, carry = stacked(self.cells, params["encoder"], xs, initial_carries=carry,
-                                dropout=self.dropout_hidden, key=keys[1], backend=self.backend)
-        else:
-            hs = self.tcn.apply(params["encoder"], xs, train=train and keys[1] is not None,
-                                key=keys[1])
-            carry = None
+        xs = dropout(xs, self.dropout_input, keys[0])
+        hs, carry = self.encoder.apply(params["encoder"], xs, carry=carry, train=train,
+                                       key=keys[1])
         hidden = hs
-        hs = _dropout(hs, self.dropout_output, keys[2])
+        hs = dropout(hs, self.dropout_output, keys[2])
         logits = hs @ self.readout_weight(params) + params["readout"]["b"]
         logits = logits.astype(jnp.float32)
         return (logits, carry, hidden) if return_hidden else (logits, carry)
@@ -270,9 +240,3 @@ class LanguageModel:
 
 
 _jitted_init = jax.jit(LanguageModel._init, static_argnums=0)
-
-
-@functools.lru_cache(maxsize=64)
-def _carry_shapes(model: LanguageModel, batch: int) -> list:
-    """Per-layer carry shapes of :meth:`LanguageModel.initial_carry` (cached)."""
-    return jax.eval_shape(lambda: model.initial_carry(batch))

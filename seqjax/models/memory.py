@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 from seqjax.core.cells import Cell, check_key, check_tree, glorot_uniform
 from seqjax.core.memory.base import run_with_states
-from seqjax.core.recurrent import rnn
+from seqjax.models.encoder import Encoder
 
 Array = jax.Array
 
@@ -46,6 +46,12 @@ class MemoryModel:
                              f"got {self.output_size!r}")
 
     @property
+    def encoder(self) -> Encoder:
+        """The model body: :class:`seqjax.models.encoder.Encoder` of ``arch="cell"``."""
+        return Encoder("cell", self.cell.input_size, cell=self.cell, remat=self.remat,
+                       backend="scan")
+
+    @property
     def hidden_size(self) -> int:
         """Width of the cell's output (for an NTM/DNC ``H + R W``)."""
         return self.cell.hidden_size
@@ -63,7 +69,7 @@ class MemoryModel:
         check_key(key)
         kc, ko = jax.random.split(key)
         return {
-            "cell": self.cell.init(kc),
+            "cell": self.encoder.init(kc),
             "readout": {"w": glorot_uniform(ko, (self.hidden_size, self.output_size)),
                         "b": jnp.zeros((self.output_size,))},
         }
@@ -87,8 +93,7 @@ class MemoryModel:
         """
         del train, key
         self.check_params(params)
-        hs, _ = rnn(self.cell, params["cell"], inputs, seq_lengths=lengths, remat=self.remat,
-                    backend="scan")
+        hs, _ = self.encoder.apply(params["cell"], inputs, lengths)
         return hs @ params["readout"]["w"] + params["readout"]["b"]
 
     def trace(self, params: dict, inputs: Array) -> tuple[Array, Any]:

@@ -17,17 +17,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from seqjax.core.cells import glorot_uniform
-from seqjax.core.layers import init_stack, stack_cells, stacked
+from seqjax.core.cells import cell_kinds, glorot_uniform
+from seqjax.core.layers import dropout
 from seqjax.core.tcn import TCN
+from seqjax.models.encoder import Encoder, check_arch, check_backend, model_archs
 
 Array = jax.Array
 
 __all__ = ["SequenceModel", "param_count", "hidden_for_params", "ARCHS", "check_params",
            "embed_tokens"]
 
-RECURRENT_ARCHS = ("lstm", "gru", "rnn", "rnn_relu", "peephole_lstm", "gru_before")
-ARCHS = ("tcn",) + RECURRENT_ARCHS
+#: The recurrent architectures: the cell kinds registered when :mod:`seqjax` was imported
+#: (models validate against :func:`seqjax.models.model_archs`, read at call time).
+RECURRENT_ARCHS = cell_kinds()
+#: ``"tcn"`` and :data:`RECURRENT_ARCHS`: the scripts' ``--models`` choices.
+ARCHS = model_archs()
 
 
 def param_count(params: Any) -> int:
@@ -154,13 +158,6 @@ def embed_tokens(table: Array, tokens: Array) -> Array:
     return table.at[tokens].get(mode="fill", fill_value=jnp.nan, wrap_negative_indices=False)
 
 
-def _dropout(x: Array, rate: float, key: Array | None) -> Array:
-    if rate <= 0.0 or key is None:
-        return x
-    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
-    return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
-
-
 @dataclasses.dataclass(frozen=True)
 class SequenceModel:
     """A per-step sequence model.
@@ -198,8 +195,7 @@ class SequenceModel:
     tcn_init: str = "locuslab"
 
     def __post_init__(self):
-        if self.arch not in ARCHS:
-            raise ValueError(f"arch={self.arch!r} must be one of {ARCHS}")
+        check_arch(self.arch, "SequenceModel")
         for name in ("input_size", "output_size", "hidden_size", "num_layers", "kernel_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -210,9 +206,7 @@ class SequenceModel:
                              f"got {self.embed_size!r}")
         if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"SequenceModel.dropout={self.dropout!r} must be in [0, 1)")
-        if self.backend not in ("auto", "scan", "pallas"):
-            raise ValueError(f"SequenceModel.backend={self.backend!r} must be 'auto', 'scan' or "
-                             "'pallas'")
+        check_backend(self.backend, "SequenceModel")
         if self.readout_std is not None and not (isinstance(self.readout_std, (int, float))
                                                  and self.readout_std > 0):
             raise ValueError(f"SequenceModel.readout_std={self.readout_std!r} must be a "
@@ -224,20 +218,24 @@ class SequenceModel:
         return self.embed_size if self.embed_size else self.input_size
 
     @property
+    def encoder(self) -> Encoder:
+        """The model body (:class:`seqjax.models.encoder.Encoder`)."""
+        return Encoder(self.arch, self._feature_size, self.hidden_size, self.num_layers,
+                       kernel_size=self.kernel_size, dropout=self.dropout, backend=self.backend,
+                       forget_bias=self.forget_bias, tcn_init=self.tcn_init)
+
+    @property
     def tcn(self) -> TCN:
-        return TCN(self._feature_size, (self.hidden_size,) * self.num_layers,
-                   kernel_size=self.kernel_size, dropout=self.dropout)
+        return self.encoder.tcn
 
     @property
     def cells(self) -> list:
-        extra = {"forget_bias": self.forget_bias} if "lstm" in self.arch else {}
-        return stack_cells(self.arch, self._feature_size, self.hidden_size, self.num_layers,
-                           **extra)
+        return self.encoder.cells
 
     @property
     def receptive_field(self) -> int | None:
         """TCN receptive field in steps (``None`` for recurrent models: unbounded)."""
-        return self.tcn.receptive_field if self.arch == "tcn" else None
+        return self.encoder.receptive_field
 
     def init(self, key: Array) -> dict:
         """Params ``{"embed": [V, E] (with an embedding), "encoder": ..., "readout": {"w": [H, O],
@@ -246,10 +244,7 @@ class SequenceModel:
         params: dict[str, Any] = {}
         if self.embed_size:
             params["embed"] = jax.random.normal(k_emb, (self.input_size, self.embed_size)) * 0.1
-        if self.arch == "tcn":
-            params["encoder"] = self.tcn.init(k_enc, weight_init=self.tcn_init)
-        else:
-            params["encoder"] = init_stack(self.cells, k_enc)
+        params["encoder"] = self.encoder.init(k_enc)
         shape = (self.hidden_size, self.output_size)
         if self.readout_std is None:
             w = glorot_uniform(k_out, shape)
@@ -326,12 +321,9 @@ class SequenceModel:
             steps = xs.shape[1]
             valid = jnp.arange(steps)[None, :] < lengths[:, None]
             xs = jnp.where(valid[..., None], xs, jnp.zeros((), xs.dtype))
-        if self.arch == "tcn":
-            hs = self.tcn.apply(params["encoder"], xs, train=train, key=k_enc)
-        else:
-            hs, _ = stacked(self.cells, params["encoder"], xs, seq_lengths=lengths,
-                            dropout=self.dropout, key=k_enc, backend=self.backend)
-            hs = _dropout(hs, self.dropout, k_out)
+        hs, _ = self.encoder.apply(params["encoder"], xs, lengths, train=train, key=k_enc)
+        if self.arch != "tcn":  # a TCN drops out inside its blocks only
+            hs = dropout(hs, self.dropout, k_out)
         return hs @ params["readout"]["w"] + params["readout"]["b"]
 
 

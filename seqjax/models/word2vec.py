@@ -17,9 +17,10 @@ Frequent words are subsampled: each occurrence of word :math:`w` with relative f
 
     P_\mathrm{keep}(w) = \min\left(1, \sqrt{t / f(w)}\right).
 
-Training is plain SGD on the summed loss of a mini-batch with a learning rate that decays
-linearly from ``lr`` to ``lr * min_lr_fraction`` over the run, as in the reference C code; the
-step is jitted and runs ``steps_per_call`` mini-batches per call under ``lax.scan``.
+Training (:func:`seqjax.train.word2vec.train_word2vec`, on the one training step
+:func:`seqjax.train.make_train_step`) is plain SGD on the summed loss of a mini-batch with a
+learning rate that decays linearly from ``lr`` to ``lr * min_lr_fraction`` over the run, as in
+the reference C code, ``steps_per_call`` mini-batches per jitted call.
 
 Vectors save to and load from the standard word2vec *text* format: a header ``"<V> <D>"`` then
 one line per word ``"word x_1 ... x_D"``.
@@ -29,7 +30,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -42,7 +42,7 @@ import numpy as np
 __all__ = [
     "Word2Vec", "Word2VecModel", "build_vocab", "noise_distribution", "keep_probabilities",
     "subsample", "skipgram_pairs", "cbow_examples", "negative_sampling_loss", "skipgram_loss",
-    "cbow_loss", "init_params", "train_word2vec", "nearest", "analogy", "save_word2vec_text",
+    "cbow_loss", "init_params", "nearest", "analogy", "save_word2vec_text",
     "load_word2vec_text", "normalize",
 ]
 
@@ -307,108 +307,6 @@ class Word2VecModel:
                 raise KeyError(f"word {w!r} not in the vocabulary of {len(self.words)} words")
         ids, sims = analogy(self.vectors, idx[a], idx[b], idx[c], k)
         return [(self.words[i], float(s)) for i, s in zip(ids, sims)]
-
-
-def _make_step(mode: str):
-    loss_fn = skipgram_loss if mode == "skipgram" else cbow_loss
-
-    @jax.jit
-    def run(params, batches, lrs):
-        def body(p, xs):
-            *data, lr = xs
-            loss, g = jax.value_and_grad(loss_fn)(p, *data)
-            p = jax.tree.map(lambda a, b: a - lr * b, p, g)
-            return p, loss
-
-        params, losses = jax.lax.scan(body, params, (*batches, lrs))
-        return params, losses
-
-    return run
-
-
-def train_word2vec(tokens: Sequence[str] | None, config: Word2Vec = Word2Vec(), *, seed: int = 0,
-                   ids: np.ndarray | None = None, words: list[str] | None = None,
-                   counts: np.ndarray | None = None, verbose: bool = False) -> Word2VecModel:
-    """Train word2vec on a token stream (or on ``ids`` with their ``words``/``counts``).
-
-    Examples are regenerated each epoch (fresh subsampling, windows, noise words); the lr decays
-    linearly over the total number of steps. A final partial batch is padded with weight-0
-    examples, so every call keeps one shape.
-    """
-    cfg = config
-    if not isinstance(cfg, Word2Vec):
-        raise TypeError(f"config must be a Word2Vec, got {type(cfg).__name__}")
-    rng = np.random.default_rng(seed)
-    if ids is None:
-        if tokens is None:
-            raise ValueError("give tokens (a list of words), or ids with words and counts")
-        _check_tokens(tokens)
-        tokens = list(tokens)
-        words, counts = build_vocab(tokens, cfg.min_count)
-        index = {w: i for i, w in enumerate(words)}
-        ids = np.array([index[t] for t in tokens if t in index], dtype=np.int32)
-    elif words is None or counts is None:
-        raise ValueError("ids needs words and counts")
-    else:
-        _check_tokens(words, "words")
-        ids = np.asarray(ids)
-        counts = np.asarray(counts)
-        if ids.ndim != 1 or (ids.size and not np.issubdtype(ids.dtype, np.integer)):
-            raise ValueError(f"ids (shape {ids.shape}, dtype {ids.dtype}) must be [N] ints")
-        if counts.shape != (len(words),):
-            raise ValueError(f"counts.shape={counts.shape} must be ({len(words)},), one count "
-                             "per word")
-        if ids.size and (ids.min() < 0 or ids.max() >= len(words)):
-            raise ValueError(f"ids must lie in [0, len(words)={len(words)}), got min "
-                             f"{ids.min()} max {ids.max()}")
-    V = len(words)
-    noise_cdf = np.cumsum(noise_distribution(counts, cfg.power))
-    keep = keep_probabilities(counts, cfg.sample)
-    params = init_params(jax.random.key(seed), V, cfg.dim)
-    step = _make_step(cfg.mode)
-    chunk = cfg.batch_size * cfg.steps_per_call
-    # estimate total steps for the lr schedule from the expected subsampled corpus size
-    exp_tokens = float(keep[ids].sum())
-    per_token = (cfg.window + 1) if cfg.mode == "skipgram" else 1.0  # E[2b] = W + 1
-    total_steps = max(1, int(cfg.epochs * exp_tokens * per_token / cfg.batch_size))
-    done = 0
-    history = []
-    t0 = time.perf_counter()
-    for epoch in range(cfg.epochs):
-        kept = subsample(ids, keep, rng)
-        if cfg.mode == "skipgram":
-            data = skipgram_pairs(kept, cfg.window, rng)
-        else:
-            data = cbow_examples(kept, cfg.window, rng)
-        n = data[0].shape[0]
-        if n == 0:
-            raise ValueError(f"epoch {epoch + 1}: no training examples from {len(ids)} tokens "
-                             f"({len(kept)} after subsampling with sample={cfg.sample}); give "
-                             "a longer corpus or a smaller sample")
-        n_pad = -(-n // chunk) * chunk
-        weights = np.zeros(n_pad, np.float32)
-        weights[:n] = 1.0
-        data = tuple(np.concatenate([d, np.zeros((n_pad - n, *d.shape[1:]), d.dtype)])
-                     for d in data)
-        negs = np.searchsorted(noise_cdf, rng.random((n_pad, cfg.negative))).astype(np.int32)
-        negs = np.minimum(negs, V - 1)
-        losses = []
-        for s in range(0, n_pad, chunk):
-            nb = cfg.steps_per_call
-            shape = lambda a: a[s:s + chunk].reshape(nb, cfg.batch_size, *a.shape[1:])  # noqa: E731
-            frac = np.minimum((done + np.arange(nb)) / total_steps, 1.0)
-            lrs = (cfg.lr * np.maximum(1.0 - frac, cfg.min_lr_fraction)).astype(np.float32)
-            batch = (*map(shape, data), shape(negs), shape(weights))
-            params, loss = step(params, batch, jnp.asarray(lrs))
-            done += nb
-            w = weights[s:s + chunk].sum()
-            losses.append(float(loss.sum()) / max(w, 1.0))
-        row = {"epoch": epoch + 1, "examples": int(n), "loss": float(np.mean(losses)),
-               "seconds": time.perf_counter() - t0}
-        history.append(row)
-        if verbose:
-            print(row, flush=True)
-    return Word2VecModel(list(words), np.asarray(counts), np.asarray(params["in"]), history)
 
 
 # ----------------------------------------------------------------------------- queries

@@ -50,6 +50,7 @@ from seqjax.train.tbptt import (
     stream_layout,
     truncated_forward,
 )
+from seqjax.train.word2vec import train_word2vec
 
 __all__ = [
     "OPTIMIZERS",
@@ -61,6 +62,7 @@ __all__ = [
     "LossFn",
     "NonFiniteLossError",
     "TrainState",
+    "train_word2vec",
     "check_checkpoint",
     "fit",
     "fit_task",

@@ -1,0 +1,222 @@
+"""The one model body that every model class is a preset of: an encoder over time.
+
+::
+
+    features [B, T, D] --Encoder--> outputs [B, T, F]
+
+``Encoder.arch`` is ``"tcn"`` (a causal TCN, :mod:`seqjax.core.tcn`), any registered cell kind
+(:func:`seqjax.core.cells.cell_kinds`: a stack of layers, optionally bidirectional, run by
+:func:`seqjax.stacked`), or ``"cell"`` with a given cell instance (the NTM/DNC of
+:mod:`seqjax.core.memory`). The model classes only add what is theirs in front (a token
+embedding, a convolution) and on top (a per-step readout, a pooled classifier head, a tied
+softmax):
+
+=====================  ======================  ===================  =========================
+model                  in front                encoder              head
+=====================  ======================  ===================  =========================
+``SequenceModel``      embedding (optional)    ``Encoder``          dropout, per-step linear
+``LanguageModel``      embedding, dropout      ``Encoder`` (carry)  dropout, (tied) softmax
+``Classifier``         embedding, conv         ``Encoder`` (bi)     pool, linear
+``MemoryModel``        --                      ``Encoder("cell")``  per-step linear
+=====================  ======================  ===================  =========================
+
+A cell registered with :func:`seqjax.core.cells.register_cell` is therefore at once a choice
+of every model (and of the scripts, whose ``--models`` lists come from :func:`model_archs`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from seqjax.core.cells import Cell, cell_accepts, cell_kinds, make_cell
+from seqjax.core.layers import init_stack, stacked
+from seqjax.core.recurrent import rnn
+from seqjax.core.tcn import TCN
+
+Array = jax.Array
+
+__all__ = ["Encoder", "model_archs", "check_arch"]
+
+_BACKENDS = ("auto", "scan", "pallas", "parallel")
+
+
+def model_archs() -> tuple[str, ...]:
+    """Every architecture a model can be built with: ``"tcn"`` and the registered cell kinds
+    (read at call time, so cells registered later are included)."""
+    return ("tcn",) + cell_kinds()
+
+
+def check_arch(arch: Any, owner: str, name: str = "arch") -> None:
+    """Raise ``ValueError`` naming ``owner.name`` unless ``arch`` is in :func:`model_archs`."""
+    archs = model_archs()
+    if not isinstance(arch, str) or arch not in archs:
+        raise ValueError(f"{owner}.{name}={arch!r} must be one of {archs}")
+
+
+def check_backend(backend: Any, owner: str) -> None:
+    """Raise ``ValueError`` naming ``owner.backend`` unless it is a backend :func:`seqjax.rnn`
+    knows."""
+    if backend not in _BACKENDS:
+        raise ValueError(f"{owner}.backend={backend!r} must be one of {_BACKENDS}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Encoder:
+    """Inputs ``[B, T, input_size]`` -> outputs ``[B, T, output_width]`` (static, hashable).
+
+    Args:
+      arch: ``"tcn"``, a registered cell kind, or ``"cell"`` (then ``cell`` is required).
+      input_size: feature size ``D`` of the inputs.
+      hidden_size: recurrent hidden size (per direction), or TCN channels per level.
+      num_layers: recurrent layers, or TCN levels.
+      kernel_size: TCN kernel size.
+      dropout: recurrent: between layers (as PyTorch's ``dropout``); TCN: inside every block.
+      backend: the recurrent backend (:func:`seqjax.rnn`).
+      forget_bias: initial forget-gate bias, for the cells that have one (the LSTMs).
+      tcn_init: TCN weight init (:meth:`seqjax.core.tcn.TCN.init`).
+      last_size: width of the last layer (default ``hidden_size``): a tied language model's
+        last layer is as wide as its embedding.
+      bidirectional: run every recurrent layer both ways (outputs ``2 H`` wide).
+      cell: the cell of ``arch="cell"`` (one layer; params are that cell's params).
+      remat: recompute each step in the backward pass (``arch="cell"``).
+
+    Params: a list with one entry per layer (``{"fw", "bw"}`` if bidirectional) for a stack,
+    ``{"blocks": [...]}`` for a TCN, the cell's params for ``arch="cell"``.
+    """
+
+    arch: str
+    input_size: int
+    hidden_size: int = 0
+    num_layers: int = 1
+    kernel_size: int = 2
+    dropout: float = 0.0
+    backend: str = "auto"
+    forget_bias: float = 1.0
+    tcn_init: str = "locuslab"
+    last_size: int | None = None
+    bidirectional: bool = False
+    cell: Cell | None = None
+    remat: bool = False
+
+    def __post_init__(self):
+        if self.arch == "cell":
+            if not isinstance(self.cell, Cell):
+                raise TypeError(f"Encoder(arch='cell') needs a seqjax Cell, got "
+                                f"{type(self.cell).__name__}")
+        else:
+            check_arch(self.arch, "Encoder")
+        check_backend(self.backend, "Encoder")
+        if self.bidirectional and self.arch == "tcn":
+            raise ValueError("bidirectional=True is for recurrent archs; a TCN is causal")
+
+    # ------------------------------------------------------------------ structure
+    @property
+    def is_recurrent(self) -> bool:
+        return self.arch != "tcn"
+
+    @property
+    def _last(self) -> int:
+        return self.hidden_size if self.last_size is None else self.last_size
+
+    @property
+    def output_width(self) -> int:
+        """Width ``F`` of the outputs."""
+        if self.arch == "cell":
+            return self.cell.hidden_size
+        return self._last * (2 if self.bidirectional else 1)
+
+    @property
+    def cells(self) -> list[Cell]:
+        """The recurrent cells, one per layer."""
+        if self.arch == "cell":
+            return [self.cell]
+        if not self.is_recurrent:
+            raise ValueError("a TCN encoder has no cells")
+        extra = {"forget_bias": self.forget_bias} if cell_accepts(self.arch,
+                                                                  "forget_bias") else {}
+        sizes = [self.hidden_size] * (self.num_layers - 1) + [self._last]
+        widths = [s * (2 if self.bidirectional else 1) for s in sizes]
+        ins = [self.input_size] + widths[:-1]
+        return [make_cell(self.arch, i, h, **extra) for i, h in zip(ins, sizes)]
+
+    @property
+    def tcn(self) -> TCN:
+        if self.is_recurrent:
+            raise ValueError(f"a {self.arch} encoder has no TCN")
+        channels = (self.hidden_size,) * (self.num_layers - 1) + (self._last,)
+        return TCN(self.input_size, channels, kernel_size=self.kernel_size,
+                   dropout=self.dropout)
+
+    @property
+    def receptive_field(self) -> int | None:
+        """TCN: input steps one output sees; recurrent: ``None`` (unbounded)."""
+        return None if self.is_recurrent else self.tcn.receptive_field
+
+    def initial_carry(self, batch: int) -> Any:
+        """Zero carries: one per layer (a ``(fw, bw)`` pair if bidirectional); the cell's carry
+        for ``arch="cell"``; ``None`` for a TCN."""
+        if not self.is_recurrent:
+            return None
+        if self.arch == "cell":
+            return self.cell.initial_carry(batch)
+        carries = [cell.initial_carry(batch) for cell in self.cells]
+        return [(c, c) for c in carries] if self.bidirectional else carries
+
+    def init(self, key: Array) -> Any:
+        """Fresh params (see the class docstring for their layout)."""
+        if self.arch == "cell":
+            return self.cell.init(key)
+        if self.is_recurrent:
+            return init_stack(self.cells, key, bidirectional=self.bidirectional)
+        return self.tcn.init(key, weight_init=self.tcn_init)
+
+    def check_carry(self, carry: Any, batch: int) -> None:
+        """Raise ``ValueError`` unless ``carry`` is shaped like :meth:`initial_carry` (batch)."""
+        if carry is None or not self.is_recurrent:
+            return
+        if self.arch != "cell" and (not isinstance(carry, (list, tuple))
+                                    or len(carry) != self.num_layers):
+            raise ValueError(f"carry must be a list of {self.num_layers} per-layer carries "
+                             f"(model.initial_carry(batch)), got {type(carry).__name__}"
+                             + (f" of length {len(carry)}" if hasattr(carry, "__len__") else ""))
+        want = _carry_shapes(self, batch)
+        pairs = [(carry, want)] if self.arch == "cell" else list(zip(carry, want))
+        for i, (c, w) in enumerate(pairs):
+            got = [tuple(jnp.shape(a)) for a in jax.tree.leaves(c)]
+            exp = [tuple(a.shape) for a in jax.tree.leaves(w)]
+            if jax.tree.structure(c) != jax.tree.structure(w) or got != exp:
+                raise ValueError(f"carry[{i}] shapes {got} must be {exp} (layer {i} of a "
+                                 f"{self.arch} model, batch {batch})")
+
+    # ------------------------------------------------------------------ forward
+    def apply(self, params: Any, xs: Array, lengths: Array | None = None, carry: Any = None, *,
+              train: bool = False, key: Array | None = None) -> tuple[Array, Any]:
+        """``(outputs [B, T, F], final carry)`` for ``xs [B, T, D]``.
+
+        ``lengths [B]`` masks a recurrent encoder (outputs past a length are zero, the carry is
+        the state at the length); a causal TCN ignores them (padding after a sequence cannot
+        reach its valid outputs). ``carry``: the initial carry (``None``: zeros; ignored by a
+        TCN, whose final carry is ``None``). Dropout is applied only when ``train`` and a
+        ``key`` is given. Validation of ``xs``, ``lengths``, ``params`` and ``carry`` is that of
+        :func:`seqjax.stacked` / :func:`seqjax.rnn` / :meth:`seqjax.core.tcn.TCN.apply`.
+        """
+        key = key if train else None
+        if self.arch == "tcn":
+            return self.tcn.apply(params, xs, train=key is not None, key=key), None
+        if self.arch == "cell":
+            return rnn(self.cell, params, xs, seq_lengths=lengths, initial_carry=carry,
+                       remat=self.remat, backend=self.backend)
+        return stacked(self.cells, params, xs, seq_lengths=lengths, initial_carries=carry,
+                       bidirectional=self.bidirectional, dropout=self.dropout, key=key,
+                       backend=self.backend)
+
+
+@functools.lru_cache(maxsize=64)
+def _carry_shapes(encoder: Encoder, batch: int) -> Any:
+    """Shapes of :meth:`Encoder.initial_carry` (cached)."""
+    return jax.eval_shape(lambda: encoder.initial_carry(batch))
