@@ -46,6 +46,7 @@ from seqjax.cli import (
     run_main,
 )
 from seqjax.cli import read_run as cli_read_run
+from seqjax.core.cells import cell_class
 from seqjax.data import TASK_NAMES, get_task
 from seqjax.models import ARCHS, SequenceModel, hidden_for_params, param_count
 from seqjax.train import (
@@ -59,6 +60,10 @@ from seqjax.train import (
     plot_curves,
     run_provenance,
 )
+
+#: Layers of the linear-recurrence cells (``mingru``, ``minlstm``, ``lru``), parameter-matched
+#: like the other recurrent models at that depth.
+LINEAR_LAYERS = 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,6 +105,10 @@ class Preset:
             return self.gru
         if name.startswith("rnn") and self.rnn_tanh is not None:
             return self.rnn_tanh
+        if getattr(cell_class(name)[0], "linear_recurrence", False):
+            # One layer of a cell linear in its state (minGRU, minLSTM, LRU) is linear through
+            # time: depth is where its nonlinearity comes from (both papers stack their cells).
+            return dataclasses.replace(self.rnn, layers=max(self.rnn.layers, LINEAR_LAYERS))
         return self.rnn
 
 
@@ -235,7 +244,9 @@ def build_models(task, preset: Preset, names: list[str], backend: str) -> dict[s
     models = {}
     for name in names:
         arch = preset.arch(name)
-        shares_lstm_arch = arch is preset.rnn and name != "lstm"
+        shares_lstm_arch = name != "lstm" and arch.hidden == preset.rnn.hidden and not (
+            (name.startswith("gru") and preset.gru is not None)
+            or (name.startswith("rnn") and preset.rnn_tanh is not None))
         if name == reference or (arch.hidden is not None and not shares_lstm_arch):
             models[name] = make(name, arch.hidden)
         else:

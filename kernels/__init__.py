@@ -5,7 +5,8 @@ computes it (``Cell.kernel``: ``"lstm"`` or ``"gru"``, ``None`` for none) and it
 (``Cell.kernel_options()``, e.g. a GRU's ``{"reset": "after"}``), and the backend switch
 (:func:`seqjax.core.backend.resolve_backend`) asks :func:`unsupported_reason` and runs
 :func:`run_kernel` with them. Kernels: :mod:`seqjax.kernels.lstm` and :mod:`seqjax.kernels.gru`
-(both reset variants).
+(both reset variants); :mod:`seqjax.kernels.linear_scan` (``"linear_scan"``: the elementwise
+linear recurrence of minGRU/minLSTM, run by :func:`run_linear_scan`).
 
 Importable without a GPU or TPU: on CPU the kernels run in Pallas interpret mode.
 """
@@ -18,25 +19,31 @@ import jax
 import jax.numpy as jnp
 
 from . import gru as _gru
+from . import linear_scan as _linear_scan
 from . import lstm as _lstm
 from .gru import GRUBlockSizes, gru, gru_reference
+from .linear_scan import ScanBlockSizes, linear_scan, linear_scan_reference
 from .lstm import LSTMBlockSizes, lstm, lstm_reference
 
 __all__ = [
     "FAMILIES",
     "GRUBlockSizes",
     "LSTMBlockSizes",
+    "ScanBlockSizes",
     "gru",
     "gru_reference",
+    "linear_scan",
+    "linear_scan_reference",
     "lstm",
     "lstm_reference",
     "run_kernel",
+    "run_linear_scan",
     "unsupported_reason",
 ]
 
 _DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
 #: The kernel families and their modules.
-FAMILIES = {"lstm": _lstm, "gru": _gru}
+FAMILIES = {"lstm": _lstm, "gru": _gru, "linear_scan": _linear_scan}
 
 
 def unsupported_reason(family: str | None, *, hidden_size: int, dtype: Any, batch: int,
@@ -127,3 +134,22 @@ def _kernel_dtype(x):
     """Params in a kernel dtype as they are; others (e.g. float16) in float32, as the scan
     computes them."""
     return x if jnp.dtype(x.dtype) in _DTYPES else x.astype(jnp.float32)
+
+
+def run_linear_scan(a, b, h0):
+    """The fused linear scan (:func:`seqjax.kernels.linear_scan.linear_scan`) for
+    ``rnn(..., backend="pallas")`` on a linear-recurrence cell: ``a, b [T, B, N]``, ``h0 [B, N]``
+    -> ``hs [T, B, N]`` float32, the kernel chosen per platform when lowered, as in
+    :func:`run_kernel` (Triton on ``cuda``/``rocm``, Mosaic on ``tpu``, the GPU-style kernel
+    interpreted on ``cpu``)."""
+    a, b = a.astype(jnp.float32), b.astype(jnp.float32)
+    h0 = jnp.asarray(h0, jnp.float32)
+
+    def on(platform):
+        def run(a, b, h0):
+            return linear_scan(a, b, h0, block_sizes=ScanBlockSizes.default(b.shape, b.dtype,
+                                                                            platform))
+        return run
+
+    return jax.lax.platform_dependent(a, b, h0, cpu=on("cpu"), cuda=on("cuda"), rocm=on("rocm"),
+                                      tpu=on("tpu"))

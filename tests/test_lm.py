@@ -105,8 +105,18 @@ def test_hello_rnn_learns_ello_from_hell():
 def test_chunked_forward_equals_whole_stream(arch):
     """The carry handed from chunk to chunk reproduces one pass over the stream: carries and
     hidden states bit for bit; logits to float rounding (XLA may sum the readout matmul of a
-    [3, 8] chunk in another order than that of the [3, 24] stream)."""
+    [3, 8] chunk in another order than that of the [3, 24] stream). The linear-recurrence cells
+    (minGRU, minLSTM, LRU) compute their gates for all steps at once, outside the loop, where
+    XLA vectorises a [3, 8] and a [3, 24] array differently (an ulp apart): to rounding."""
     model, params = _model(arch)
+    linear = getattr(model.cells[0], "linear_recurrence", False)
+
+    def same(a, b):
+        if linear:
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-6)
+        else:
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
     apply = jax.jit(lambda p, t, c: model.apply(p, t, c, return_hidden=True))
     toks = _tokens(3, 24)
     zero = model.initial_carry(3)
@@ -119,13 +129,12 @@ def test_chunked_forward_equals_whole_stream(arch):
         if c == 1:  # the carry entering chunk 3 is the whole-stream carry after 16 tokens
             _, ref, _ = apply(params, toks[:, :16], zero)
             for a, b in zip(jax.tree.leaves(carry), jax.tree.leaves(ref)):
-                np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    np.testing.assert_array_equal(np.asarray(jnp.concatenate(hiddens, 1)),
-                                  np.asarray(hidden_full))
+                same(a, b)
+    same(jnp.concatenate(hiddens, 1), hidden_full)
     np.testing.assert_allclose(np.asarray(jnp.concatenate(outs, 1)), np.asarray(full),
                                rtol=1e-6, atol=1e-7)
     for a, b in zip(jax.tree.leaves(carry), jax.tree.leaves(carry_full)):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        same(a, b)
 
 
 def test_tbptt_loss_threads_carry_and_resets_at_epoch():

@@ -2,6 +2,8 @@
 
 - :mod:`seqjax.core.cells`: the cells (Elman RNN, LSTM, peephole LSTM, GRU both resets) and the
   cell protocol; :mod:`seqjax.core.memory`: the memory-augmented cells (NTM, DNC).
+- :mod:`seqjax.core.linear`: cells linear in their state (minGRU, minLSTM, LRU) and the
+  parallel (associative) scan that runs them (``rnn(..., backend="parallel")``).
 - :mod:`seqjax.core.recurrent`: :func:`~seqjax.core.recurrent.rnn`, the one time loop;
   :mod:`seqjax.core.backend`: where its backend (scan or the fused kernels) is chosen.
 - :mod:`seqjax.core.layers`: stacked, bidirectional and pyramid layers built on ``rnn``.
@@ -11,3 +13,5 @@
 
 Nothing here imports the models, training or data above it.
 """
+
+from seqjax.core import linear  # noqa: E402,F401  (registers "mingru", "minlstm", "lru")

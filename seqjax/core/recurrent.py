@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from seqjax.core.backend import _warn_once, resolve_backend
+from seqjax.core.backend import BACKENDS, _warn_once, resolve_backend
 from seqjax.core.cells import Cell, check_carry, shape_of, state_dtype
 
 Array = jax.Array
@@ -407,8 +407,10 @@ def rnn(
         memory cell's starting memory.
       reverse: run each sequence backwards within its own length; outputs stay aligned with the
         inputs (PyTorch's reverse direction over packed sequences).
-      backend: ``"scan"`` (reference), ``"pallas"`` (fused kernels) or ``"auto"``; see
-        :func:`seqjax.core.backend.resolve_backend`.
+      backend: ``"scan"`` (reference), ``"pallas"`` (fused kernels), ``"parallel"`` (cells
+        linear in their state, :mod:`seqjax.core.linear`: all steps at once with
+        :func:`jax.lax.associative_scan`; ``unroll`` and ``remat`` do not apply) or ``"auto"``;
+        see :func:`seqjax.core.backend.resolve_backend`.
       unroll: time steps per scan iteration.
       remat: recompute each step in the backward pass instead of storing its activations
         (memory ``O(T B H)`` carries only, at the cost of a second forward).
@@ -435,8 +437,8 @@ def rnn(
     """
     steps, batch, lengths = _validate(cell, params, xs, seq_lengths, initial_carry,
                                       time_major)
-    if backend not in ("auto", "scan", "pallas"):
-        raise ValueError(f"backend={backend!r} must be 'auto', 'scan' or 'pallas'")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend={backend!r} must be one of {', '.join(map(repr, BACKENDS))}")
     if not isinstance(unroll, int) or unroll < 1:
         raise ValueError(f"unroll={unroll!r} must be a positive int")
     out_dtype = xs.dtype
@@ -479,6 +481,17 @@ def _time_major_inputs(xs, lengths, reverse: bool, time_major: bool) -> Array:
 def _run_loop(cell, backend: str, params, xs_tm, carry0, lengths, unroll: int, remat: bool):
     """The time loop of the resolved ``backend``: ``xs_tm [T, B, D] -> (hs [T, B, H], carry)``."""
     steps = xs_tm.shape[0]
+    if backend in ("parallel", "pallas") and getattr(cell, "linear_recurrence", False):
+        from seqjax.core.linear import linear_recurrence  # the linear cells' module
+
+        scan = None
+        if backend == "pallas":
+            from seqjax.kernels import run_linear_scan  # lazily: kernels are optional on CPU
+
+            scan = run_linear_scan
+        return linear_recurrence(cell, params, xs_tm, carry0, lengths, scan=scan,
+                                 mode=getattr(cell, "parallel_mode", "linear")
+                                 if backend == "parallel" else "linear")
     if backend == "scan" and not remat and cell.hand_written_vjp:
         return _scan(cell, unroll, min(CHUNK, steps), params, xs_tm, carry0, lengths)
     gx = cell.project(params, xs_tm)  # [T, B, G]: the input projection of all steps at once

@@ -1,0 +1,120 @@
+"""CPU benchmark (issue #21): minGRU with the parallel scan against the sequential scan.
+
+Forward+backward (``jax.grad`` of the summed outputs, params and inputs) of one layer, B=16,
+D=H=128, float32, at T = 128, 512, 1024, 4096, for:
+
+* ``mingru parallel``: ``rnn(MinGRU, backend="parallel")`` (:func:`jax.lax.associative_scan`);
+* ``mingru hoisted seq``: the same hoisted coefficients, combined step by step with
+  :func:`seqjax.core.linear.sequential_linear_scan` (a ``lax.scan`` with a hand-written VJP);
+* ``mingru parallel log``: the same with the paper's log-space scan (``parallel_mode="log"``);
+* ``mingru scan``: ``rnn(MinGRU, backend="scan")``, the sequential ``lax.scan``;
+* ``lstm scan``: ``rnn(LSTM, backend="scan")`` of the same width (hand-written VJP).
+
+Contenders run interleaved in one process after a warm-up (compile), with
+``block_until_ready``; the table gives medians and ratios to the LSTM scan. The issue's goal:
+at T=1024 the parallel minGRU fwd+bwd at least 5x faster than the LSTM scan.
+
+    python benchmarks/parallel_scan.py [--reps 5] [--T 128,512,1024,4096]
+        [--json results/bench_parallel_scan.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import seqjax
+from seqjax.core.linear import MinGRU, linear_recurrence, sequential_linear_scan
+
+CONTENDERS = {
+    "mingru parallel": (lambda d, h: MinGRU(d, h), "parallel"),
+    "mingru hoisted seq": (lambda d, h: MinGRU(d, h), "hoisted"),
+    "mingru parallel log": (lambda d, h: MinGRU(d, h, parallel_mode="log"), "parallel"),
+    "mingru scan": (lambda d, h: MinGRU(d, h), "scan"),
+    "lstm scan": (lambda d, h: seqjax.LSTM(d, h), "scan"),
+}
+REFERENCE = "lstm scan"
+
+
+def hoisted(cell, params, xs):
+    """The linear-recurrence path of the parallel backend with the step-by-step
+    :func:`sequential_linear_scan` in place of the associative scan (``[B, T, D]`` inputs)."""
+    xs_tm = jnp.swapaxes(xs, 0, 1)
+    carry0 = cell.initial_carry(xs.shape[0])
+    hs, _ = linear_recurrence(cell, params, xs_tm, carry0, None, scan=sequential_linear_scan)
+    return jnp.swapaxes(hs, 0, 1)
+
+
+def fwd_bwd_fn(cell, backend):
+    def run(p, x):
+        if backend == "hoisted":
+            return hoisted(cell, p, x)
+        return seqjax.rnn(cell, p, x, backend=backend)[0]
+
+    @jax.jit
+    def fwd_bwd(params, xs):
+        return jax.grad(lambda p, x: jnp.sum(run(p, x)), argnums=(0, 1))(params, xs)
+
+    return fwd_bwd
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--T", default="128,512,1024,4096")
+    ap.add_argument("--B", type=int, default=16)
+    ap.add_argument("--D", type=int, default=128)
+    ap.add_argument("--H", type=int, default=128)
+    ap.add_argument("--json", default="results/bench_parallel_scan.json")
+    args = ap.parse_args(argv)
+    B, D, H = args.B, args.D, args.H
+    rows = []
+    for T in (int(t) for t in args.T.split(",")):
+        xs = jax.random.normal(jax.random.PRNGKey(1), (B, T, D))
+        fns = {}
+        for name, (make, backend) in CONTENDERS.items():
+            cell = make(D, H)
+            params = cell.init(jax.random.PRNGKey(0))
+            fb = fwd_bwd_fn(cell, backend)
+            fns[name] = lambda fb=fb, p=params: jax.block_until_ready(fb(p, xs))
+        for fn in fns.values():  # warm-up (compiles)
+            fn()
+            fn()
+        times = {name: [] for name in fns}
+        for _ in range(args.reps):
+            for name, fn in fns.items():
+                t0 = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t0)
+        med = {name: 1e3 * float(np.median(v)) for name, v in times.items()}
+        for name, ms in med.items():
+            rows.append({"T": T, "impl": name, "fwd_bwd_ms": ms,
+                         "speedup_vs_lstm_scan": med[REFERENCE] / ms,
+                         "speedup_vs_mingru_scan": med["mingru scan"] / ms})
+        print(f"T={T} done", flush=True)
+
+    print(f"\nB={B} D={D} H={H} float32 fwd+bwd, CPU ({os.cpu_count()} cores), "
+          f"jax {jax.__version__}, median of {args.reps}\n")
+    print("| T | implementation | fwd+bwd ms | lstm scan / this | mingru scan / this |")
+    print("|---:|---|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['T']} | {r['impl']} | {r['fwd_bwd_ms']:.1f} | "
+              f"{r['speedup_vs_lstm_scan']:.2f}x | {r['speedup_vs_mingru_scan']:.2f}x |")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        meta = {"B": B, "D": D, "H": H, "reps": args.reps, "jax": jax.__version__,
+                "cpu": platform.processor(), "cores": os.cpu_count()}
+        Path(args.json).write_text(json.dumps({"config": meta, "rows": rows}, indent=2))
+        print(f"\nwrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,591 @@
+r"""Recurrences linear in the state, and the parallel scan that runs them (issue #21).
+
+Three cells whose state update is :math:`h_t = a_t \odot h_{t-1} + b_t` with ``a_t, b_t``
+functions of the input alone:
+
+* :class:`MinGRU` and :class:`MinLSTM` (Feng et al. 2024, "Were RNNs All We Needed?");
+* :class:`LRU`, the linear recurrent unit (Orvieto et al. 2023, "Resurrecting Recurrent Neural
+  Networks for Long Sequences"), a diagonal complex recurrence.
+
+They are ordinary cells (``step_with_residuals``, differentiated by JAX), so ``rnn``, lengths,
+``reverse``, ``stacked`` and the models run them like any other cell with the sequential scan.
+They also implement the *linear-recurrence protocol*, which ``rnn(..., backend="parallel")``
+uses to run all time steps at once with :func:`jax.lax.associative_scan`:
+
+* ``linear_recurrence = True``;
+* ``scan_coefficients(params, xs [T, B, D]) -> (a, b)``, both ``[T, B, N]`` (``N`` the state
+  size; complex for the LRU), with :math:`h_t = a_t h_{t-1} + b_t`;
+* ``scan_output(params, hs [T, B, N], xs [T, B, D]) -> ys [T, B, H]``;
+* ``carry_state(carry) -> h [B, N]`` and ``state_carry(h [B, N], y [B, H]) -> carry``: the scan
+  state inside a carry, and the carry made from the last state and the last output;
+* optionally ``scan_log_coefficients(params, xs) -> (log a, log b)`` for the paper's log-space
+  scan (``parallel_mode="log"`` on the minimal RNNs).
+
+:func:`linear_recurrence` runs that protocol (the parallel backend and, with a kernel, the
+``"pallas"`` backend); :func:`associative_linear_scan` is the scan itself,
+:func:`log_linear_scan` the paper's log-space one, and :func:`sequential_linear_scan` the same
+recurrence step by step with a hand-written VJP (faster on a CPU with few cores; see
+``benchmarks/parallel_scan.py`` and :data:`seqjax.core.backend.PARALLEL_AUTO_PLATFORMS`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+from seqjax.core.cells import (
+    Cell,
+    Initializer,
+    _check_positive,
+    _project,
+    _sigmoid_tanh,
+    check_batch,
+    check_key,
+    glorot_uniform,
+    register_cell,
+)
+
+Array = jax.Array
+Params = dict[str, Array]
+_F32 = jnp.float32
+
+__all__ = [
+    "LRU",
+    "MinGRU",
+    "MinLSTM",
+    "PARALLEL_MODES",
+    "associative_linear_scan",
+    "g",
+    "is_linear",
+    "linear_recurrence",
+    "log_g",
+    "log_linear_scan",
+    "sequential_linear_scan",
+]
+
+#: ``parallel_mode`` values of the minimal RNNs: the plain associative scan of ``(a, b)``, or
+#: the paper's log-space scan (``cumsum`` + ``logcumsumexp``).
+PARALLEL_MODES = ("linear", "log")
+
+
+def g(x: Array) -> Array:
+    r""":math:`g(x) = x + 1/2` for :math:`x \ge 0`, :math:`\sigma(x)` otherwise (Feng et al.,
+    appendix: keeps the candidate state positive so that the log-space scan applies)."""
+    return jnp.where(x >= 0, x + 0.5, _sigmoid_tanh(x))
+
+
+def log_g(x: Array) -> Array:
+    r""":math:`\log g(x)`: :math:`\log(x + 1/2)` for :math:`x \ge 0`, :math:`-\mathrm{softplus}(-x)`
+    otherwise (both branches finite everywhere, so ``where`` has clean gradients)."""
+    return jnp.where(x >= 0, jnp.log(jax.nn.relu(x) + 0.5), -jax.nn.softplus(-x))
+
+
+def _project_2d(xs: Array, w: Array, b: Array) -> Array:
+    """:func:`seqjax.core.cells._project` as one 2-D matmul ``[prod(...), D] @ [D, G]``: its
+    transpose (``dW``) is then one plain matmul too (XLA:CPU ran the ``...d,dg`` einsum's
+    backward at about half this speed, T=1024 B=16 D=128 G=256)."""
+    if xs.ndim <= 2:
+        return _project(xs, w, b)
+    out = _project(xs.reshape(-1, xs.shape[-1]), w, b)
+    return out.reshape(xs.shape[:-1] + out.shape[-1:])
+
+
+def is_linear(cell: Any) -> bool:
+    """Whether ``cell`` implements the linear-recurrence protocol."""
+    return bool(getattr(cell, "linear_recurrence", False))
+
+
+# ------------------------------------------------------------------------------------------
+# The scans
+# ------------------------------------------------------------------------------------------
+
+
+def _combine(left, right):
+    """``(a1, b1) . (a2, b2) = (a1 a2, a2 b1 + b2)``: first apply step 1, then step 2."""
+    a1, b1 = left
+    a2, b2 = right
+    return a1 * a2, a2 * b1 + b2
+
+
+@jax.custom_vjp
+def _associative(a: Array, b: Array) -> Array:
+    return jax.lax.associative_scan(_combine, (a, b), axis=0)[1]
+
+
+def _associative_fwd(a, b):
+    hs = _associative(a, b)
+    return hs, (a, hs)
+
+
+def _associative_bwd(res, dhs):
+    """The VJP is the reverse linear scan :math:`g_t = \\bar h_t + a_{t+1} g_{t+1}`, itself an
+    associative scan; saves only ``a`` and the states (autodiff through
+    :func:`jax.lax.associative_scan` keeps every level's intermediates, and is slower)."""
+    a, hs = res
+    a_next = jnp.concatenate([a[1:], jnp.zeros_like(a[:1])])
+    g = jax.lax.associative_scan(_combine, (a_next, dhs), reverse=True, axis=0)[1]
+    h_prev = jnp.concatenate([jnp.zeros_like(hs[:1]), hs[:-1]])
+    return g * h_prev, g
+
+
+_associative.defvjp(_associative_fwd, _associative_bwd)
+
+
+def associative_linear_scan(a: Array, b: Array, h0: Array | None = None) -> Array:
+    r"""All states of :math:`h_t = a_t \odot h_{t-1} + b_t` (``h_{-1} = h0``, zero if ``None``)
+    with :func:`jax.lax.associative_scan` over the leading (time) axis: ``O(log T)`` depth.
+
+    Args:
+      a, b: ``[T, ...]`` (real or complex, same shape).
+      h0: ``[...]`` or ``None``; folded into the first step (:math:`b_0 \mathrel{+}= a_0 h_0`).
+
+    Returns:
+      ``hs [T, ...]``.
+    """
+    if a.shape[0] == 0:
+        return b
+    if h0 is not None:
+        b = b.at[0].add(a[0] * h0)
+    return _associative(a, b)
+
+
+@jax.custom_vjp
+def _sequential_scan(a: Array, b: Array, h0: Array) -> Array:
+    def body(h, ab):
+        h = ab[0] * h + ab[1]
+        return h, h
+
+    return jax.lax.scan(body, h0, (a, b))[1]
+
+
+def _sequential_scan_fwd(a, b, h0):
+    hs = _sequential_scan(a, b, h0)
+    return hs, (a, hs, h0)
+
+
+def _sequential_scan_bwd(res, dhs):
+    a, hs, h0 = res
+    a_next = jnp.concatenate([a[1:], jnp.zeros_like(a[:1])])
+
+    def body(g, x):  # g_t = dh_t + a_{t+1} g_{t+1}
+        g = x[1] + x[0] * g
+        return g, g
+
+    g = jax.lax.scan(body, jnp.zeros_like(h0), (a_next, dhs), reverse=True)[1]
+    h_prev = jnp.concatenate([h0[None], hs[:-1]])
+    return g * h_prev, g, a[0] * g[0]
+
+
+_sequential_scan.defvjp(_sequential_scan_fwd, _sequential_scan_bwd)
+
+
+def sequential_linear_scan(a: Array, b: Array, h0: Array | None = None) -> Array:
+    r""":func:`associative_linear_scan` computed step by step (:func:`jax.lax.scan`) with a
+    hand-written VJP (the backward is the reverse scan :math:`g_t = \bar h_t + a_{t+1} g_{t+1}`,
+    :math:`\bar a_t = g_t h_{t-1}`, :math:`\bar b_t = g_t`). ``T`` steps of ``O(B N)`` work
+    each: on a CPU with few cores faster than the ``O(log T)``-depth associative scan (see
+    ``benchmarks/parallel_scan.py``). Real or complex ``a, b [T, ...]``."""
+    if a.shape[0] == 0:
+        return b
+    if h0 is None:
+        h0 = jnp.zeros(b.shape[1:], b.dtype)
+    return _sequential_scan(a, b, h0.astype(b.dtype))
+
+
+def log_linear_scan(log_a: Array, log_b: Array, h0: Array | None = None) -> Array:
+    r"""The log-space scan of Feng et al. (``parallel_scan_log``) for positive ``a`` and ``b``.
+
+    .. math::
+        a^*_t = \sum_{s \le t} \log a_s, \qquad
+        h_t = \exp\!\big(a^*_t + \operatorname{logcumsumexp}_{s \le t}(\log b_s - a^*_s)\big)
+              + e^{a^*_t} h_0
+
+    The initial state enters linearly (the second term), so ``h0`` may be zero or negative.
+    """
+    if log_a.shape[0] == 0:
+        return log_b
+    a_star = jnp.cumsum(log_a, axis=0)
+    hs = jnp.exp(a_star + jax.lax.cumlogsumexp(log_b - a_star, axis=0))
+    if h0 is not None:
+        hs = hs + jnp.exp(a_star) * h0
+    return hs
+
+
+def _at_length(xs: Array, lengths: Array | None, fallback: Array) -> Array:
+    """``xs [T, B, ...]`` at step ``lengths[b] - 1`` (``fallback [B, ...]`` for length 0)."""
+    if lengths is None:
+        return xs[-1]
+    idx = jnp.clip(lengths - 1, 0, xs.shape[0] - 1)
+    idx = idx.reshape((1, -1) + (1,) * (xs.ndim - 2))
+    last = jnp.take_along_axis(xs, idx, axis=0)[0]
+    keep = (lengths > 0).reshape((-1,) + (1,) * (xs.ndim - 2))
+    return jnp.where(keep, last, fallback.astype(last.dtype))
+
+
+def linear_recurrence(cell: Cell, params: Params, xs_tm: Array, carry0: Any,
+                      lengths: Array | None, *, mode: str = "linear",
+                      scan: Callable[[Array, Array, Array], Array] | None = None):
+    """Run a linear-recurrence cell over time-major ``xs_tm [T, B, D]`` all at once.
+
+    ``xs_tm`` is what :func:`seqjax.rnn` passes its loops: already reversed within each length
+    for ``reverse=True`` and with its padding zeroed. Padding steps get ``a = 1, b = 0`` (the
+    state passes through unchanged, so the last state is the state at each length) and output
+    zero, as in the scan backend.
+
+    Args:
+      cell: a cell with ``linear_recurrence = True``.
+      params, carry0, lengths: as in the scan backend (``lengths`` ``int32 [B]`` or ``None``).
+      mode: ``"linear"`` (associative scan) or ``"log"`` (:func:`log_linear_scan`, the
+        paper's log-space scan; needs ``cell.scan_log_coefficients``).
+      scan: ``(a, b, h0) -> hs`` replacing :func:`associative_linear_scan` in ``"linear"``
+        mode (the fused kernel of ``seqjax.kernels.linear_scan`` for ``backend="pallas"``).
+
+    Returns:
+      ``(hs [T, B, H], final carry)`` (``hs`` the cell's outputs, in the state dtype).
+    """
+    if not is_linear(cell):
+        raise ValueError(f"{type(cell).__name__} is not a linear recurrence "
+                         "(linear_recurrence is not True)")
+    if mode not in PARALLEL_MODES:
+        raise ValueError(f"mode={mode!r} must be one of {PARALLEL_MODES}")
+    steps = xs_tm.shape[0]
+    h0 = cell.carry_state(carry0)
+    valid = None
+    if lengths is not None:
+        valid = (jnp.arange(steps)[:, None] < lengths[None, :])[..., None]  # [T, B, 1]
+    if mode == "log":
+        log_a, log_b = cell.scan_log_coefficients(params, xs_tm)
+        # Unmasked (padding inputs are zero, so finite); the final state is gathered instead.
+        states = log_linear_scan(log_a, log_b, h0)
+        h_last = _at_length(states, lengths, h0)
+    else:
+        a, b = cell.scan_coefficients(params, xs_tm)
+        if valid is not None:
+            a = jnp.where(valid, a, jnp.ones((), a.dtype))
+            b = jnp.where(valid, b, jnp.zeros((), b.dtype))
+        states = (scan or associative_linear_scan)(a, b, h0)
+        h_last = states[-1] if steps else h0
+    hs = cell.scan_output(params, states, xs_tm)
+    if valid is not None:
+        hs = jnp.where(valid, hs, jnp.zeros((), hs.dtype))
+    y_last = _at_length(hs, lengths, cell.carry_hidden(carry0))
+    return hs, cell.state_carry(h_last, y_last)
+
+
+# ------------------------------------------------------------------------------------------
+# The minimal RNNs
+# ------------------------------------------------------------------------------------------
+
+
+class _MinimalRNN(Cell):
+    """Shared parts of :class:`MinGRU` and :class:`MinLSTM` (carry ``h [B, H]`` = output)."""
+
+    hand_written_vjp = False
+    linear_recurrence = True
+    kernel = "linear_scan"
+
+    def _validate(self):
+        _check_positive(self, "input_size", "hidden_size")
+        if self.candidate not in ("g", "linear"):
+            raise ValueError(f"candidate must be 'g' or 'linear', got {self.candidate!r}")
+        if self.parallel_mode not in PARALLEL_MODES:
+            raise ValueError(f"parallel_mode must be one of {PARALLEL_MODES}, got "
+                             f"{self.parallel_mode!r}")
+        if self.parallel_mode == "log" and self.candidate != "g":
+            raise ValueError("parallel_mode='log' needs candidate='g' (the log-space scan takes "
+                             "the log of the candidate state, which must be positive)")
+
+    def param_shapes(self):
+        d, h = self.input_size, self.hidden_size
+        return {"w_x": (d, self.num_gates * h), "b": (self.num_gates * h,)}
+
+    def init(self, key: Array, dtype: Any = _F32) -> Params:
+        check_key(key)
+        g_ = self.num_gates * self.hidden_size
+        return {"w_x": self.input_init(key, (self.input_size, g_), dtype),
+                "b": jnp.zeros((g_,), dtype)}
+
+    def input_projection(self, params: Params, xs: Array) -> Array:
+        return _project_2d(xs, params["w_x"], params["b"])
+
+    def recurrent_params(self, params: Params) -> Params:
+        return {}
+
+    def _candidate(self, pre: Array) -> Array:
+        return g(pre) if self.candidate == "g" else pre
+
+    # linear-recurrence protocol
+    def scan_output(self, params: Params, hs: Array, xs: Array) -> Array:
+        return hs
+
+    def carry_state(self, carry: Array) -> Array:
+        return carry
+
+    def state_carry(self, h: Array, y: Array) -> Array:
+        return h
+
+
+@register_cell("mingru")
+@dataclasses.dataclass(frozen=True)
+class MinGRU(_MinimalRNN):
+    r"""minGRU (Feng et al. 2024): a GRU whose gates see only the input.
+
+    .. math::
+        z_t &= \sigma(x_t W_z + b_z), \qquad \tilde h_t = g(x_t W_h + b_h) \\
+        h_t &= (1 - z_t) \odot h_{t-1} + z_t \odot \tilde h_t
+
+    with :math:`g(x) = x + 1/2` for :math:`x \ge 0` and :math:`\sigma(x)` otherwise, the
+    paper's default (its log-space variant; ``candidate="linear"`` gives the plain
+    :math:`\tilde h_t = x_t W_h + b_h`). The state is the output. As a linear recurrence,
+    :math:`a_t = 1 - z_t`, :math:`b_t = z_t \odot \tilde h_t` (``backend="parallel"``).
+
+    Params: ``w_x [D, 2H]`` (blocks ``z``, ``h``), ``b [2H]``. Carry: ``h [B, H]``.
+    ``parallel_mode="log"`` makes ``backend="parallel"`` use the paper's log-space scan.
+    """
+
+    input_size: int
+    hidden_size: int
+    candidate: str = "g"
+    parallel_mode: str = "linear"
+    input_init: Initializer = dataclasses.field(default=glorot_uniform, repr=False)
+
+    num_gates = 2
+
+    def __post_init__(self):
+        self._validate()
+
+    def step_with_residuals(self, rp, h, gx_t):
+        hid = self.hidden_size
+        z = _sigmoid_tanh(gx_t[:, :hid])
+        return h + z * (self._candidate(gx_t[:, hid:]) - h), None
+
+    def scan_coefficients(self, params, xs):
+        gx = self.input_projection(params, xs)
+        hid = self.hidden_size
+        z = _sigmoid_tanh(gx[..., :hid])
+        return 1.0 - z, z * self._candidate(gx[..., hid:])
+
+    def scan_log_coefficients(self, params, xs):
+        gx = self.input_projection(params, xs)
+        k = gx[..., : self.hidden_size]
+        # log(1 - sigmoid(k)) = -softplus(k), log sigmoid(k) = -softplus(-k)
+        return -jax.nn.softplus(k), -jax.nn.softplus(-k) + log_g(gx[..., self.hidden_size:])
+
+
+@register_cell("minlstm")
+@dataclasses.dataclass(frozen=True)
+class MinLSTM(_MinimalRNN):
+    r"""minLSTM (Feng et al. 2024): an LSTM whose gates see only the input, with normalised,
+    time-independent forget and input gates and no output gate or cell state.
+
+    .. math::
+        f_t &= \sigma(x_t W_f + b_f), \qquad i_t = \sigma(x_t W_i + b_i), \qquad
+        \tilde h_t = g(x_t W_h + b_h) \\
+        f'_t &= \frac{f_t}{f_t + i_t}, \qquad i'_t = \frac{i_t}{f_t + i_t} \\
+        h_t &= f'_t \odot h_{t-1} + i'_t \odot \tilde h_t
+
+    :math:`g` as in :class:`MinGRU` (the paper's default; ``candidate="linear"`` for the plain
+    projection). The state is the output; :math:`a_t = f'_t`, :math:`b_t = i'_t \odot \tilde
+    h_t`. Log space: with :math:`\delta = \mathrm{softplus}(-f^{pre}) -
+    \mathrm{softplus}(-i^{pre})`, :math:`\log f' = -\mathrm{softplus}(\delta)`,
+    :math:`\log i' = -\mathrm{softplus}(-\delta)`.
+
+    Params: ``w_x [D, 3H]`` (blocks ``f``, ``i``, ``h``), ``b [3H]``. Carry: ``h [B, H]``.
+    """
+
+    input_size: int
+    hidden_size: int
+    candidate: str = "g"
+    parallel_mode: str = "linear"
+    input_init: Initializer = dataclasses.field(default=glorot_uniform, repr=False)
+
+    num_gates = 3
+
+    def __post_init__(self):
+        self._validate()
+
+    def _gates(self, gx):
+        hid = self.hidden_size
+        f = _sigmoid_tanh(gx[..., :hid])
+        i = _sigmoid_tanh(gx[..., hid : 2 * hid])
+        s = f + i
+        return f / s, i / s, self._candidate(gx[..., 2 * hid :])
+
+    def step_with_residuals(self, rp, h, gx_t):
+        f, i, cand = self._gates(gx_t)
+        return f * h + i * cand, None
+
+    def scan_coefficients(self, params, xs):
+        f, i, cand = self._gates(self.input_projection(params, xs))
+        return f, i * cand
+
+    def scan_log_coefficients(self, params, xs):
+        gx = self.input_projection(params, xs)
+        hid = self.hidden_size
+        diff = jax.nn.softplus(-gx[..., :hid]) - jax.nn.softplus(-gx[..., hid : 2 * hid])
+        return -jax.nn.softplus(diff), -jax.nn.softplus(-diff) + log_g(gx[..., 2 * hid :])
+
+
+# ------------------------------------------------------------------------------------------
+# LRU
+# ------------------------------------------------------------------------------------------
+
+
+@register_cell("lru")
+@dataclasses.dataclass(frozen=True)
+class LRU(Cell):
+    r"""Linear recurrent unit (Orvieto et al. 2023): a diagonal complex linear recurrence.
+
+    .. math::
+        \lambda &= \exp(-e^{\nu_{\log}} + i\, e^{\theta_{\log}}), \qquad
+        \gamma = e^{\gamma_{\log}} \\
+        h_t &= \lambda \odot h_{t-1} + \gamma \odot (x_t B) \quad (h_t \in \mathbb{C}^N) \\
+        y_t &= \mathrm{Re}(h_t C) + D \odot x_t
+
+    Initialisation (the paper's ring init): :math:`|\lambda|` uniform on the ring
+    :math:`r_{\min} \le |\lambda| \le r_{\max}` (uniform in area:
+    :math:`\nu = -\tfrac12 \log(u_1 (r_{\max}^2 - r_{\min}^2) + r_{\min}^2)`), phase
+    :math:`\theta = u_2 \cdot` ``max_phase``; :math:`\gamma = \sqrt{1 - |\lambda|^2}`
+    (normalisation); :math:`B \sim \mathcal N(0, 1/(2D))` (real and imaginary parts),
+    :math:`C \sim \mathcal N(0, 1/N)`, :math:`D \sim \mathcal N(0, 1)`.
+
+    Params: ``nu_log, theta_log, gamma_log [N]``, ``b_re, b_im [D_in, N]``, ``c_re, c_im
+    [N, H]``, and ``d [H]`` (the paper's diagonal skip, when ``input_size == hidden_size``) or
+    ``d [D_in, H]`` (a dense skip otherwise). ``N = state_size`` (default ``hidden_size``).
+
+    Carry: ``(y [B, H], h_re [B, N], h_im [B, N])``: the output (what ``carry_hidden``
+    returns, as an LSTM's carry holds ``h``) and the complex state as two real arrays (a
+    real pytree: ``rnn`` casts carries to the state dtype and masks them leaf by leaf).
+    The input projection ``gx [.., 2N + H]`` holds :math:`\gamma \odot xB` (real, imaginary)
+    and :math:`D x`.
+    """
+
+    input_size: int
+    hidden_size: int
+    state_size: int | None = None
+    r_min: float = 0.0
+    r_max: float = 1.0
+    max_phase: float = 2 * math.pi
+
+    num_gates = 1
+    hand_written_vjp = False
+    linear_recurrence = True
+
+    def __post_init__(self):
+        _check_positive(self, "input_size", "hidden_size")
+        if self.state_size is not None:
+            _check_positive(self, "state_size")
+        if not 0.0 <= self.r_min < self.r_max <= 1.0:
+            raise ValueError(f"need 0 <= r_min < r_max <= 1, got r_min={self.r_min}, "
+                             f"r_max={self.r_max}")
+        if not self.max_phase > 0:
+            raise ValueError(f"max_phase={self.max_phase} must be > 0")
+
+    @property
+    def n(self) -> int:
+        return self.state_size or self.hidden_size
+
+    @property
+    def gate_size(self) -> int:
+        return 2 * self.n + self.hidden_size
+
+    @property
+    def diagonal_skip(self) -> bool:
+        return self.input_size == self.hidden_size
+
+    def param_shapes(self):
+        d, h, n = self.input_size, self.hidden_size, self.n
+        return {"nu_log": (n,), "theta_log": (n,), "gamma_log": (n,),
+                "b_re": (d, n), "b_im": (d, n), "c_re": (n, h), "c_im": (n, h),
+                "d": (h,) if self.diagonal_skip else (d, h)}
+
+    def init(self, key: Array, dtype: Any = _F32) -> Params:
+        check_key(key)
+        d, h, n = self.input_size, self.hidden_size, self.n
+        k1, k2, kbr, kbi, kcr, kci, kd = jax.random.split(key, 7)
+        u1 = jax.random.uniform(k1, (n,), _F32)
+        u2 = jax.random.uniform(k2, (n,), _F32)
+        nu_log = jnp.log(-0.5 * jnp.log(u1 * (self.r_max**2 - self.r_min**2) + self.r_min**2))
+        theta_log = jnp.log(self.max_phase * u2)
+        mod = jnp.exp(-jnp.exp(nu_log))
+        gamma_log = jnp.log(jnp.sqrt(1.0 - mod**2))
+        normal = jax.random.normal
+        params = {
+            "nu_log": nu_log, "theta_log": theta_log, "gamma_log": gamma_log,
+            "b_re": normal(kbr, (d, n), _F32) / math.sqrt(2 * d),
+            "b_im": normal(kbi, (d, n), _F32) / math.sqrt(2 * d),
+            "c_re": normal(kcr, (n, h), _F32) / math.sqrt(n),
+            "c_im": normal(kci, (n, h), _F32) / math.sqrt(n),
+            "d": normal(kd, (h,) if self.diagonal_skip else (d, h), _F32),
+        }
+        return {k: v.astype(dtype) for k, v in params.items()}
+
+    @staticmethod
+    def eigenvalues(params: Params) -> tuple[Array, Array]:
+        """``(Re lambda, Im lambda) [N]`` from ``nu_log`` and ``theta_log``."""
+        mod = jnp.exp(-jnp.exp(params["nu_log"]))
+        theta = jnp.exp(params["theta_log"])
+        return mod * jnp.cos(theta), mod * jnp.sin(theta)
+
+    def initial_carry(self, batch: int, dtype: Any = _F32):
+        check_batch(batch)
+        zn = jnp.zeros((batch, self.n), dtype)
+        return (jnp.zeros((batch, self.hidden_size), dtype), zn, zn)
+
+    def carry_hidden(self, carry):
+        return carry[0]
+
+    def with_hidden(self, carry, h):
+        return (h, carry[1], carry[2])
+
+    def input_projection(self, params: Params, xs: Array) -> Array:
+        acc = jnp.promote_types(_F32, jnp.promote_types(xs.dtype, params["b_re"].dtype))
+        gamma = jnp.exp(params["gamma_log"].astype(acc))
+        w = jnp.concatenate([params["b_re"].astype(acc) * gamma,
+                             params["b_im"].astype(acc) * gamma], axis=1)
+        bx = jnp.einsum("...d,dn->...n", xs, w.astype(xs.dtype), preferred_element_type=acc)
+        if self.diagonal_skip:
+            dx = xs.astype(acc) * params["d"].astype(acc)
+        else:
+            dx = jnp.einsum("...d,dh->...h", xs, params["d"], preferred_element_type=acc)
+        return jnp.concatenate([bx, dx], axis=-1)
+
+    def recurrent_params(self, params: Params) -> Params:
+        return {k: params[k] for k in ("nu_log", "theta_log", "c_re", "c_im")}
+
+    def _readout(self, rp, h_re, h_im, dx):
+        c_re, c_im = rp["c_re"].astype(h_re.dtype), rp["c_im"].astype(h_re.dtype)
+        return (jnp.matmul(h_re, c_re, preferred_element_type=h_re.dtype)
+                - jnp.matmul(h_im, c_im, preferred_element_type=h_re.dtype) + dx)
+
+    def step_with_residuals(self, rp, carry, gx_t):
+        _, h_re, h_im = carry
+        n = self.n
+        lam_re, lam_im = (x.astype(h_re.dtype) for x in self.eigenvalues(rp))
+        new_re = lam_re * h_re - lam_im * h_im + gx_t[:, :n]
+        new_im = lam_re * h_im + lam_im * h_re + gx_t[:, n : 2 * n]
+        y = self._readout(rp, new_re, new_im, gx_t[:, 2 * n :])
+        return (y, new_re, new_im), None
+
+    # linear-recurrence protocol (complex a, b)
+    def scan_coefficients(self, params, xs):
+        gx = self.input_projection(params, xs)
+        n = self.n
+        lam_re, lam_im = (x.astype(gx.dtype) for x in self.eigenvalues(params))
+        b = jax.lax.complex(gx[..., :n], gx[..., n : 2 * n])
+        a = jnp.broadcast_to(jax.lax.complex(lam_re, lam_im), b.shape)
+        return a, b
+
+    def scan_output(self, params, hs, xs):
+        dx = self.input_projection(params, xs)[..., 2 * self.n :]
+        return self._readout(params, jnp.real(hs), jnp.imag(hs), dx)
+
+    def carry_state(self, carry):
+        return jax.lax.complex(carry[1], carry[2])
+
+    def state_carry(self, h, y):
+        return (y, jnp.real(h), jnp.imag(h))
