@@ -32,7 +32,7 @@ import optax
 from seqjax.core.layers import dropout
 from seqjax.core.tcn import TCN
 from seqjax.models.encoder import Encoder, check_arch
-from seqjax.models.sequence import check_lengths, check_params, check_token_ids, embed_tokens
+from seqjax.models.sequence import check_params, check_tokens, embed_tokens
 
 __all__ = ["Classifier", "cross_entropy", "accuracy", "evaluate"]
 
@@ -166,18 +166,12 @@ class Classifier:
         Validation as in :meth:`apply`.
         """
         self.check_params(params)
-        if not hasattr(tokens, "dtype"):
-            tokens = np.asarray(tokens)
-        dtype = tokens.dtype
-        if dtype == jnp.bool_ or not jnp.issubdtype(dtype, jnp.integer):
-            raise TypeError(f"tokens.dtype={dtype} must be an integer dtype (token ids in "
-                            f"[0, {self.vocab_size}))")
-        if jnp.ndim(tokens) != 2:
-            raise ValueError(f"tokens.shape={tuple(jnp.shape(tokens))} must be [B, T] "
-                             "(batch, steps) token ids")
-        b, t = jnp.shape(tokens)
-        seq_lengths = check_lengths(seq_lengths, b, t, name="seq_lengths")
-        tokens = check_token_ids(tokens, self.vocab_size, lengths=seq_lengths)
+        if seq_lengths is None:
+            raise ValueError("seq_lengths=None: a classifier needs one length per sequence "
+                             "([B] ints in [0, T]) to pool over")
+        tokens, seq_lengths = check_tokens(tokens, self.vocab_size, seq_lengths,
+                                           lengths_name="seq_lengths")
+        t = tokens.shape[1]
         if train and self.dropout > 0 and key is None:
             raise ValueError("train=True with dropout > 0 needs a key")
         k1, k2 = jax.random.split(key) if key is not None else (None, None)

@@ -25,7 +25,7 @@ from seqjax.models.encoder import Encoder, check_arch, check_backend, model_arch
 Array = jax.Array
 
 __all__ = ["SequenceModel", "param_count", "hidden_for_params", "ARCHS", "check_params",
-           "embed_tokens"]
+           "check_tokens", "check_token_ids", "check_lengths", "embed_tokens"]
 
 #: The recurrent architectures: the cell kinds registered when :mod:`seqjax` was imported
 #: (models validate against :func:`seqjax.models.model_archs`, read at call time).
@@ -98,28 +98,31 @@ def check_params(model: Any, params: Any, name: str = "params") -> None:
                          f"{what}")
 
 
-def check_token_ids(tokens: Any, vocab_size: int, *, name: str = "tokens",
-                    lengths: Any = None) -> Array:
-    """Validates ``[B, T]`` integer token ids and returns them as an array.
+def check_tokens(tokens: Any, vocab_size: int, lengths: Any = None, *, name: str = "tokens",
+                 lengths_name: str = "lengths", hint: str = "") -> tuple[Array, Array | None]:
+    """Validates ``[B, T]`` integer token ids and optional ``[B]`` lengths; returns both as
+    arrays (``lengths`` stays ``None`` if not given).
 
-    The dtype and rank are checked always (static); the range ``[0, vocab_size)`` only where the
-    values are concrete (not under ``jit``), and with ``lengths`` only at the valid positions
-    ``t < lengths[b]`` (padding may hold any id).
+    The dtypes and shapes are checked always (static); the ranges (ids in ``[0, vocab_size)``,
+    lengths in ``[0, T]``) only where the values are concrete (not under ``jit``), the ids only
+    at the valid positions ``t < lengths[b]`` (padding may hold any id).
 
     Raises:
-      TypeError: non-integer ids (floats, bools), naming ``name`` and the dtype.
-      ValueError: a shape other than ``[B, T]``, or ids out of range (naming the offending min
-        and max and ``vocab_size``).
+      TypeError: non-integer ids or lengths (floats, bools), naming the argument and the dtype.
+      ValueError: ids not ``[B, T]``, lengths not ``(B,)``, or values out of range (naming the
+        offending min and max and the bound).
     """
     if not hasattr(tokens, "dtype"):
         tokens = np.asarray(tokens)
     dtype = tokens.dtype
     if dtype == jnp.bool_ or not jnp.issubdtype(dtype, jnp.integer):
-        raise TypeError(f"{name}.dtype={dtype} must be an integer dtype (token ids in "
-                        f"[0, {vocab_size}))")
+        raise TypeError(f"{name}.dtype={dtype} must be integer token ids in "
+                        f"[0, {vocab_size}){hint}")
     if jnp.ndim(tokens) != 2:
-        raise ValueError(f"{name}.shape={tuple(jnp.shape(tokens))} must be (batch, steps) "
-                         "token ids")
+        raise ValueError(f"{name}.shape={tuple(jnp.shape(tokens))} must be [B, T] = (batch, "
+                         f"steps) token ids{hint}")
+    if lengths is not None:
+        lengths = check_lengths(lengths, *jnp.shape(tokens), name=lengths_name)
     if _is_concrete(tokens) and (lengths is None or _is_concrete(lengths)):
         ids = np.asarray(tokens)
         if lengths is not None:
@@ -127,7 +130,13 @@ def check_token_ids(tokens: Any, vocab_size: int, *, name: str = "tokens",
         if ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
             raise ValueError(f"{name} must lie in [0, vocab_size={vocab_size}), got min "
                              f"{ids.min()} max {ids.max()}")
-    return jnp.asarray(tokens)
+    return jnp.asarray(tokens), lengths
+
+
+def check_token_ids(tokens: Any, vocab_size: int, *, name: str = "tokens",
+                    lengths: Any = None) -> Array:
+    """:func:`check_tokens` returning only the ids (``lengths``, if given, already checked)."""
+    return check_tokens(tokens, vocab_size, lengths, name=name)[0]
 
 
 def check_lengths(lengths: Any, batch: int, steps: int, *, name: str = "lengths") -> Array:
@@ -291,18 +300,8 @@ class SequenceModel:
             raise ValueError("SequenceModel.apply(train=True) with dropout > 0 needs a key")
         k_enc, k_out = (None, None) if not (train and key is not None) else jax.random.split(key)
         if self.embed_size:
-            if not hasattr(inputs, "dtype"):
-                inputs = np.asarray(inputs)
-            dtype = inputs.dtype
-            if dtype == jnp.bool_ or not jnp.issubdtype(dtype, jnp.integer):
-                raise TypeError(f"inputs.dtype={dtype} must be integer token ids for a model "
-                                f"with embed_size={self.embed_size}")
-            if jnp.ndim(inputs) != 2:
-                raise ValueError(f"inputs.shape={tuple(jnp.shape(inputs))} must be (batch, "
-                                 "steps) token ids")
-            if lengths is not None:
-                lengths = check_lengths(lengths, *jnp.shape(inputs))
-            inputs = check_token_ids(inputs, self.input_size, name="inputs", lengths=lengths)
+            inputs, lengths = check_tokens(inputs, self.input_size, lengths, name="inputs",
+                                           hint=f" (a model with embed_size={self.embed_size})")
             xs = embed_tokens(params["embed"], inputs)
         else:
             if not hasattr(inputs, "dtype"):
