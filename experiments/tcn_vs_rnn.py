@@ -61,8 +61,8 @@ from seqjax.train import (
     run_provenance,
 )
 
-#: Layers of the linear-recurrence cells (``mingru``, ``minlstm``, ``lru``), parameter-matched
-#: like the other recurrent models at that depth.
+#: Layers of the linear-recurrence cells (``mingru``, ``minlstm``, ``lru``), in the papers'
+#: pre-norm residual blocks, parameter-matched like the other recurrent models.
 LINEAR_LAYERS = 3
 
 
@@ -80,6 +80,7 @@ class Arch:
     clip: float | None = 1.0
     forget_bias: float = 1.0
     readout_std: float | None = None
+    residual: bool = False  # pre-norm residual blocks (recurrent archs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,7 +109,8 @@ class Preset:
         if getattr(cell_class(name)[0], "linear_recurrence", False):
             # One layer of a cell linear in its state (minGRU, minLSTM, LRU) is linear through
             # time: depth is where its nonlinearity comes from (both papers stack their cells).
-            return dataclasses.replace(self.rnn, layers=max(self.rnn.layers, LINEAR_LAYERS))
+            return dataclasses.replace(self.rnn, layers=max(self.rnn.layers, LINEAR_LAYERS),
+                                       residual=True)
         return self.rnn
 
 
@@ -233,7 +235,7 @@ def build_models(task, preset: Preset, names: list[str], backend: str) -> dict[s
             arch=name, input_size=task.input_size, output_size=task.output_size,
             hidden_size=hidden, num_layers=a.layers, kernel_size=a.kernel, dropout=a.dropout,
             embed_size=a.embed, backend=backend, readout_std=a.readout_std,
-            forget_bias=a.forget_bias,
+            forget_bias=a.forget_bias, residual=a.residual,
         )
 
     def count(model: SequenceModel) -> int:

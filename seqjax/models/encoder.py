@@ -33,14 +33,14 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from seqjax.core.cells import Cell, cell_accepts, cell_kinds, make_cell
-from seqjax.core.layers import init_stack, stacked
+from seqjax.core.cells import Cell, cell_accepts, cell_kinds, glorot_uniform, make_cell
+from seqjax.core.layers import dropout, init_stack, stacked
 from seqjax.core.recurrent import rnn
 from seqjax.core.tcn import TCN
 
 Array = jax.Array
 
-__all__ = ["Encoder", "model_archs", "check_arch"]
+__all__ = ["Encoder", "model_archs", "check_arch", "rms_norm"]
 
 _BACKENDS = ("auto", "scan", "pallas", "parallel")
 
@@ -84,9 +84,13 @@ class Encoder:
       bidirectional: run every recurrent layer both ways (outputs ``2 H`` wide).
       cell: the cell of ``arch="cell"`` (one layer; params are that cell's params).
       remat: recompute each step in the backward pass (``arch="cell"``).
+      residual: recurrent stacks only: the pre-norm residual blocks of the minGRU and LRU papers
+        (Feng et al. 2024, Orvieto et al. 2023) instead of a plain stack: a linear map to the
+        hidden width, then per layer ``h <- h + Drop(cell(RMSNorm(h)))``.
 
-    Params: a list with one entry per layer (``{"fw", "bw"}`` if bidirectional) for a stack,
-    ``{"blocks": [...]}`` for a TCN, the cell's params for ``arch="cell"``.
+    Params: a list with one entry per layer (``{"fw", "bw"}`` if bidirectional) for a stack;
+    ``{"in": {"w": [D, H], "b": [H]}, "layers": [{"norm": [H], "cell": ...}, ...]}`` for
+    residual blocks; ``{"blocks": [...]}`` for a TCN; the cell's params for ``arch="cell"``.
     """
 
     arch: str
@@ -102,6 +106,7 @@ class Encoder:
     bidirectional: bool = False
     cell: Cell | None = None
     remat: bool = False
+    residual: bool = False
 
     def __post_init__(self):
         if self.arch == "cell":
@@ -113,6 +118,11 @@ class Encoder:
         check_backend(self.backend, "Encoder")
         if self.bidirectional and self.arch == "tcn":
             raise ValueError("bidirectional=True is for recurrent archs; a TCN is causal")
+        if self.residual and (self.arch in ("tcn", "cell") or self.bidirectional
+                              or self._last != self.hidden_size):
+            raise ValueError(f"residual=True is for a one-direction stack of cells whose layers "
+                             f"are all hidden_size wide (arch={self.arch!r}, bidirectional="
+                             f"{self.bidirectional}, last_size={self.last_size})")
 
     # ------------------------------------------------------------------ structure
     @property
@@ -141,7 +151,7 @@ class Encoder:
                                                                   "forget_bias") else {}
         sizes = [self.hidden_size] * (self.num_layers - 1) + [self._last]
         widths = [s * (2 if self.bidirectional else 1) for s in sizes]
-        ins = [self.input_size] + widths[:-1]
+        ins = [self.hidden_size if self.residual else self.input_size] + widths[:-1]
         return [make_cell(self.arch, i, h, **extra) for i, h in zip(ins, sizes)]
 
     @property
@@ -171,6 +181,12 @@ class Encoder:
         """Fresh params (see the class docstring for their layout)."""
         if self.arch == "cell":
             return self.cell.init(key)
+        if self.residual:
+            k_in, k_cells = jax.random.split(key)
+            shape = (self.input_size, self.hidden_size)
+            return {"in": {"w": glorot_uniform(k_in, shape), "b": jnp.zeros(shape[1:])},
+                    "layers": [{"norm": jnp.ones((self.hidden_size,)), "cell": p}
+                               for p in init_stack(self.cells, k_cells)]}
         if self.is_recurrent:
             return init_stack(self.cells, key, bidirectional=self.bidirectional)
         return self.tcn.init(key, weight_init=self.tcn_init)
@@ -211,9 +227,32 @@ class Encoder:
         if self.arch == "cell":
             return rnn(self.cell, params, xs, seq_lengths=lengths, initial_carry=carry,
                        remat=self.remat, backend=self.backend)
+        if self.residual:
+            return self._residual(params, xs, lengths, carry, key)
         return stacked(self.cells, params, xs, seq_lengths=lengths, initial_carries=carry,
                        bidirectional=self.bidirectional, dropout=self.dropout, key=key,
                        backend=self.backend)
+
+    def _residual(self, params, xs, lengths, carry, key) -> tuple[Array, list]:
+        """The residual blocks: ``h = xs W + b``, then ``h <- h + Drop(cell(RMSNorm(h)))``."""
+        h = jnp.asarray(xs) @ params["in"]["w"] + params["in"]["b"]
+        carries = []
+        for i, (cell, p) in enumerate(zip(self.cells, params["layers"])):
+            y, c = rnn(cell, p["cell"], rms_norm(h, p["norm"]), seq_lengths=lengths,
+                       initial_carry=None if carry is None else carry[i], backend=self.backend)
+            if key is not None:
+                key, sub = jax.random.split(key)
+                y = dropout(y, self.dropout, sub)
+            h = h + y
+            carries.append(c)
+        return h, carries
+
+
+def rms_norm(x: Array, scale: Array, eps: float = 1e-6) -> Array:
+    """``x / sqrt(mean(x^2) + eps) * scale`` over the last axis (Zhang & Sennrich 2019)."""
+    x32 = x.astype(jnp.float32)
+    normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    return (normed * scale).astype(x.dtype)
 
 
 @functools.lru_cache(maxsize=64)

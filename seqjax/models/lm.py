@@ -84,6 +84,8 @@ class LanguageModel:
       init_scale: the embedding and the untied readout weight are ``U(-s, s)`` (Zaremba et al.
         2014, PyTorch's word_language_model); readout bias 0.
       tcn_init: TCN conv init (see :meth:`seqjax.core.tcn.TCN.init`).
+      residual: recurrent archs: pre-norm residual blocks instead of a plain stack (see
+        :class:`seqjax.models.encoder.Encoder`); not with tied weights of another width.
     """
 
     arch: str
@@ -100,6 +102,7 @@ class LanguageModel:
     forget_bias: float = 1.0
     init_scale: float = 0.1
     tcn_init: str = "locuslab"
+    residual: bool = False
 
     def __post_init__(self):
         check_arch(self.arch, "LanguageModel")
@@ -112,6 +115,7 @@ class LanguageModel:
             if not 0.0 <= value < 1.0:
                 raise ValueError(f"LanguageModel.{name}={value} must be in [0, 1)")
         check_backend(self.backend, "LanguageModel")
+        self.encoder  # noqa: B018  (validates the combination: residual, arch, widths)
 
     # ---------------------------------------------------------------------------------------
     @property
@@ -130,7 +134,8 @@ class LanguageModel:
         return Encoder(self.arch, self.embed_size, self.hidden_size, self.num_layers,
                        kernel_size=self.kernel_size, dropout=self.dropout_hidden,
                        backend=self.backend, forget_bias=self.forget_bias,
-                       tcn_init=self.tcn_init, last_size=self.output_width)
+                       tcn_init=self.tcn_init, last_size=self.output_width,
+                       residual=self.residual)
 
     @property
     def cells(self) -> list:

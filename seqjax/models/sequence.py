@@ -188,6 +188,8 @@ class SequenceModel:
       tcn_init: TCN weight init, ``"locuslab"`` (what locuslab/TCN actually trains with: its
         N(0, 0.01) is overwritten by ``weight_norm``, leaving PyTorch's default uniform init) or
         ``"paper"`` (N(0, 0.01) as the paper states); see :meth:`seqjax.core.tcn.TCN.init`.
+      residual: recurrent archs: pre-norm residual blocks instead of a plain stack (see
+        :class:`seqjax.models.encoder.Encoder`; the minGRU/minLSTM/LRU papers' blocks).
     """
 
     arch: str
@@ -202,6 +204,7 @@ class SequenceModel:
     readout_std: float | None = None
     forget_bias: float = 1.0
     tcn_init: str = "locuslab"
+    residual: bool = False
 
     def __post_init__(self):
         check_arch(self.arch, "SequenceModel")
@@ -220,6 +223,7 @@ class SequenceModel:
                                                  and self.readout_std > 0):
             raise ValueError(f"SequenceModel.readout_std={self.readout_std!r} must be a "
                              "positive number or None")
+        self.encoder  # noqa: B018  (validates the combination: residual, arch)
 
     # ---------------------------------------------------------------------------------------
     @property
@@ -231,7 +235,8 @@ class SequenceModel:
         """The model body (:class:`seqjax.models.encoder.Encoder`)."""
         return Encoder(self.arch, self._feature_size, self.hidden_size, self.num_layers,
                        kernel_size=self.kernel_size, dropout=self.dropout, backend=self.backend,
-                       forget_bias=self.forget_bias, tcn_init=self.tcn_init)
+                       forget_bias=self.forget_bias, tcn_init=self.tcn_init,
+                       residual=self.residual)
 
     @property
     def tcn(self) -> TCN:
