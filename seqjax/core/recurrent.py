@@ -26,7 +26,7 @@ Array = jax.Array
 __all__ = ["rnn", "reverse_padded", "length_mask", "check_lengths"]
 
 
-def _concrete(x: Any) -> np.ndarray | None:
+def concrete_value(x: Any) -> np.ndarray | None:
     """``x`` as a numpy array if its value is known now (not a tracer), else ``None``."""
     if isinstance(x, jax.core.Tracer):
         return None
@@ -73,7 +73,7 @@ def check_lengths(lengths: Any, batch: int, steps: int, name: str = "seq_lengths
     dtype = lengths.dtype
     if not jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.bool_):
         raise TypeError(f"{name}.dtype={dtype} must be an integer dtype")
-    values = _concrete(lengths)
+    values = concrete_value(lengths)
     if values is None:  # traced: unknown values act as clipped to [0, steps] (documented)
         return jnp.clip(jnp.asarray(lengths, jnp.int32), 0, steps)
     if values.size:

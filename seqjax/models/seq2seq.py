@@ -51,7 +51,7 @@ from seqjax.core.cells import (
     shape_of,
 )
 from seqjax.core.layers import init_stack, stack_cells, stacked
-from seqjax.core.recurrent import _reverse_padded, check_lengths
+from seqjax.core.recurrent import _reverse_padded, check_lengths, concrete_value
 
 Array = jax.Array
 
@@ -90,15 +90,6 @@ class Beam(NamedTuple):
     finished: Array  #: ``[B, K]`` bool, the hypothesis ended with ``<eos>``
 
 
-def _concrete(x: Any) -> np.ndarray | None:
-    if isinstance(x, jax.core.Tracer):
-        return None
-    try:
-        return np.asarray(x)
-    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
-        return None
-
-
 def _check_ids(name: str, ids: Any, vocab: int, lengths_name: str, lengths: Any) -> Array:
     """Validate ``ids [B, T]`` integer token ids and ``lengths [B]`` in ``[0, T]``; returns the
     lengths as ``int32 [B]`` (array-likes of ints accepted). Values are checked only when
@@ -112,7 +103,7 @@ def _check_ids(name: str, ids: Any, vocab: int, lengths_name: str, lengths: Any)
         lengths = check_lengths(lengths, shape[0], shape[1], lengths_name, steps_name="")
     except ValueError as err:
         raise ValueError(f"{err} ({name}.shape={shape})") from None
-    ids_vals = _concrete(ids)
+    ids_vals = concrete_value(ids)
     if ids_vals is not None and ids_vals.size and (ids_vals.min() < 0 or ids_vals.max() >= vocab):
         raise ValueError(f"{name} holds ids outside [0, {vocab}): min {ids_vals.min()}, "
                          f"max {ids_vals.max()}")
