@@ -4,6 +4,8 @@
     python experiments/tcn_vs_rnn.py --task copy --models tcn,lstm --steps 500
     python experiments/tcn_vs_rnn.py --task jsb --preset paper
     python experiments/tcn_vs_rnn.py --resume results/adding/20261123-101500   # after a crash
+    python experiments/tcn_vs_rnn.py --task adding --preset paper --models lstm \
+        --set lstm.chrono=600 --set lstm.lr=1e-3 --set lstm.clip=1     # one model's settings
 
 Every model trains on the same deterministic batches; the recurrent models get the hidden size
 that matches the TCN's parameter count (the paper's "roughly equal parameters"), unless the
@@ -46,7 +48,7 @@ from seqjax.cli import (
     run_main,
 )
 from seqjax.cli import read_run as cli_read_run
-from seqjax.core.cells import cell_class
+from seqjax.core.cells import cell_accepts, cell_class
 from seqjax.data import TASK_NAMES, get_task
 from seqjax.models import ARCHS, SequenceModel, hidden_for_params, param_count
 from seqjax.train import (
@@ -81,6 +83,7 @@ class Arch:
     forget_bias: float = 1.0
     readout_std: float | None = None
     residual: bool = False  # pre-norm residual blocks (recurrent archs)
+    cell_options: tuple = ()  # further cell arguments, e.g. (("chrono", 600),)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,8 +101,22 @@ class Preset:
     gru: Arch | None = None
     rnn_tanh: Arch | None = None
     task_kwargs: tuple = ()
+    #: ``(model, field, value)``: one model's setting changed (``--set``, the ``tuned`` preset);
+    #: a field that is not an :class:`Arch` field is a cell option (``("lstm", "chrono", 600)``).
+    overrides: tuple = ()
 
     def arch(self, name: str) -> Arch:
+        a = self._base_arch(name)
+        for model, field, value in self.overrides:
+            if model != name:
+                continue
+            if field in ARCH_FIELDS:
+                a = dataclasses.replace(a, **{field: value})
+            else:
+                a = dataclasses.replace(a, cell_options=a.cell_options + ((field, value),))
+        return a
+
+    def _base_arch(self, name: str) -> Arch:
         if name == "tcn":
             return self.tcn
         if name.startswith("gru") and self.gru is not None:
@@ -112,6 +129,9 @@ class Preset:
             return dataclasses.replace(self.rnn, layers=max(self.rnn.layers, LINEAR_LAYERS),
                                        residual=True)
         return self.rnn
+
+
+ARCH_FIELDS = {f.name: f.type for f in dataclasses.fields(Arch)}
 
 
 _tcn = Arch  # readability in the tables below
@@ -235,7 +255,7 @@ def build_models(task, preset: Preset, names: list[str], backend: str) -> dict[s
             arch=name, input_size=task.input_size, output_size=task.output_size,
             hidden_size=hidden, num_layers=a.layers, kernel_size=a.kernel, dropout=a.dropout,
             embed_size=a.embed, backend=backend, readout_std=a.readout_std,
-            forget_bias=a.forget_bias, residual=a.residual,
+            forget_bias=a.forget_bias, residual=a.residual, cell_options=a.cell_options,
         )
 
     def count(model: SequenceModel) -> int:
@@ -365,6 +385,10 @@ def parse_args(argv=None):
     ap.add_argument("--steps-per-call", type=positive_int, default=1,
                     help="recurrent models: run K training steps per jitted call (a lax.scan; "
                          "numbers equal K=1's up to rounding); must divide --eval-every")
+    ap.add_argument("--set", action="append", default=[], metavar="MODEL.FIELD=VALUE",
+                    help="change one model's setting (repeatable): an Arch field (lr, clip, "
+                         "forget_bias, hidden, ...) or a cell option, e.g. lstm.lr=1e-3 "
+                         "lstm.clip=1 lstm.chrono=600 ('none' for None)")
     ap.add_argument("--devices", type=non_negative_int, default=1,
                     help="data-parallel over the first N devices (0: all); the batch size "
                          "must be divisible by N (default 1: a single device)")
@@ -374,7 +398,39 @@ def parse_args(argv=None):
     if unknown or not names:
         ap.error(f"unknown model(s) {unknown}; choose from {', '.join(ARCHS)}")
     args.model_names = list(dict.fromkeys(names))
+    try:
+        args.overrides = tuple(parse_set(item, args.model_names) for item in args.set)
+    except ValueError as e:
+        ap.error(str(e))
     return args
+
+
+def parse_set(item: str, names: list[str]) -> tuple[str, str, Any]:
+    """``"lstm.lr=1e-3"`` -> ``("lstm", "lr", 0.001)``: the model must be one of ``names``,
+    the field an :class:`Arch` field or an argument of the model's cell."""
+    key, sep, text = item.partition("=")
+    model, dot, field = key.partition(".")
+    if not (sep and dot and model and field and text):
+        raise ValueError(f"--set {item!r}: expected MODEL.FIELD=VALUE, e.g. lstm.lr=1e-3")
+    if model not in names:
+        raise ValueError(f"--set {item!r}: model {model!r} is not in --models {names}")
+    if field not in ARCH_FIELDS and (model == "tcn" or not cell_accepts(model, field)):
+        raise ValueError(f"--set {item!r}: {field!r} is neither a setting ("
+                         f"{', '.join(ARCH_FIELDS)}) nor an argument of the {model} cell")
+    value: Any
+    if text.lower() in ("none", "true", "false"):
+        value = {"none": None, "true": True, "false": False}[text.lower()]
+    else:
+        try:
+            value = int(text)
+        except ValueError:
+            try:
+                value = float(text)
+            except ValueError:
+                value = text
+    if field in ("lr", "clip", "forget_bias", "dropout", "readout_std") and isinstance(value, int):
+        value = float(value)
+    return model, field, value
 
 
 def read_run(run_root: Path) -> dict:
@@ -392,6 +448,7 @@ def resolve_preset(args: argparse.Namespace) -> Preset:
     steps = pick(args.steps, preset.steps)
     return dataclasses.replace(
         preset,
+        overrides=preset.overrides + args.overrides,
         steps=steps,
         batch_size=pick(args.batch_size, preset.batch_size),
         seq_len=pick(args.seq_len, preset.seq_len),

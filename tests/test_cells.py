@@ -305,3 +305,24 @@ def test_bad_param_shape_and_cell_config():
         make_cell("transformer", 3, 4)
     with pytest.raises(TypeError, match="cell must be a seqjax cell"):
         rnn("lstm", p, xs)
+
+
+def test_lstm_chrono_init_spreads_memory_times_over_1_to_T():
+    """Tallec & Ollivier (2018): forget bias log U(1, T-1), input bias its negative, the other
+    gates zero; the weights are those of the default init (same key)."""
+    h, t_max = 4096, 600
+    plain = LSTM(3, h).init(jax.random.PRNGKey(0))
+    chrono = LSTM(3, h, chrono=t_max).init(jax.random.PRNGKey(0))
+    b = np.asarray(chrono["b"])
+    b_i, b_f, rest = b[:h], b[h:2 * h], b[2 * h:]
+    np.testing.assert_array_equal(b_i, -b_f)
+    np.testing.assert_array_equal(rest, 0.0)
+    # memory time 1/(1 - sigmoid(b_f)) = 1 + exp(b_f) = 1 + u, u uniform on [1, T-1]
+    u = np.exp(b_f.astype(np.float64))
+    assert 1.0 <= u.min() and u.max() <= t_max - 1
+    assert np.quantile(u, 0.5) == pytest.approx(t_max / 2, rel=0.05)
+    for k in ("w_x", "w_h"):
+        np.testing.assert_array_equal(chrono[k], plain[k])
+    for bad in (2, 600.0, True):
+        with pytest.raises(ValueError, match="LSTM.chrono"):
+            LSTM(3, 4, chrono=bad)

@@ -122,3 +122,16 @@ def test_register_cell_refuses_a_clash_and_a_non_cell():
         seqjax.register_cell("thing", dict)
     with pytest.raises(ValueError, match="unknown cell kind 'nope'"):
         seqjax.make_cell("nope", 2, 3)
+
+
+def test_cell_options_reach_the_cells_and_unknown_ones_are_refused():
+    model = SequenceModel("lstm", 2, 1, 8, num_layers=2, cell_options={"chrono": 50})
+    assert model.cell_options == (("chrono", 50),)
+    assert all(c.chrono == 50 for c in model.encoder.cells)
+    with pytest.raises(ValueError, match=r"SequenceModel.cell_options: the 'gru' cell has no "
+                                         r"argument 'chrono'"):
+        SequenceModel("gru", 2, 1, 8, cell_options={"chrono": 50})
+    with pytest.raises(ValueError, match=r"Encoder.cell_options=.* not arch='tcn'"):
+        Encoder("tcn", 2, 8, cell_options={"chrono": 50})
+    with pytest.raises(TypeError, match=r"Encoder.cell_options must be a dict"):
+        Encoder("lstm", 2, 8, cell_options=["chrono"])

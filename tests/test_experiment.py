@@ -109,3 +109,20 @@ def test_quick_preset_builds_for_every_task_family(task, data_dir):
             assert m.receptive_field >= t.max_steps
         assert np.isfinite(float(task_loss_fn(m, t)(m.init(jax.random.PRNGKey(0)), batch,
                                                      None, False)[0]))
+
+
+def test_set_changes_one_model_and_reaches_its_cell():
+    args = tcn_vs_rnn.parse_args(["--task", "adding", "--preset", "paper", "--set",
+                                  "lstm.lr=1e-3", "--set", "lstm.clip=1", "--set",
+                                  "lstm.chrono=600"])
+    assert args.overrides == (("lstm", "lr", 1e-3), ("lstm", "clip", 1.0),
+                              ("lstm", "chrono", 600))
+    preset = tcn_vs_rnn.resolve_preset(args)
+    lstm, gru = preset.arch("lstm"), preset.arch("gru")
+    assert (lstm.lr, lstm.clip, lstm.cell_options) == (1e-3, 1.0, (("chrono", 600),))
+    paper = tcn_vs_rnn.PAPER["adding"].rnn
+    assert (gru.lr, gru.clip, gru.cell_options) == (paper.lr, paper.clip, ())
+    task = get_task("adding", seq_len=600)
+    models = tcn_vs_rnn.build_models(task, preset, ["lstm", "gru"], "scan")
+    assert models["lstm"].encoder.cells[0].chrono == 600
+    assert models["gru"].hidden_size != 0 and models["gru"].cell_options == ()

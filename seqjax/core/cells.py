@@ -523,7 +523,10 @@ class LSTM(Cell):
         h_t &= o \odot \tanh(c_t)
 
     Params: ``w_x [D, 4H]``, ``w_h [H, 4H]``, ``b [4H]`` (PyTorch's ``b_ih + b_hh``); the forget
-    block of ``b`` is initialised to ``forget_bias``. Carry: ``(h [B, H], c [B, H])``.
+    block of ``b`` is initialised to ``forget_bias``, or with ``chrono=T`` to the chrono
+    initialisation of Tallec & Ollivier (2018) for dependencies up to ``T`` steps: forget bias
+    ``log(u)``, ``u ~ U(1, T - 1)`` per unit, input bias its negative (memory times spread over
+    ``1..T``). Carry: ``(h [B, H], c [B, H])``.
     All four gates are computed with a single ``tanh`` over the ``[B, 4H]`` pre-activations
     (:math:`\sigma(x) = (1 + \tanh(x/2))/2`).
     """
@@ -533,12 +536,17 @@ class LSTM(Cell):
     forget_bias: float = 1.0
     input_init: Initializer = dataclasses.field(default=glorot_uniform, repr=False)
     recurrent_init: Initializer = dataclasses.field(default=orthogonal, repr=False)
+    chrono: int | None = None
 
     num_gates = 4
     kernel = "lstm"
 
     def __post_init__(self):
         _check_positive(self, "input_size", "hidden_size")
+        if self.chrono is not None and (isinstance(self.chrono, bool)
+                                        or not isinstance(self.chrono, int) or self.chrono < 3):
+            raise ValueError(f"{type(self).__name__}.chrono must be None or an int >= 3 (the "
+                             f"longest dependency, in steps), got {self.chrono!r}")
 
     def param_shapes(self):
         d, h = self.input_size, self.hidden_size
@@ -548,7 +556,13 @@ class LSTM(Cell):
         check_key(key)
         kx, kh = jax.random.split(key)
         d, h = self.input_size, self.hidden_size
-        b = jnp.zeros((4 * h,), dtype).at[h : 2 * h].set(self.forget_bias)
+        if self.chrono is None:
+            b = jnp.zeros((4 * h,), dtype).at[h : 2 * h].set(self.forget_bias)
+        else:
+            # a key of its own (fold_in), so weights equal those of chrono=None
+            u = jax.random.uniform(jax.random.fold_in(key, 2), (h,), dtype, 1.0, self.chrono - 1.0)
+            b_f = jnp.log(u)
+            b = jnp.concatenate([-b_f, b_f, jnp.zeros((2 * h,), dtype)])
         return {
             "w_x": self.input_init(kx, (d, 4 * h), dtype),
             "w_h": _recurrent_init(self.recurrent_init, kh, h, 4, dtype),

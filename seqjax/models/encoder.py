@@ -65,6 +65,26 @@ def check_backend(backend: Any, owner: str) -> None:
         raise ValueError(f"{owner}.backend={backend!r} must be one of {_BACKENDS}")
 
 
+def check_cell_options(options: Any, arch: str, owner: str) -> tuple:
+    """``options`` (a dict or ``(name, value)`` pairs) as sorted pairs, each a constructor
+    argument of ``arch``'s cells; ``ValueError``/``TypeError`` naming ``owner.cell_options``."""
+    if isinstance(options, dict):
+        options = tuple(options.items())
+    if not isinstance(options, (tuple, list)) or not all(
+            isinstance(o, (tuple, list)) and len(o) == 2 and isinstance(o[0], str)
+            for o in options):
+        raise TypeError(f"{owner}.cell_options must be a dict or (name, value) pairs, got "
+                        f"{options!r}")
+    options = tuple(sorted(((name, value) for name, value in options), key=lambda o: o[0]))
+    if options and arch in ("tcn", "cell"):
+        raise ValueError(f"{owner}.cell_options={options!r} are for registered cell archs, not "
+                         f"arch={arch!r}")
+    for name, _ in options:
+        if arch in cell_kinds() and not cell_accepts(arch, name):
+            raise ValueError(f"{owner}.cell_options: the {arch!r} cell has no argument {name!r}")
+    return options
+
+
 @dataclasses.dataclass(frozen=True)
 class Encoder:
     """Inputs ``[B, T, input_size]`` -> outputs ``[B, T, output_width]`` (static, hashable).
@@ -87,6 +107,9 @@ class Encoder:
       residual: recurrent stacks only: the pre-norm residual blocks of the minGRU and LRU papers
         (Feng et al. 2024, Orvieto et al. 2023) instead of a plain stack: a linear map to the
         hidden width, then per layer ``h <- h + Drop(cell(RMSNorm(h)))``.
+      cell_options: further constructor arguments of every layer's cell, as ``(name, value)``
+        pairs or a dict, e.g. ``{"chrono": 600}`` for the LSTM's chrono initialisation; a name
+        the cell does not take is a ``ValueError``.
 
     Params: a list with one entry per layer (``{"fw", "bw"}`` if bidirectional) for a stack;
     ``{"in": {"w": [D, H], "b": [H]}, "layers": [{"norm": [H], "cell": ...}, ...]}`` for
@@ -107,8 +130,11 @@ class Encoder:
     cell: Cell | None = None
     remat: bool = False
     residual: bool = False
+    cell_options: tuple = ()
 
     def __post_init__(self):
+        object.__setattr__(self, "cell_options", check_cell_options(
+            self.cell_options, self.arch, "Encoder"))
         if self.arch == "cell":
             if not isinstance(self.cell, Cell):
                 raise TypeError(f"Encoder(arch='cell') needs a seqjax Cell, got "
@@ -149,6 +175,7 @@ class Encoder:
             raise ValueError("a TCN encoder has no cells")
         extra = {"forget_bias": self.forget_bias} if cell_accepts(self.arch,
                                                                   "forget_bias") else {}
+        extra.update(self.cell_options)
         sizes = [self.hidden_size] * (self.num_layers - 1) + [self._last]
         widths = [s * (2 if self.bidirectional else 1) for s in sizes]
         ins = [self.hidden_size if self.residual else self.input_size] + widths[:-1]

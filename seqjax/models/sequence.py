@@ -20,7 +20,13 @@ import numpy as np
 from seqjax.core.cells import cell_kinds, glorot_uniform
 from seqjax.core.layers import dropout
 from seqjax.core.tcn import TCN
-from seqjax.models.encoder import Encoder, check_arch, check_backend, model_archs
+from seqjax.models.encoder import (
+    Encoder,
+    check_arch,
+    check_backend,
+    check_cell_options,
+    model_archs,
+)
 
 Array = jax.Array
 
@@ -190,6 +196,8 @@ class SequenceModel:
         ``"paper"`` (N(0, 0.01) as the paper states); see :meth:`seqjax.core.tcn.TCN.init`.
       residual: recurrent archs: pre-norm residual blocks instead of a plain stack (see
         :class:`seqjax.models.encoder.Encoder`; the minGRU/minLSTM/LRU papers' blocks).
+      cell_options: further arguments of the recurrent cells, e.g. ``{"chrono": 600}`` (see
+        :class:`seqjax.models.encoder.Encoder`).
     """
 
     arch: str
@@ -205,9 +213,12 @@ class SequenceModel:
     forget_bias: float = 1.0
     tcn_init: str = "locuslab"
     residual: bool = False
+    cell_options: tuple = ()
 
     def __post_init__(self):
         check_arch(self.arch, "SequenceModel")
+        object.__setattr__(self, "cell_options", check_cell_options(
+            self.cell_options, self.arch, "SequenceModel"))
         for name in ("input_size", "output_size", "hidden_size", "num_layers", "kernel_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -236,7 +247,7 @@ class SequenceModel:
         return Encoder(self.arch, self._feature_size, self.hidden_size, self.num_layers,
                        kernel_size=self.kernel_size, dropout=self.dropout, backend=self.backend,
                        forget_bias=self.forget_bias, tcn_init=self.tcn_init,
-                       residual=self.residual)
+                       residual=self.residual, cell_options=self.cell_options)
 
     @property
     def tcn(self) -> TCN:
