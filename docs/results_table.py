@@ -71,6 +71,22 @@ def _fmt(x: float) -> str:
     return f"{x:.2e}" if abs(x) < 1e-2 else f"{x:.4g}" if abs(x) < 10 else f"{x:.2f}"
 
 
+def _mean_std(values: list[float]) -> str:
+    """The mean, and ``± std`` from two values on."""
+    text = _fmt(statistics.fmean(values))
+    return text + (f" ± {statistics.stdev(values):.2g}" if len(values) > 1 else "")
+
+
+def _model_cell(runs: list[dict], model: str) -> str:
+    """``model``'s mean test metric (``± std``) over the seeds that ran it, naming those seeds
+    when they are not all of the row's."""
+    ran = [r for r in runs if model in r["models"]]
+    text = _mean_std([r["models"][model]["test_metric"] for r in ran])
+    if len(ran) < len(runs):
+        text += " [seed " + ", ".join(str(r["seed"]) for r in ran) + "]"
+    return text
+
+
 def _merged_seeds(row_dir: Path) -> list[dict]:
     """One results dict per ``seed*/`` folder, merging its parts (``results.json`` and
     ``results-<models>.json``: the models of one seed run in several comparisons); the total
@@ -83,7 +99,9 @@ def _merged_seeds(row_dir: Path) -> list[dict]:
         merged = dict(parts[0], models={},
                       total_wall_s=sum(p.get("total_wall_s", 0.0) for p in parts))
         for part in parts:
-            merged["models"].update(part["models"])
+            # a tuned run's models are the paper's architectures with other settings
+            prefix = "tuned " if part.get("preset") == "tuned" else ""
+            merged["models"].update({prefix + k: v for k, v in part["models"].items()})
         seeds.append(merged)
     return seeds
 
@@ -97,24 +115,24 @@ def table1(root: str | Path) -> str:
     """
     paper = _paper_rows()
     root = Path(root)
-    lines = ["| task (metric) | TCN | LSTM | GRU | RNN | seeds | steps | compute per seed |",
-             "|---|---:|---:|---:|---:|---|---:|---|"]
+    lines = ["| task (metric) | TCN | LSTM | GRU | RNN | not in the paper | seeds | steps "
+             "| compute per seed |",
+             "|---|---:|---:|---:|---:|---|---|---:|---|"]
     for row, (title, metric, theirs) in paper.items():
         runs = _merged_seeds(root / row)
         if not runs:
             continue
         cells = []
         for model in MODELS:
-            values = [r["models"][model]["test_metric"] for r in runs if model in r["models"]]
-            if not values:
+            if not any(model in r["models"] for r in runs):
                 cells.append("-")
                 continue
-            cell = _fmt(statistics.fmean(values))
-            if len(values) > 1:
-                cell += f" ± {_fmt(statistics.stdev(values))}"
+            cell = _model_cell(runs, model)
             if model in theirs:
                 cell += f" ({_fmt(theirs[model])})"
             cells.append(cell)
+        others = sorted({m for r in runs for m in r["models"]} - set(MODELS))
+        cells.append("; ".join(f"{m} {_model_cell(runs, m)}" for m in others) or "-")
         minutes = statistics.fmean(r.get("total_wall_s", 0.0) for r in runs) / 60
         prov = runs[0].get("provenance") or {}
         device = prov.get("devices", "?")

@@ -2,6 +2,7 @@
 
     python experiments/table1.py run --rows jsb,nottingham --seeds 0,1,2
     python experiments/table1.py run --rows adding --models tcn     # one model of a row
+    python experiments/table1.py run --rows adding --preset tuned   # the tuned recurrent models
     python experiments/table1.py status
     python docs/results_table.py --table1 docs/results/table1     # the README's table
 
@@ -62,18 +63,23 @@ def done_dir(row: str, seed: int) -> Path:
     return RESULTS / row / f"seed{seed}"
 
 
-def row_argv(row: str, seed: int, models: str | None) -> list[str]:
-    """The comparison's arguments for one row, seed and (optionally) subset of models."""
-    return ROWS[row] + ["--seed", str(seed)] + ([] if models is None else ["--models", models])
+def row_argv(row: str, seed: int, models: str | None, preset: str = "paper") -> list[str]:
+    """The comparison's arguments for one row, seed, (optionally) subset of models, and preset
+    (``paper``, or ``tuned``: the recurrent models' settings chosen on validation)."""
+    argv = [preset if i and ROWS[row][i - 1] == "--preset" else a
+            for i, a in enumerate(ROWS[row])]
+    return argv + ["--seed", str(seed)] + ([] if models is None else ["--models", models])
 
 
-def suffix(models: str | None) -> str:
-    return "" if models is None else "-" + models.replace(",", "-")
+def suffix(models: str | None, preset: str = "paper") -> str:
+    tail = "" if models is None else "-" + models.replace(",", "-")
+    return tail if preset == "paper" else f"-{preset}{tail}"
 
 
-def find_unfinished(runs: Path, row: str, seed: int, models: str | None) -> Path | None:
+def find_unfinished(runs: Path, row: str, seed: int, models: str | None,
+                    preset: str = "paper") -> Path | None:
     """The newest run directory of this row and seed without a ``results.json``, if any."""
-    argv = row_argv(row, seed, models)
+    argv = row_argv(row, seed, models, preset)
     task = argv[argv.index("--task") + 1]
     candidates = []
     for run_json in sorted((runs / task).glob("*/run.json")):
@@ -90,14 +96,15 @@ def find_unfinished(runs: Path, row: str, seed: int, models: str | None) -> Path
     return candidates[-1] if candidates else None
 
 
-def run_row(row: str, seed: int, runs: Path, models: str | None = None) -> Path:
+def run_row(row: str, seed: int, runs: Path, models: str | None = None,
+            preset: str = "paper") -> Path:
     """Run (or resume) one row and seed; returns the finished run directory."""
     script = str(ROOT / "experiments" / "tcn_vs_rnn.py")
-    unfinished = find_unfinished(runs, row, seed, models)
+    unfinished = find_unfinished(runs, row, seed, models, preset)
     if unfinished is not None:
         cmd = [sys.executable, script, "--resume", str(unfinished), "--no-progress"]
     else:
-        cmd = [sys.executable, script, *row_argv(row, seed, models), "--out", str(runs),
+        cmd = [sys.executable, script, *row_argv(row, seed, models, preset), "--out", str(runs),
                "--no-progress"]
     print("$ " + " ".join(cmd), flush=True)
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
@@ -116,6 +123,9 @@ def main(argv=None) -> None:
     run.add_argument("--seeds", default="0", help="comma-separated seeds")
     run.add_argument("--models", default=None,
                      help="run only these models of each row (default: tcn,lstm,gru,rnn)")
+    run.add_argument("--preset", default="paper", choices=("paper", "tuned"),
+                     help="tuned: the recurrent models with the settings chosen on validation "
+                          "(tcn_vs_rnn.py's TUNED; default models lstm,gru,rnn)")
     run.add_argument("--runs", default=str(ROOT / "runs" / "table1"),
                      help="where the run directories (with checkpoints) go")
     sub.add_parser("status", help="which rows and seeds are done")
@@ -136,13 +146,16 @@ def main(argv=None) -> None:
         ap.error(f"--seeds {args.seeds!r} must be comma-separated ints")
     runs = Path(args.runs)
     runs.mkdir(parents=True, exist_ok=True)
+    models = args.models
+    if args.preset == "tuned" and models is None:
+        models = "lstm,gru,rnn"  # the TCN of the tuned preset is the paper's
     for seed in seeds:
         for row in rows:
-            target, tail = done_dir(row, seed), suffix(args.models)
+            target, tail = done_dir(row, seed), suffix(models, args.preset)
             if (target / f"results{tail}.json").exists():
                 print(f"{row} seed {seed}: done ({target})", flush=True)
                 continue
-            run_dir = run_row(row, seed, runs, args.models)
+            run_dir = run_row(row, seed, runs, models, args.preset)
             target.mkdir(parents=True, exist_ok=True)
             for name in COPIED:
                 if (run_dir / name).exists():

@@ -54,6 +54,30 @@ def test_table1_merges_the_parts_of_a_seed(tmp_path):
     part("results-tcn.json", {"tcn": 8.2}, 600.0)
     part("results-lstm-gru-rnn.json", {"lstm": 8.5, "gru": 8.6, "rnn": 8.9}, 1200.0)
     text = results_table.table1(tmp_path)
-    assert ("| JSB Chorales (nll) | 8.2 (8.1) | 8.5 (8.45) | 8.6 (8.43) | 8.9 (8.91) | 0 | 22,900 "
-            "| 30 min, 2-core CPU |") in text
+    assert ("| JSB Chorales (nll) | 8.2 (8.1) | 8.5 (8.45) | 8.6 (8.43) | 8.9 (8.91) | - | 0 | "
+            "22,900 | 30 min, 2-core CPU |") in text
     assert "adding" not in text  # rows without runs are left out
+
+
+def test_table1_puts_tuned_and_other_models_beside_the_paper_columns(tmp_path):
+    def part(seed, name, models, preset="paper"):
+        folder = tmp_path / "adding" / f"seed{seed}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(json.dumps({
+            "seed": seed, "steps": 15625, "preset": preset, "total_wall_s": 60.0,
+            "provenance": {"devices": "1 x cpu cpu", "cpu_count": 2},
+            "models": {m: {"test_metric": v} for m, v in models.items()}}))
+
+    part(0, "results-tcn.json", {"tcn": 1e-4})
+    part(1, "results-tcn.json", {"tcn": 3e-4})
+    part(0, "results-lstm.json", {"lstm": 0.17})
+    part(0, "results-tuned-lstm.json", {"lstm": 2e-4}, preset="tuned")
+    part(0, "results-mingru.json", {"mingru": 5e-4})
+    row = next(line for line in results_table.table1(tmp_path).splitlines()
+               if line.startswith("| adding"))
+    assert row == ("| adding problem T=600 (mse) | 2.00e-04 ± 0.00014 (5.80e-05) | 0.17 [seed 0] "
+                   "(0.164) | - | - | mingru 5.00e-04 [seed 0]; tuned lstm 2.00e-04 [seed 0] | "
+                   "0, 1 | 15,625 | 2 min, 2-core CPU |")
+    assert table1.row_argv("adding", 0, "lstm", "tuned") == [
+        "--task", "adding", "--preset", "tuned", "--seed", "0", "--models", "lstm"]
+    assert table1.suffix("lstm,gru", "tuned") == "-tuned-lstm-gru"
