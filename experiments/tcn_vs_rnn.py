@@ -83,6 +83,7 @@ class Arch:
     forget_bias: float = 1.0
     readout_std: float | None = None
     residual: bool = False  # pre-norm residual blocks (recurrent archs)
+    glu: bool = False  # residual blocks with the LRU paper's GELU + GLU output
     cell_options: tuple = ()  # further cell arguments, e.g. (("chrono", 600),)
 
 
@@ -126,8 +127,10 @@ class Preset:
         if getattr(cell_class(name)[0], "linear_recurrence", False):
             # One layer of a cell linear in its state (minGRU, minLSTM, LRU) is linear through
             # time: depth is where its nonlinearity comes from (both papers stack their cells).
+            # A time-invariant one (the LRU) gets its paper's GELU + GLU after each block.
             return dataclasses.replace(self.rnn, layers=max(self.rnn.layers, LINEAR_LAYERS),
-                                       residual=True)
+                                       residual=True,
+                                       glu=getattr(cell_class(name)[0], "time_invariant", False))
         return self.rnn
 
 
@@ -256,6 +259,7 @@ def build_models(task, preset: Preset, names: list[str], backend: str) -> dict[s
             hidden_size=hidden, num_layers=a.layers, kernel_size=a.kernel, dropout=a.dropout,
             embed_size=a.embed, backend=backend, readout_std=a.readout_std,
             forget_bias=a.forget_bias, residual=a.residual, cell_options=a.cell_options,
+            glu=a.glu,
         )
 
     def count(model: SequenceModel) -> int:

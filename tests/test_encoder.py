@@ -51,6 +51,33 @@ def test_residual_blocks_equal_numpy_prenorm_residual_loop():
     assert len(carries) == 2
 
 
+def test_glu_blocks_equal_numpy_gelu_glu_after_the_cell():
+    """Orvieto et al.'s block: h <- h + GLU(GELU(cell(RMSNorm(h)))); the other params equal the
+    plain residual blocks' (same key)."""
+    enc = Encoder("mingru", input_size=3, hidden_size=4, num_layers=2, residual=True, glu=True)
+    params = enc.init(jax.random.key(0))
+    plain = Encoder("mingru", input_size=3, hidden_size=4, num_layers=2,
+                    residual=True).init(jax.random.key(0))
+    np.testing.assert_array_equal(params["layers"][1]["cell"]["w_x"],
+                                  plain["layers"][1]["cell"]["w_x"])
+    xs = np.asarray(jax.random.normal(jax.random.key(1), (2, 5, 3)), np.float64)
+    ys, _ = jax.jit(enc.apply)(params, jnp.asarray(xs, jnp.float32))
+
+    def gelu(x):  # jax.nn.gelu's tanh form
+        return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
+
+    h = xs @ np.asarray(params["in"]["w"], np.float64) + np.asarray(params["in"]["b"])
+    for layer in params["layers"]:
+        normed = h / np.sqrt(np.mean(h * h, -1, keepdims=True) + 1e-6) * np.asarray(
+            layer["norm"], np.float64)
+        u = gelu(_mingru_numpy(layer["cell"], normed)) @ np.asarray(
+            layer["glu"]["w"], np.float64) + np.asarray(layer["glu"]["b"], np.float64)
+        h = h + u[..., :4] * _sigmoid(u[..., 4:])
+    np.testing.assert_allclose(np.asarray(ys), h, rtol=2e-5, atol=2e-5)
+    with pytest.raises(ValueError, match="glu=True .* needs residual=True"):
+        Encoder("lru", input_size=3, hidden_size=4, glu=True)
+
+
 def test_residual_gradients_match_finite_differences():
     enc = Encoder("minlstm", input_size=2, hidden_size=3, num_layers=2, residual=True)
     params = enc.init(jax.random.key(2))

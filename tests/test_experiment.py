@@ -126,3 +126,15 @@ def test_set_changes_one_model_and_reaches_its_cell():
     models = tcn_vs_rnn.build_models(task, preset, ["lstm", "gru"], "scan")
     assert models["lstm"].encoder.cells[0].chrono == 600
     assert models["gru"].hidden_size != 0 and models["gru"].cell_options == ()
+
+
+def test_linear_cells_run_as_residual_blocks_and_the_lru_gets_its_glu():
+    preset = tcn_vs_rnn.preset_for("adding", "quick")
+    models = tcn_vs_rnn.build_models(get_task("adding", seq_len=20), preset,
+                                     ["tcn", "mingru", "lru"], "scan")
+    assert models["mingru"].residual and not models["mingru"].glu
+    assert models["lru"].residual and models["lru"].glu
+    budget = param_count(models["tcn"].init(jax.random.PRNGKey(0)))
+    for name in ("mingru", "lru"):  # parameter-matched, GLU included
+        n = param_count(models[name].init(jax.random.PRNGKey(0)))
+        assert abs(n - budget) / budget < 0.05, (name, n, budget)

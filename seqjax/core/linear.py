@@ -474,6 +474,9 @@ class LRU(Cell):
     num_gates = 1
     hand_written_vjp = False
     linear_recurrence = True
+    #: its recurrence and output do not depend on the input (a linear time-invariant system):
+    #: stacked, it needs a position-wise nonlinearity (``Encoder(glu=True)``)
+    time_invariant = True
 
     def __post_init__(self):
         _check_positive(self, "input_size", "hidden_size")

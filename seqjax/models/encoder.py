@@ -107,13 +107,19 @@ class Encoder:
       residual: recurrent stacks only: the pre-norm residual blocks of the minGRU and LRU papers
         (Feng et al. 2024, Orvieto et al. 2023) instead of a plain stack: a linear map to the
         hidden width, then per layer ``h <- h + Drop(cell(RMSNorm(h)))``.
+      glu: residual blocks only: the LRU paper's position-wise output of each block,
+        ``y <- (GELU(y) W_1 + b_1) * sigmoid(GELU(y) W_2 + b_2)`` after the cell (Orvieto et
+        al. 2023, their ``SequenceLayer``). A cell linear in its inputs as well as its state
+        (the LRU) needs it: without it a stack is linear but for the norms, and cannot multiply
+        two inputs (the adding problem).
       cell_options: further constructor arguments of every layer's cell, as ``(name, value)``
         pairs or a dict, e.g. ``{"chrono": 600}`` for the LSTM's chrono initialisation; a name
         the cell does not take is a ``ValueError``.
 
     Params: a list with one entry per layer (``{"fw", "bw"}`` if bidirectional) for a stack;
     ``{"in": {"w": [D, H], "b": [H]}, "layers": [{"norm": [H], "cell": ...}, ...]}`` for
-    residual blocks; ``{"blocks": [...]}`` for a TCN; the cell's params for ``arch="cell"``.
+    residual blocks (each layer also ``"glu": {"w": [H, 2H], "b": [2H]}`` if ``glu``);
+    ``{"blocks": [...]}`` for a TCN; the cell's params for ``arch="cell"``.
     """
 
     arch: str
@@ -131,6 +137,7 @@ class Encoder:
     remat: bool = False
     residual: bool = False
     cell_options: tuple = ()
+    glu: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "cell_options", check_cell_options(
@@ -149,6 +156,8 @@ class Encoder:
             raise ValueError(f"residual=True is for a one-direction stack of cells whose layers "
                              f"are all hidden_size wide (arch={self.arch!r}, bidirectional="
                              f"{self.bidirectional}, last_size={self.last_size})")
+        if self.glu and not self.residual:
+            raise ValueError("glu=True is the output of residual blocks: it needs residual=True")
 
     # ------------------------------------------------------------------ structure
     @property
@@ -210,10 +219,17 @@ class Encoder:
             return self.cell.init(key)
         if self.residual:
             k_in, k_cells = jax.random.split(key)
+            k_glu = jax.random.fold_in(key, 3)  # the other params as without a GLU
             shape = (self.input_size, self.hidden_size)
+            layers = [{"norm": jnp.ones((self.hidden_size,)), "cell": p}
+                      for p in init_stack(self.cells, k_cells)]
+            if self.glu:
+                glu_shape = (self.hidden_size, 2 * self.hidden_size)
+                for layer, k in zip(layers, jax.random.split(k_glu, len(layers))):
+                    layer["glu"] = {"w": glorot_uniform(k, glu_shape),
+                                    "b": jnp.zeros(glu_shape[1:])}
             return {"in": {"w": glorot_uniform(k_in, shape), "b": jnp.zeros(shape[1:])},
-                    "layers": [{"norm": jnp.ones((self.hidden_size,)), "cell": p}
-                               for p in init_stack(self.cells, k_cells)]}
+                    "layers": layers}
         if self.is_recurrent:
             return init_stack(self.cells, key, bidirectional=self.bidirectional)
         return self.tcn.init(key, weight_init=self.tcn_init)
@@ -261,12 +277,19 @@ class Encoder:
                        backend=self.backend)
 
     def _residual(self, params, xs, lengths, carry, key) -> tuple[Array, list]:
-        """The residual blocks: ``h = xs W + b``, then ``h <- h + Drop(cell(RMSNorm(h)))``."""
+        """The residual blocks: ``h = xs W + b``, then ``h <- h + Drop(cell(RMSNorm(h)))``
+        (``cell`` followed by the GLU if ``glu``)."""
         h = jnp.asarray(xs) @ params["in"]["w"] + params["in"]["b"]
         carries = []
         for i, (cell, p) in enumerate(zip(self.cells, params["layers"])):
             y, c = rnn(cell, p["cell"], rms_norm(h, p["norm"]), seq_lengths=lengths,
                        initial_carry=None if carry is None else carry[i], backend=self.backend)
+            if self.glu:
+                u = jax.nn.gelu(y) @ p["glu"]["w"] + p["glu"]["b"]
+                y = u[..., : self.hidden_size] * jax.nn.sigmoid(u[..., self.hidden_size:])
+                if lengths is not None:  # padding stays zero, as the cell's outputs
+                    valid = jnp.arange(y.shape[1])[None, :] < jnp.asarray(lengths)[:, None]
+                    y = jnp.where(valid[..., None], y, jnp.zeros((), y.dtype))
             if key is not None:
                 key, sub = jax.random.split(key)
                 y = dropout(y, self.dropout, sub)

@@ -86,6 +86,8 @@ class LanguageModel:
       tcn_init: TCN conv init (see :meth:`seqjax.core.tcn.TCN.init`).
       residual: recurrent archs: pre-norm residual blocks instead of a plain stack (see
         :class:`seqjax.models.encoder.Encoder`); not with tied weights of another width.
+      glu: with ``residual``: the LRU paper's GELU + GLU output per block (see
+        :class:`seqjax.models.encoder.Encoder`; what a stack of LRUs needs to be nonlinear).
     """
 
     arch: str
@@ -103,6 +105,7 @@ class LanguageModel:
     init_scale: float = 0.1
     tcn_init: str = "locuslab"
     residual: bool = False
+    glu: bool = False
 
     def __post_init__(self):
         check_arch(self.arch, "LanguageModel")
@@ -135,7 +138,7 @@ class LanguageModel:
                        kernel_size=self.kernel_size, dropout=self.dropout_hidden,
                        backend=self.backend, forget_bias=self.forget_bias,
                        tcn_init=self.tcn_init, last_size=self.output_width,
-                       residual=self.residual)
+                       residual=self.residual, glu=self.glu)
 
     @property
     def cells(self) -> list:

@@ -196,6 +196,8 @@ class SequenceModel:
         ``"paper"`` (N(0, 0.01) as the paper states); see :meth:`seqjax.core.tcn.TCN.init`.
       residual: recurrent archs: pre-norm residual blocks instead of a plain stack (see
         :class:`seqjax.models.encoder.Encoder`; the minGRU/minLSTM/LRU papers' blocks).
+      glu: with ``residual``: the LRU paper's GELU + GLU output per block (see
+        :class:`seqjax.models.encoder.Encoder`; what a stack of LRUs needs to be nonlinear).
       cell_options: further arguments of the recurrent cells, e.g. ``{"chrono": 600}`` (see
         :class:`seqjax.models.encoder.Encoder`).
     """
@@ -214,6 +216,7 @@ class SequenceModel:
     tcn_init: str = "locuslab"
     residual: bool = False
     cell_options: tuple = ()
+    glu: bool = False
 
     def __post_init__(self):
         check_arch(self.arch, "SequenceModel")
@@ -247,7 +250,8 @@ class SequenceModel:
         return Encoder(self.arch, self._feature_size, self.hidden_size, self.num_layers,
                        kernel_size=self.kernel_size, dropout=self.dropout, backend=self.backend,
                        forget_bias=self.forget_bias, tcn_init=self.tcn_init,
-                       residual=self.residual, cell_options=self.cell_options)
+                       residual=self.residual, cell_options=self.cell_options,
+                       glu=self.glu)
 
     @property
     def tcn(self) -> TCN:
