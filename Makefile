@@ -22,7 +22,7 @@ $(STAMP_TEST): pyproject.toml | $(PY)
 
 ## make run: install, then run the main job (TCN vs RNNs on its built-in default task).
 run: $(STAMP_RUN)
-	$(PY) experiments/tcn_vs_rnn.py
+	$(PY) experiments/tcn_vs_rnn.py --jobs 2
 
 ## make test: install with the test extra, then run the whole suite (CPU, < 15 minutes): two
 ## worker processes, one file per worker at a time (pytest-xdist), so compilation and Python

@@ -29,9 +29,12 @@ departure: gradient clipping acts (locuslab's copy-memory and music scripts clip
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import dataclasses
 import datetime
 import json
+import multiprocessing
+import os
 import sys
 import time
 from pathlib import Path
@@ -343,6 +346,31 @@ def run_model(name, model, task, preset, args, run_dir: Path, resume: bool) -> d
     }
 
 
+def _one_thread() -> None:
+    """A ``--jobs`` worker: XLA:CPU on one thread (set before the worker's first computation
+    creates the CPU backend), so N workers share N cores instead of each taking all."""
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen="
+                               "false intra_op_parallelism_threads=1").strip()
+
+
+def run_models(models, task, preset, args, run_root: Path, resume: bool):
+    """Yield ``(name, result)`` of each model's :func:`run_model`: one after the other, or with
+    ``--jobs N`` in N spawned processes as they finish (each model's training is its own:
+    same batches, same seed; only the CPU thread count differs)."""
+    if args.jobs == 1 or len(models) == 1:
+        for name, model in models.items():
+            yield name, run_model(name, model, task, preset, args, run_root / name, resume)
+        return
+    args = argparse.Namespace(**{**vars(args), "no_progress": True})  # bars would interleave
+    ctx = multiprocessing.get_context("spawn")  # a forked JAX process is not safe
+    with concurrent.futures.ProcessPoolExecutor(min(args.jobs, len(models)), mp_context=ctx,
+                                                initializer=_one_thread) as pool:
+        futures = {pool.submit(run_model, name, model, task, preset, args, run_root / name,
+                               resume): name for name, model in models.items()}
+        for future in concurrent.futures.as_completed(futures):
+            yield futures[future], future.result()
+
+
 def write_table(results: dict, path: Path) -> str:
     better = "lower" if results["lower_is_better"] else "higher"
     lines = [
@@ -393,6 +421,9 @@ def parse_args(argv=None):
                     help="change one model's setting (repeatable): an Arch field (lr, clip, "
                          "forget_bias, hidden, ...) or a cell option, e.g. lstm.lr=1e-3 "
                          "lstm.clip=1 lstm.chrono=600 ('none' for None)")
+    ap.add_argument("--jobs", type=positive_int, default=1,
+                    help="train the models in N processes at once, each on one CPU thread "
+                         "(2 on a 2-core machine halves the wall time); single-device only")
     ap.add_argument("--devices", type=non_negative_int, default=1,
                     help="data-parallel over the first N devices (0: all); the batch size "
                          "must be divisible by N (default 1: a single device)")
@@ -479,6 +510,9 @@ def main(argv=None) -> dict:
                     **dict(preset.task_kwargs))
     models = build_models(task, preset, args.model_names, args.backend)
     check_devices(args.devices, preset.batch_size)
+    if args.jobs > 1 and args.devices != 1:
+        raise ValueError(f"--jobs {args.jobs} runs each model on one CPU thread; it cannot be "
+                         f"combined with --devices {args.devices}")
     if args.steps_per_call > 1 and (preset.eval_every % args.steps_per_call
                                     or args.devices != 1):
         raise ValueError(f"--steps-per-call {args.steps_per_call} must divide the evaluation "
@@ -505,13 +539,14 @@ def main(argv=None) -> dict:
                "models": {}}
     histories = {}
     t0 = time.time()
-    for name, model in models.items():
-        r = run_model(name, model, task, preset, args, run_root / name, resume=resuming)
+    for name, r in run_models(models, task, preset, args, run_root, resuming):
         histories[name] = r.pop("history")
         results["models"][name] = r
         print(f"{name}: test {task.metric_name} {r['test_metric']:.4g} "
               f"({r['params']:,} params, {r['wall_s']:.0f} s)", flush=True)
+    results["models"] = {name: results["models"][name] for name in models}  # the given order
     results["total_wall_s"] = time.time() - t0
+    results["jobs"] = args.jobs
 
     (run_root / "results.json").write_text(json.dumps(results, indent=2))
     plot_curves(histories, task.metric_name, run_root / "curves.png", baseline=task.baseline,

@@ -70,6 +70,12 @@ def test_script_end_to_end_and_resume(tmp_path, capsys):
     for name in ("tcn", "gru"):
         assert again["models"][name]["test_metric"] == results["models"][name]["test_metric"]
 
+    # --jobs 2: the two models in two spawned one-thread processes, to the same numbers.
+    both = tcn_vs_rnn.main(argv[:-3] + ["--out", str(tmp_path / "jobs"), "--jobs", "2"])
+    assert list(both["models"]) == ["tcn", "gru"] and both["jobs"] == 2
+    for name in ("tcn", "gru"):
+        assert both["models"][name]["test_metric"] == results["models"][name]["test_metric"]
+
 
 def test_bad_input():
     with pytest.raises(SystemExit):
