@@ -125,7 +125,7 @@ def main(argv=None) -> None:
                      help="run only these models of each row (default: tcn,lstm,gru,rnn)")
     run.add_argument("--preset", default="paper", choices=("paper", "tuned"),
                      help="tuned: the recurrent models with the settings chosen on validation "
-                          "(tcn_vs_rnn.py's TUNED; default models lstm,gru,rnn)")
+                          "(tcn_vs_rnn.py's TUNED_SETTINGS; default: the models they change)")
     run.add_argument("--runs", default=str(ROOT / "runs" / "table1"),
                      help="where the run directories (with checkpoints) go")
     sub.add_parser("status", help="which rows and seeds are done")
@@ -147,8 +147,14 @@ def main(argv=None) -> None:
     runs = Path(args.runs)
     runs.mkdir(parents=True, exist_ok=True)
     models = args.models
-    if args.preset == "tuned" and models is None:
-        models = "lstm,gru,rnn"  # the TCN of the tuned preset is the paper's
+    if args.preset == "tuned" and models is None:  # the models the tuned preset changes
+        sys.path.insert(0, str(ROOT / "experiments"))
+        from tcn_vs_rnn import TUNED_SETTINGS
+
+        models = ",".join(dict.fromkeys(m for row in rows for m, _, _ in
+                                        TUNED_SETTINGS.get(ROWS[row][1], ())))
+        if not models:
+            ap.error(f"--preset tuned: no tuned settings for --rows {args.rows!r}")
     for seed in seeds:
         for row in rows:
             target, tail = done_dir(row, seed), suffix(models, args.preset)

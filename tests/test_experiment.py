@@ -144,3 +144,12 @@ def test_linear_cells_run_as_residual_blocks_and_the_lru_gets_its_glu():
     for name in ("mingru", "lru"):  # parameter-matched, GLU included
         n = param_count(models[name].init(jax.random.PRNGKey(0)))
         assert abs(n - budget) / budget < 0.05, (name, n, budget)
+
+
+def test_tuned_preset_is_the_paper_preset_with_the_chosen_recurrent_settings():
+    tuned, paper = (tcn_vs_rnn.preset_for("adding", n) for n in ("tuned", "paper"))
+    lstm = tuned.arch("lstm")
+    assert (lstm.lr, lstm.clip, lstm.cell_options) == (1e-3, 1.0, (("chrono", 600),))
+    assert tuned.arch("tcn") == paper.arch("tcn") and tuned.steps == paper.steps
+    with pytest.raises(ValueError, match="no tuned preset for task 'copy'"):
+        tcn_vs_rnn.preset_for("copy", "tuned")
