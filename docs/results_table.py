@@ -3,6 +3,7 @@
     python docs/results_table.py results/adding/20261123-163758            # print the table
     python docs/results_table.py RUN_DIR [RUN_DIR ...] --out docs/results.md
     python docs/results_table.py --table1 docs/results/table1           # Table 1, ours vs paper
+    python docs/results_table.py --seeds RUN_DIR RUN_DIR ...   # one comparison over seeds
 
 Every number comes from the run's ``results.json``; nothing is typed by hand.
 """
@@ -55,6 +56,27 @@ def table(results: dict, *, heading_level: int = 3) -> str:
             test = f"**{test}**"
         lines.append(f"| {name} | {test} | {valid} | {r['params']:,} | "
                      f"{r['hidden_size']} x {r['num_layers']} | {r['steps_per_s']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def seeds_table(runs: list[dict]) -> str:
+    """The test metric of each model in runs of one comparison that differ only in the seed:
+    one column per seed, then mean ± std (the spread a single run hides)."""
+    first = runs[0]
+    for r in runs[1:]:
+        same = ("task", "preset", "steps", "seq_len")
+        if any(r[k] != first[k] for k in same) or list(r["models"]) != list(first["models"]):
+            raise ValueError(f"seed {r['seed']} is not the same comparison as seed "
+                             f"{first['seed']} (task, preset, steps, T and models must match)")
+    runs = sorted(runs, key=lambda r: r["seed"])
+    metric = first["metric"]
+    lines = ["| model | " + " | ".join(f"seed {r['seed']}" for r in runs)
+             + f" | mean ± std (test {metric}) |",
+             "|---|" + "---:|" * (len(runs) + 1)]
+    for name in first["models"]:
+        values = [r["models"][name]["test_metric"] for r in runs]
+        lines.append(f"| {name} | " + " | ".join(f"{v:.4g}" for v in values)
+                     + f" | {_mean_std(values)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -149,6 +171,9 @@ def main(argv=None) -> str:
     ap.add_argument("runs", nargs="*", help="run directories (or results.json files)")
     ap.add_argument("--table1", default=None, metavar="DIR",
                     help="render Table 1 from DIR/<row>/seed*/results.json instead")
+    ap.add_argument("--seeds", action="store_true",
+                    help="the run directories are one comparison run with different seeds: "
+                         "one table of each model's test metric per seed, mean and std")
     ap.add_argument("--out", default=None, help="write the markdown here (else print it)")
     ap.add_argument("--heading-level", type=int, default=3)
     args = ap.parse_args(argv)
@@ -156,6 +181,8 @@ def main(argv=None) -> str:
         ap.error("give run directories, or --table1 DIR")
     if args.table1 is not None:
         text = table1(args.table1)
+    elif args.seeds:
+        text = seeds_table([load(r) for r in args.runs])
     else:
         text = "\n".join(table(load(r), heading_level=args.heading_level) for r in args.runs)
     if args.out:

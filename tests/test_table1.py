@@ -81,3 +81,21 @@ def test_table1_puts_tuned_and_other_models_beside_the_paper_columns(tmp_path):
     assert table1.row_argv("adding", 0, "lstm", "tuned") == [
         "--task", "adding", "--preset", "tuned", "--seed", "0", "--models", "lstm"]
     assert table1.suffix("lstm,gru", "tuned") == "-tuned-lstm-gru"
+
+
+def test_seeds_table_shows_each_seed_and_the_spread(tmp_path):
+    def run(seed, lstm, steps=3000):
+        return {"task": "adding", "preset": "quick", "steps": steps, "seq_len": 200,
+                "seed": seed, "metric": "mse",
+                "models": {"tcn": {"test_metric": 1e-3}, "lstm": {"test_metric": lstm}}}
+
+    text = results_table.seeds_table([run(1, 0.17), run(0, 0.07)])
+    assert text.splitlines() == [
+        "| model | seed 0 | seed 1 | mean ± std (test mse) |", "|---|---:|---:|---:|",
+        "| tcn | 0.001 | 0.001 | 1.00e-03 ± 0 |", "| lstm | 0.07 | 0.17 | 0.12 ± 0.071 |"]
+    try:
+        results_table.seeds_table([run(0, 0.1), run(1, 0.1, steps=10)])
+    except ValueError as e:
+        assert "seed 1 is not the same comparison as seed 0" in str(e)
+    else:
+        raise AssertionError("runs of different comparisons were tabled as seeds")
