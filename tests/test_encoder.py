@@ -127,6 +127,18 @@ def test_models_refuse_residual_where_it_has_no_meaning():
         LanguageModel("lstm", 10, 6, 8, tie_weights=True, residual=True)
 
 
+def test_language_model_of_lru_blocks_with_glu():
+    lm = LanguageModel("lru", 9, 6, 6, num_layers=2, residual=True, glu=True)
+    params = lm.init(jax.random.key(0))
+    layers = params["encoder"]["layers"]
+    assert [layer["glu"]["w"].shape for layer in layers] == [(6, 12), (6, 12)]
+    logits = lm.apply(params, jnp.zeros((2, 5), jnp.int32))
+    logits = logits[0] if isinstance(logits, tuple) else logits
+    assert logits.shape == (2, 5, 9) and bool(jnp.all(jnp.isfinite(logits)))
+    with pytest.raises(ValueError, match="glu=True"):
+        LanguageModel("lru", 9, 6, 6, glu=True)
+
+
 def test_a_registered_cell_is_a_choice_of_every_model(monkeypatch):
     @dataclasses.dataclass(frozen=True)
     class Doubled(seqjax.SimpleRNN):
