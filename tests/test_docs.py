@@ -102,3 +102,18 @@ def test_readme_table1_is_generated():
     assert shown == rt.table1(ROOT / "docs" / "results" / "table1"), (
         "README's Table 1 is stale: paste `python docs/results_table.py --table1 "
         "docs/results/table1` between the table1 markers")
+
+
+def test_readme_quick_seeds_table_is_generated():
+    """The README's spread of the main job over seeds is results_table.py --seeds of the
+    committed run (seed 0) and docs/results/adding-quick/seeds/*."""
+    rt = _load_results_table()
+    start, end = "<!-- quick-seeds:start -->\n", "<!-- quick-seeds:end -->"
+    assert start in README and end in README
+    quick = ROOT / "docs" / "results" / "adding-quick"
+    runs = [quick] + sorted(p.parent for p in quick.glob("seeds/*/results.json"))
+    assert len(runs) >= 3, "the main job's spread needs at least three seeds"
+    shown = README.split(start, 1)[1].split(end, 1)[0]
+    assert shown == rt.seeds_table([rt.load(r) for r in runs]), (
+        "README's seeds table is stale: paste `python docs/results_table.py --seeds "
+        "docs/results/adding-quick docs/results/adding-quick/seeds/*`")
