@@ -109,6 +109,15 @@ def _model_cell(runs: list[dict], model: str) -> str:
     return text
 
 
+def _compute_s(part: dict) -> float:
+    """A comparison's compute: its models' ``elapsed_s`` (whole runs, resumed segments
+    included) where recorded, else ``total_wall_s`` (older results: the last segment only)."""
+    models = part.get("models", {})
+    if models and all("elapsed_s" in m for m in models.values()):
+        return sum(m["elapsed_s"] for m in models.values())
+    return part.get("total_wall_s", 0.0)
+
+
 def _merged_seeds(row_dir: Path) -> list[dict]:
     """One results dict per ``seed*/`` folder, merging its parts (``results.json`` and
     ``results-<models>.json``: the models of one seed run in several comparisons); the total
@@ -118,8 +127,7 @@ def _merged_seeds(row_dir: Path) -> list[dict]:
         parts = [json.loads(p.read_text()) for p in sorted(seed_dir.glob("results*.json"))]
         if not parts:
             continue
-        merged = dict(parts[0], models={},
-                      total_wall_s=sum(p.get("total_wall_s", 0.0) for p in parts))
+        merged = dict(parts[0], models={}, total_wall_s=sum(_compute_s(p) for p in parts))
         for part in parts:
             # a tuned run's models are the paper's architectures with other settings
             prefix = "tuned " if part.get("preset") == "tuned" else ""

@@ -349,6 +349,9 @@ def run_model(name, model, task, preset, args, run_dir: Path, resume: bool) -> d
         "test_metric_last": test_last[task.metric_name],
         "params": param_count(result.state.params),
         "wall_s": result.wall_s,
+        # the whole run's time, earlier (resumed-from) segments included: metrics' last "time"
+        "elapsed_s": max((row.get("time", 0.0) for row in result.history),
+                         default=result.wall_s),
         "steps_per_s": result.steps_per_s,
         "hidden_size": model.hidden_size,
         "num_layers": model.num_layers,
