@@ -310,7 +310,7 @@ def test_bad_param_shape_and_cell_config():
 def test_lstm_chrono_init_spreads_memory_times_over_1_to_T():
     """Tallec & Ollivier (2018): forget bias log U(1, T-1), input bias its negative, the other
     gates zero; the weights are those of the default init (same key)."""
-    h, t_max = 4096, 600
+    h, t_max = 512, 600  # small: the orthogonal init of a wide w_h costs minutes
     plain = LSTM(3, h).init(jax.random.PRNGKey(0))
     chrono = LSTM(3, h, chrono=t_max).init(jax.random.PRNGKey(0))
     b = np.asarray(chrono["b"])
@@ -320,7 +320,10 @@ def test_lstm_chrono_init_spreads_memory_times_over_1_to_T():
     # memory time 1/(1 - sigmoid(b_f)) = 1 + exp(b_f) = 1 + u, u uniform on [1, T-1]
     u = np.exp(b_f.astype(np.float64))
     assert 1.0 <= u.min() and u.max() <= t_max - 1
-    assert np.quantile(u, 0.5) == pytest.approx(t_max / 2, rel=0.05)
+    # Kolmogorov-Smirnov distance to U(1, T-1): 0.06 is its 5 % critical value at n=512
+    cdf = (np.sort(u) - 1.0) / (t_max - 2.0)
+    steps = np.arange(1, h + 1) / h
+    assert max(np.max(steps - cdf), np.max(cdf - (steps - 1 / h))) < 0.06
     for k in ("w_x", "w_h"):
         np.testing.assert_array_equal(chrono[k], plain[k])
     for bad in (2, 600.0, True):
