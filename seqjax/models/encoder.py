@@ -35,7 +35,7 @@ import jax.numpy as jnp
 
 from seqjax.core.cells import Cell, cell_accepts, cell_kinds, glorot_uniform, make_cell
 from seqjax.core.layers import dropout, init_stack, stacked
-from seqjax.core.recurrent import rnn
+from seqjax.core.recurrent import length_mask, rnn
 from seqjax.core.tcn import TCN
 
 Array = jax.Array
@@ -288,7 +288,7 @@ class Encoder:
                 u = jax.nn.gelu(y) @ p["glu"]["w"] + p["glu"]["b"]
                 y = u[..., : self.hidden_size] * jax.nn.sigmoid(u[..., self.hidden_size:])
                 if lengths is not None:  # padding stays zero, as the cell's outputs
-                    valid = jnp.arange(y.shape[1])[None, :] < jnp.asarray(lengths)[:, None]
+                    valid = length_mask(lengths, y.shape[1], y.shape[0]).T  # [B, T]
                     y = jnp.where(valid[..., None], y, jnp.zeros((), y.dtype))
             if key is not None:
                 key, sub = jax.random.split(key)
