@@ -480,8 +480,8 @@ def parse_set(item: str, names: list[str]) -> tuple[str, str, Any]:
                 value = float(text)
             except ValueError:
                 value = text
-    if field in ("lr", "clip", "forget_bias", "dropout", "readout_std") and isinstance(value, int):
-        value = float(value)
+    if "float" in ARCH_FIELDS.get(field, "") and isinstance(value, int):
+        value = float(value)  # "lr=1" means 1.0: the field's annotation says float
     return model, field, value
 
 
