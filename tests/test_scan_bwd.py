@@ -42,3 +42,25 @@ def test_scan_backward_matches_autodiff(cell):
     xs = jax.random.normal(jax.random.PRNGKey(1), (3, 21, 5))  # T not a multiple of the chunk
     lengths = jnp.array([21, 9, 0])
     _assert_close(_grads(cell, params, xs, lengths, False), _grads(cell, params, xs, lengths, True))
+
+
+@pytest.mark.parametrize("kind,options", [("lstm", {}), ("peephole_lstm", {}),
+                                          ("gru", {"reset": "after"}),
+                                          ("gru", {"reset": "before"}), ("rnn", {})],
+                         ids=["lstm", "peephole", "gru-after", "gru-before", "rnn"])
+def test_transposed_recurrent_matmul_form(kind, options, monkeypatch):
+    """Both forms of the recurrent matmul (``_recurrent_matmul``: through ``w_h_t`` for weights of
+    at least ``TRANSPOSED_MATMUL_BYTES``, the plain one below) give the same outputs and
+    gradients, forward and hand-written backward alike; the small cells of the other tests
+    take only the plain form."""
+    from seqjax.core import cells
+    cell = seqjax.make_cell(kind, 5, 7, **options)
+    params = cell.init(jax.random.PRNGKey(0))
+    params = jax.tree.map(lambda p: p + 0.1, params)  # peepholes and biases non-zero
+    xs = jax.random.normal(jax.random.PRNGKey(1), (3, 21, 5))
+    lengths = jnp.array([21, 9, 0])
+    plain = _grads(cell, params, xs, lengths, False)
+    ys_plain = seqjax.rnn(cell, params, xs, seq_lengths=lengths)[0]
+    monkeypatch.setattr(cells, "TRANSPOSED_MATMUL_BYTES", 0)  # read when the step is traced
+    _assert_close(_grads(cell, params, xs, lengths, False), plain)
+    _assert_close(seqjax.rnn(cell, params, xs, seq_lengths=lengths)[0], ys_plain)

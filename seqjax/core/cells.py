@@ -21,11 +21,11 @@ The time loop (:func:`seqjax.core.recurrent.rnn`) talks to a cell only through i
   is the checked entry point);
 * ``step_with_residuals(rp, carry, gx_t) -> (carry, res)``: the step, also returning the
   residuals the backward pass needs (activated gates, cell state, ...); ``rp`` are the recurrent
-  params (:meth:`recurrent_params`);
+  params (:meth:`recurrent_params`: ``w_h [H, G]`` and its transpose ``w_h_t [G, H]``, made once
+  outside the loop, so that each matmul of the step and of its VJP can take the form XLA:CPU
+  runs fastest inside a loop, :func:`_recurrent_matmul`);
 * ``step_vjp(rp, res, carry_prev, dcarry) -> (dcarry_prev, dgx_t)``: the step's VJP from those
-  residuals, without any weight gradient; ``rp`` here also holds ``w_h_t``, the transposed
-  recurrent weight, made once outside the loop (a transposed operand inside the loop costs XLA:CPU
-  a transpose per step); only with ``hand_written_vjp = True``;
+  residuals, without any weight gradient; only with ``hand_written_vjp = True``;
 * ``recurrent_grads(rp, res, carry_prev, dgx) -> drp``: the recurrent-weight gradients for all
   steps at once (``res``, ``carry_prev`` and ``dgx`` stacked over time), one big matmul instead
   of ``T`` small ones; only with ``hand_written_vjp = True``.
@@ -109,6 +109,28 @@ def _project(xs: Array, w_x: Array, b: Array) -> Array:
 def _matmul(h: Array, w: Array) -> Array:
     """``h [B, H] @ w [H, G]`` in the dtype of the state ``h``."""
     return jnp.dot(h, w.astype(h.dtype), preferred_element_type=h.dtype)
+
+
+#: Recurrent weights of at least this many bytes are multiplied through their transpose (see
+#: :func:`_recurrent_matmul`).
+TRANSPOSED_MATMUL_BYTES = 1 << 20
+
+
+def _recurrent_matmul(x: Array, w: Array, w_t: Array) -> Array:
+    """``x [B, K] @ w [K, N]`` in the dtype of the state ``x``, given ``w`` both ways (``w_t =
+    w.T``, made once outside the time loop): the form XLA:CPU runs fastest inside a loop.
+
+    A weight of at least :data:`TRANSPOSED_MATMUL_BYTES` is contracted through ``w_t``'s last
+    axis (``dot_general(x, w_t)``, the rows of ``w_t`` read contiguously), a smaller one as
+    ``x @ w``. One core, B=32, 128 steps of the bare matmul (jaxlib 0.10.2; issue #19 in
+    ``benchmarks/README.md``): transposed / plain time 0.52-0.85 for 2-12 MiB weights (H=512,
+    1024), 0.89 forward at 1 MiB (the LSTM of ``rnn_cpu.py``), 1.2-1.36 for weights <= 768 KiB.
+    The forward step calls it with ``(h, w_h, w_h_t)``, the backward with ``(dpre, w_h_t, w_h)``.
+    """
+    if w.size * w.dtype.itemsize >= TRANSPOSED_MATMUL_BYTES:
+        return jax.lax.dot_general(x, w_t.astype(x.dtype), (((x.ndim - 1,), (1,)), ((), ())),
+                                   preferred_element_type=x.dtype)
+    return _matmul(x, w)
 
 
 def _outer_sum(a: Array, b: Array) -> Array:
@@ -333,7 +355,8 @@ class Cell(abc.ABC):
 
     * ``param_shapes() -> {name: shape}`` and ``init(key, dtype) -> params``;
     * ``input_projection(params, xs [..., D]) -> gx [..., G]`` (unchecked; biases folded in);
-    * ``recurrent_params(params) -> rp``: what the loop needs (default ``{"w_h": ...}``);
+    * ``recurrent_params(params) -> rp``: what the loop needs (default ``{"w_h": w_h, "w_h_t":
+      w_h.T}``: made once outside the loop);
     * ``step_with_residuals(rp, carry, gx_t [B, G]) -> (carry, res)``: one step; ``res`` may be
       ``None`` when ``hand_written_vjp = False`` (JAX then differentiates this method);
     * ``step_vjp(rp, res, carry_prev, dcarry) -> (dcarry_prev, dgx_t [B, G])`` and
@@ -412,8 +435,9 @@ class Cell(abc.ABC):
         return new, self.carry_hidden(new)
 
     def recurrent_params(self, params: Params) -> Params:
-        """The params the time loop needs (everything but the input projection)."""
-        return {"w_h": params["w_h"]}
+        """The params the time loop needs (everything but the input projection), with the
+        recurrent weight also transposed (``w_h_t [G, H]``; see :func:`_recurrent_matmul`)."""
+        return {"w_h": params["w_h"], "w_h_t": params["w_h"].T}
 
     def __call__(self, params: Params, carry: Any, x_t: Array) -> tuple[Any, Array]:
         """Convenience: project one input ``x_t [B, D]`` and step."""
@@ -486,7 +510,7 @@ class SimpleRNN(Cell):
         return _dense_project_vjp(params, xs, dgx, "b")
 
     def step_with_residuals(self, rp, h, gx_t):
-        pre = gx_t + _matmul(h, rp["w_h"])
+        pre = gx_t + _recurrent_matmul(h, rp["w_h"], rp["w_h_t"])
         h_new = jnp.tanh(pre) if self.activation == "tanh" else jax.nn.relu(pre)
         return h_new, h_new
 
@@ -495,7 +519,7 @@ class SimpleRNN(Cell):
             dpre = dh * (1.0 - h_new * h_new)
         else:
             dpre = jnp.where(h_new > 0, dh, 0.0)
-        return _matmul(dpre, rp["w_h_t"]), dpre
+        return _recurrent_matmul(dpre, rp["w_h_t"], rp["w_h"]), dpre
 
     def recurrent_grads(self, rp, res, h_prev, dgx):
         return {"w_h": _outer_sum(h_prev, dgx)}
@@ -596,7 +620,7 @@ class LSTM(Cell):
     def step_with_residuals(self, rp, carry, gx_t):
         h, c = carry
         hid = self.hidden_size
-        acts = self._gates(gx_t + _matmul(h, rp["w_h"]))
+        acts = self._gates(gx_t + _recurrent_matmul(h, rp["w_h"], rp["w_h_t"]))
         i, f, g, o = (acts[:, k * hid : (k + 1) * hid] for k in range(4))
         c_new = f * c + i * g
         tc = jnp.tanh(c_new)
@@ -619,7 +643,7 @@ class LSTM(Cell):
             ],
             axis=-1,
         )
-        return (_matmul(dpre, rp["w_h_t"]), dc * f), dpre
+        return (_recurrent_matmul(dpre, rp["w_h_t"], rp["w_h"]), dc * f), dpre
 
     def recurrent_grads(self, rp, res, carry_prev, dgx):
         return {"w_h": _outer_sum(carry_prev[0], dgx)}
@@ -656,13 +680,14 @@ class PeepholeLSTM(LSTM):
         return params
 
     def recurrent_params(self, params):
-        return {k: params[k] for k in ("w_h", "p_i", "p_f", "p_o")}
+        return dict(super().recurrent_params(params),
+                    **{k: params[k] for k in ("p_i", "p_f", "p_o")})
 
     def step_with_residuals(self, rp, carry, gx_t):
         h, c = carry
         hid = self.hidden_size
         p_i, p_f, p_o = (rp[k].astype(c.dtype) for k in ("p_i", "p_f", "p_o"))
-        pre = gx_t + _matmul(h, rp["w_h"])
+        pre = gx_t + _recurrent_matmul(h, rp["w_h"], rp["w_h_t"])
         ifg = pre[:, : 3 * hid] + jnp.concatenate([p_i * c, p_f * c, jnp.zeros_like(c)], axis=-1)
         # i, f, g in one tanh (sigmoid via tanh); o needs c_t first.
         t = jnp.tanh(ifg * _lstm_gate_scale(hid)[: 3 * hid])
@@ -688,7 +713,7 @@ class PeepholeLSTM(LSTM):
         dpre_f = dc * c_prev * f * (1.0 - f)
         dpre = jnp.concatenate([dpre_i, dpre_f, dc * i * (1.0 - g * g), dpre_o], axis=-1)
         dc_prev = dc * f + dpre_i * p_i + dpre_f * p_f
-        return (_matmul(dpre, rp["w_h_t"]), dc_prev), dpre
+        return (_recurrent_matmul(dpre, rp["w_h_t"], rp["w_h"]), dc_prev), dpre
 
     def recurrent_grads(self, rp, res, carry_prev, dgx):
         _, _, c_new = res
@@ -766,23 +791,24 @@ class GRU(Cell):
         return _dense_project_vjp(params, xs, dgx, "b_x")
 
     def recurrent_params(self, params):
-        return {"w_h": params["w_h"], "b_h": params["b_h"]}
+        return dict(super().recurrent_params(params), b_h=params["b_h"])
 
     def step_with_residuals(self, rp, h, gx_t):
         hid = self.hidden_size
-        w_h, b_h = rp["w_h"], rp["b_h"].astype(h.dtype)
+        w_h, w_h_t, b_h = rp["w_h"], rp["w_h_t"], rp["b_h"].astype(h.dtype)
         if self.reset == "after":
-            zh = _matmul(h, w_h) + b_h
+            zh = _recurrent_matmul(h, w_h, w_h_t) + b_h
             rz = _sigmoid_tanh(gx_t[:, : 2 * hid] + zh[:, : 2 * hid])
             r, u = rz[:, :hid], rz[:, hid:]
             zn = zh[:, 2 * hid :]
             n = jnp.tanh(gx_t[:, 2 * hid :] + r * zn)
             res = (rz, n, zn)
         else:
-            zrz = _matmul(h, w_h[:, : 2 * hid]) + b_h[: 2 * hid]
+            zrz = _recurrent_matmul(h, w_h[:, : 2 * hid], w_h_t[: 2 * hid]) + b_h[: 2 * hid]
             rz = _sigmoid_tanh(gx_t[:, : 2 * hid] + zrz)
             r, u = rz[:, :hid], rz[:, hid:]
-            n = jnp.tanh(gx_t[:, 2 * hid :] + _matmul(r * h, w_h[:, 2 * hid :]) + b_h[2 * hid :])
+            zn = _recurrent_matmul(r * h, w_h[:, 2 * hid :], w_h_t[2 * hid :]) + b_h[2 * hid :]
+            n = jnp.tanh(gx_t[:, 2 * hid :] + zn)
             res = (rz, n)
         h_new = n + u * (h - n)
         return h_new, res
@@ -794,18 +820,19 @@ class GRU(Cell):
         dpre_n = dh * (1.0 - u) * (1.0 - n * n)
         dpre_u = dh * (h_prev - n) * u * (1.0 - u)
         dh_prev = dh * u
-        w_h_t = rp["w_h_t"]
+        w_h, w_h_t = rp["w_h"], rp["w_h_t"]
         if self.reset == "after":
             zn = res[2]
             dpre_r = dpre_n * zn * r * (1.0 - r)
             dgx = jnp.concatenate([dpre_r, dpre_u, dpre_n], axis=-1)
             dz = jnp.concatenate([dpre_r, dpre_u, dpre_n * r], axis=-1)
-            dh_prev = dh_prev + _matmul(dz, w_h_t)
+            dh_prev = dh_prev + _recurrent_matmul(dz, w_h_t, w_h)
         else:
-            drh = _matmul(dpre_n, w_h_t[2 * hid :])
+            drh = _recurrent_matmul(dpre_n, w_h_t[2 * hid :], w_h[:, 2 * hid :])
             dpre_r = drh * h_prev * r * (1.0 - r)
             drz = jnp.concatenate([dpre_r, dpre_u], axis=-1)
-            dh_prev = dh_prev + drh * r + _matmul(drz, w_h_t[: 2 * hid])
+            drz_h = _recurrent_matmul(drz, w_h_t[: 2 * hid], w_h[:, : 2 * hid])
+            dh_prev = dh_prev + drh * r + drz_h
             dgx = jnp.concatenate([drz, dpre_n], axis=-1)
         return dh_prev, dgx
 

@@ -231,8 +231,7 @@ def _scan_bwd(cell, unroll, chunk, saved, cts):
     n, k = xs_c.shape[:2]
     steps = dhs.shape[0]
     dhs = _chunked(jnp.pad(dhs, ((0, n * k - steps),) + ((0, 0),) * (dhs.ndim - 1)), k)
-    rp = cell.recurrent_params(params)
-    rp_bwd = dict(rp, w_h_t=rp["w_h"].T.astype(dhs.dtype))  # transposed once, not per step
+    rp = cell.recurrent_params(params)  # w_h_t: transposed once, not per step
     # carry_prev[t] = carry after step t-1 (carry0 for t = 0); padding steps hold the frozen carry.
     carry_prev = jax.tree.map(
         lambda c0, cs: _chunked(jnp.concatenate([c0[None], _unchunked(cs)[:-1]]), k),
@@ -242,7 +241,7 @@ def _scan_bwd(cell, unroll, chunk, saved, cts):
     def step(dcarry, inp):
         t, res_t, prev_t, dh_t = inp
         d_in = cell.with_hidden(dcarry, cell.carry_hidden(dcarry) + dh_t)
-        dprev, dgx_t = cell.step_vjp(rp_bwd, res_t, prev_t, d_in)
+        dprev, dgx_t = cell.step_vjp(rp, res_t, prev_t, d_in)
         if lengths is not None:  # a padding step is the identity on the carry and outputs 0
             m = t < lengths
             dprev = _where_tree(m, dprev, dcarry)
