@@ -151,5 +151,5 @@ def test_tuned_preset_is_the_paper_preset_with_the_chosen_recurrent_settings():
     lstm = tuned.arch("lstm")
     assert (lstm.lr, lstm.clip, lstm.cell_options) == (1e-3, 1.0, (("chrono", 600),))
     assert tuned.arch("tcn") == paper.arch("tcn") and tuned.steps == paper.steps
-    with pytest.raises(ValueError, match="no tuned preset for task 'copy'"):
-        tcn_vs_rnn.preset_for("copy", "tuned")
+    with pytest.raises(ValueError, match="no tuned preset for task 'jsb'"):
+        tcn_vs_rnn.preset_for("jsb", "tuned")
