@@ -379,6 +379,13 @@ class Cell(abc.ABC):
     #: :mod:`seqjax.kernels`), ``None`` for none. A subclass that changes the maths (the peephole
     #: LSTM) sets it back to ``None``.
     kernel: ClassVar[str | None] = None
+    #: Whether the scan loops hand the step ``gx_t`` as ``num_gates`` separate ``[B, H]`` blocks
+    #: (scanned as separate arrays, concatenated back inside the step: the same values). A speed
+    #: switch for XLA:CPU, which emits scalar (unvectorised) code for a fusion that slices the
+    #: loop's dynamic slice of ``gx`` at a lane offset, as a GRU's ``n`` gate does; the blocks
+    #: avoid that (GRU forward 0.55-0.7x the time; LSTM 1.03-1.1x, so it stays off there; issue
+    #: #19 in ``benchmarks/README.md``).
+    split_gates_in_loop: ClassVar[bool] = False
 
     def kernel_options(self) -> dict[str, Any]:
         """Static options the kernel family needs besides the sizes (a GRU's ``reset``)."""
@@ -759,6 +766,7 @@ class GRU(Cell):
 
     num_gates = 3
     kernel = "gru"
+    split_gates_in_loop = True  # n = tanh(gx_n + ...) slices gx_t at 2H (see Cell)
 
     def kernel_options(self) -> dict[str, Any]:
         return {"reset": self.reset}

@@ -175,6 +175,19 @@ def _pad_time(xs: Array, lengths: Array | None, chunk: int):
     return xs, lengths
 
 
+def _gate_blocks(cell: Cell, gx: Array):
+    """The loop's ``xs`` for ``gx [..., G]``: the tuple of the cell's ``num_gates`` blocks when
+    it asks for them (:attr:`Cell.split_gates_in_loop`), else ``(gx,)``."""
+    if getattr(cell, "split_gates_in_loop", False) and cell.num_gates > 1:
+        return tuple(jnp.split(gx, cell.num_gates, axis=-1))
+    return (gx,)
+
+
+def _gate_join(blocks) -> Array:
+    """Inverse of :func:`_gate_blocks` for one step: ``gx_t [B, G]``."""
+    return blocks[0] if len(blocks) == 1 else jnp.concatenate(blocks, axis=-1)
+
+
 def _scan_forward(cell: Cell, unroll: int, chunk: int, params, xs, carry0, lengths, save: bool):
     """Time-major forward loop over padded, chunked ``xs [T/K, K, B, D]``.
 
@@ -184,14 +197,15 @@ def _scan_forward(cell: Cell, unroll: int, chunk: int, params, xs, carry0, lengt
 
     def step(carry, inp):
         t, gx_t = inp
-        new, res = cell.step_with_residuals(rp, carry, gx_t)
+        new, res = cell.step_with_residuals(rp, carry, _gate_join(gx_t))
         if lengths is not None:
             new = _where_tree(t < lengths, new, carry)
         return new, ((new, res) if save else cell.carry_hidden(new))
 
     def block(carry, inp):
         ts, x_c = inp
-        return jax.lax.scan(step, carry, (ts, cell.project(params, x_c)), unroll=unroll)
+        gx_c = _gate_blocks(cell, cell.project(params, x_c))
+        return jax.lax.scan(step, carry, (ts, gx_c), unroll=unroll)
 
     n, k, batch = xs.shape[:3]
     ts = jnp.arange(n * k).reshape(n, k)
@@ -300,13 +314,14 @@ def _scan_autodiff(cell: Cell, unroll: int, rp, gx, carry0, lengths, remat: bool
 
     def body(carry, inp):
         t, gx_t = inp
-        new = step(carry, gx_t)
+        new = step(carry, _gate_join(gx_t))
         if lengths is not None:
             new = _where_tree(t < lengths, new, carry)
         return new, cell.carry_hidden(new)
 
     steps = gx.shape[0]
-    carry, hs = jax.lax.scan(body, carry0, (jnp.arange(steps), gx), unroll=unroll)
+    carry, hs = jax.lax.scan(body, carry0, (jnp.arange(steps), _gate_blocks(cell, gx)),
+                                 unroll=unroll)
     if lengths is not None:
         hs = jnp.where((jnp.arange(steps)[:, None] < lengths)[..., None], hs, 0.0)
     return hs, carry
@@ -321,13 +336,14 @@ def _scan_states(cell: Cell, unroll: int, rp, gx, carry0, lengths, remat: bool):
 
     def body(carry, inp):
         t, gx_t = inp
-        new, res = step(carry, gx_t)
+        new, res = step(carry, _gate_join(gx_t))
         if lengths is not None:
             new = _where_tree(t < lengths, new, carry)
         return new, (new, res)
 
     steps = gx.shape[0]
-    carry, (states, res) = jax.lax.scan(body, carry0, (jnp.arange(steps), gx), unroll=unroll)
+    carry, (states, res) = jax.lax.scan(body, carry0, (jnp.arange(steps), _gate_blocks(cell, gx)),
+                                 unroll=unroll)
     if lengths is not None:
         valid = jnp.arange(steps)[:, None] < lengths[None, :]  # [T, B]
 
