@@ -67,12 +67,13 @@ def test_transposed_recurrent_matmul_form(kind, options, monkeypatch):
 
 
 @pytest.mark.parametrize("kind,options", [("gru", {"reset": "after"}), ("gru", {"reset": "before"}),
-                                          ("lstm", {})], ids=["gru-after", "gru-before", "lstm"])
+                                          ("lstm", {}), ("minlstm", {})],
+                         ids=["gru-after", "gru-before", "lstm", "minlstm"])
 def test_gate_blocks_in_loop(kind, options, monkeypatch):
     """``split_gates_in_loop`` (the loops scan ``gx`` as ``num_gates`` blocks and join them per
-    step; on by default for the GRU only) changes no value: outputs, final carry, per-step states
-    and gradients equal with it off and on, through the hand-written VJP, the remat/autodiff path
-    and ``return_states``."""
+    step; on by default for the GRU and the minimal RNNs) changes no value: outputs, final
+    carry, per-step states and gradients equal with it off and on, through the hand-written VJP,
+    the remat/autodiff path (the minLSTM's only one) and ``return_states``."""
     cell = seqjax.make_cell(kind, 5, 7, **options)
     params = jax.tree.map(lambda p: p + 0.1, cell.init(jax.random.PRNGKey(0)))
     xs = jax.random.normal(jax.random.PRNGKey(1), (3, 21, 5))
@@ -81,7 +82,8 @@ def test_gate_blocks_in_loop(kind, options, monkeypatch):
     def run():
         outs = (seqjax.rnn(cell, params, xs, seq_lengths=lengths)[:2],
                 seqjax.rnn(cell, params, xs, seq_lengths=lengths, return_states=True)[2])
-        return outs, _grads(cell, params, xs, lengths, False), _grads(cell, params, xs, lengths, True)
+        grads = [_grads(cell, params, xs, lengths, remat) for remat in (False, True)]
+        return outs, grads
 
     results = []
     for on in (False, True):
