@@ -320,8 +320,8 @@ def _scan_autodiff(cell: Cell, unroll: int, rp, gx, carry0, lengths, remat: bool
         return new, cell.carry_hidden(new)
 
     steps = gx.shape[0]
-    carry, hs = jax.lax.scan(body, carry0, (jnp.arange(steps), _gate_blocks(cell, gx)),
-                                 unroll=unroll)
+    xs = (jnp.arange(steps), _gate_blocks(cell, gx))
+    carry, hs = jax.lax.scan(body, carry0, xs, unroll=unroll)
     if lengths is not None:
         hs = jnp.where((jnp.arange(steps)[:, None] < lengths)[..., None], hs, 0.0)
     return hs, carry
@@ -342,8 +342,8 @@ def _scan_states(cell: Cell, unroll: int, rp, gx, carry0, lengths, remat: bool):
         return new, (new, res)
 
     steps = gx.shape[0]
-    carry, (states, res) = jax.lax.scan(body, carry0, (jnp.arange(steps), _gate_blocks(cell, gx)),
-                                 unroll=unroll)
+    xs = (jnp.arange(steps), _gate_blocks(cell, gx))
+    carry, (states, res) = jax.lax.scan(body, carry0, xs, unroll=unroll)
     if lengths is not None:
         valid = jnp.arange(steps)[:, None] < lengths[None, :]  # [T, B]
 
