@@ -120,11 +120,14 @@ def _compute_s(part: dict) -> float:
 
 def _merged_seeds(row_dir: Path) -> list[dict]:
     """One results dict per ``seed*/`` folder, merging its parts (``results.json`` and
-    ``results-<models>.json``: the models of one seed run in several comparisons); the total
-    wall time is the sum of the parts'."""
+    ``results-<models>.json``: the models of one seed run in several comparisons; a model in
+    both is taken from the named part, a rerun of those models); the total wall time is the sum
+    of the parts'."""
     seeds = []
     for seed_dir in sorted(p for p in row_dir.glob("seed*") if p.is_dir()):
-        parts = [json.loads(p.read_text()) for p in sorted(seed_dir.glob("results*.json"))]
+        files = sorted(seed_dir.glob("results*.json"), key=lambda p: (p.name != "results.json",
+                                                                      p.name))
+        parts = [json.loads(p.read_text()) for p in files]
         if not parts:
             continue
         merged = dict(parts[0], models={}, total_wall_s=sum(_compute_s(p) for p in parts))
