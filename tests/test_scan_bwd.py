@@ -67,13 +67,15 @@ def test_transposed_recurrent_matmul_form(kind, options, monkeypatch):
 
 
 @pytest.mark.parametrize("kind,options", [("gru", {"reset": "after"}), ("gru", {"reset": "before"}),
-                                          ("lstm", {}), ("minlstm", {})],
-                         ids=["gru-after", "gru-before", "lstm", "minlstm"])
+                                          ("lstm", {}), ("minlstm", {}),
+                                          ("lru", {"state_size": 3})],
+                         ids=["gru-after", "gru-before", "lstm", "minlstm", "lru"])
 def test_gate_blocks_in_loop(kind, options, monkeypatch):
-    """``split_gates_in_loop`` (the loops scan ``gx`` as ``num_gates`` blocks and join them per
-    step; on by default for the GRU and the minimal RNNs) changes no value: outputs, final
-    carry, per-step states and gradients equal with it off and on, through the hand-written VJP,
-    the remat/autodiff path (the minLSTM's only one) and ``return_states``."""
+    """``split_gates_in_loop`` (the loops scan ``gx`` as its blocks, ``gx_blocks()``, and join
+    them per step; on by default for the GRU, the minimal RNNs and the LRU) changes no value:
+    outputs, final carry, per-step states and gradients equal with it off and on, through the
+    hand-written VJP, the remat/autodiff path (the minLSTM's and LRU's only one) and
+    ``return_states``."""
     cell = seqjax.make_cell(kind, 5, 7, **options)
     params = jax.tree.map(lambda p: p + 0.1, cell.init(jax.random.PRNGKey(0)))
     xs = jax.random.normal(jax.random.PRNGKey(1), (3, 21, 5))

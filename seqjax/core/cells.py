@@ -379,13 +379,19 @@ class Cell(abc.ABC):
     #: :mod:`seqjax.kernels`), ``None`` for none. A subclass that changes the maths (the peephole
     #: LSTM) sets it back to ``None``.
     kernel: ClassVar[str | None] = None
-    #: Whether the scan loops hand the step ``gx_t`` as ``num_gates`` separate ``[B, H]`` blocks
-    #: (scanned as separate arrays, concatenated back inside the step: the same values). A speed
+    #: Whether the scan loops hand the step ``gx_t`` as separate blocks (``gx_blocks()``,
+    #: scanned as separate arrays, concatenated back inside the step: the same values). A speed
     #: switch for XLA:CPU, which emits scalar (unvectorised) code for a fusion that slices the
     #: loop's dynamic slice of ``gx`` at a lane offset, as a GRU's ``n`` gate does; the blocks
     #: avoid that (GRU forward 0.55-0.7x the time; LSTM 1.03-1.1x, so it stays off there; issue
     #: #19 in ``benchmarks/README.md``).
     split_gates_in_loop: ClassVar[bool] = False
+
+    def gx_blocks(self) -> tuple[int, ...]:
+        """Widths of the blocks of ``gx``'s last axis that ``split_gates_in_loop`` scans
+        separately: ``num_gates`` blocks of ``hidden_size`` unless a cell's ``gx`` is laid out
+        otherwise (the LRU: ``(N, N, H)``)."""
+        return (self.hidden_size,) * self.num_gates
 
     def kernel_options(self) -> dict[str, Any]:
         """Static options the kernel family needs besides the sizes (a GRU's ``reset``)."""

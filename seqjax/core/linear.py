@@ -567,6 +567,15 @@ class LRU(Cell):
     def recurrent_params(self, params: Params) -> Params:
         return {k: params[k] for k in ("nu_log", "theta_log", "c_re", "c_im")}
 
+    split_gates_in_loop = True  # forward 0.65-0.7x the time on XLA:CPU (see Cell)
+
+    def gx_blocks(self) -> tuple[int, ...]:
+        return (self.n, self.n, self.hidden_size)  # B x: real, imaginary; the skip D x
+
+    def _split(self, gx: Array) -> list[Array]:
+        """``gx`` as its blocks (see :func:`_blocks`: a split, not slices)."""
+        return jnp.split(gx, [self.n, 2 * self.n], axis=-1)
+
     def _readout(self, rp, h_re, h_im, dx):
         c_re, c_im = rp["c_re"].astype(h_re.dtype), rp["c_im"].astype(h_re.dtype)
         return (jnp.matmul(h_re, c_re, preferred_element_type=h_re.dtype)
@@ -574,24 +583,23 @@ class LRU(Cell):
 
     def step_with_residuals(self, rp, carry, gx_t):
         _, h_re, h_im = carry
-        n = self.n
+        bx_re, bx_im, dx = self._split(gx_t)
         lam_re, lam_im = (x.astype(h_re.dtype) for x in self.eigenvalues(rp))
-        new_re = lam_re * h_re - lam_im * h_im + gx_t[:, :n]
-        new_im = lam_re * h_im + lam_im * h_re + gx_t[:, n : 2 * n]
-        y = self._readout(rp, new_re, new_im, gx_t[:, 2 * n :])
+        new_re = lam_re * h_re - lam_im * h_im + bx_re
+        new_im = lam_re * h_im + lam_im * h_re + bx_im
+        y = self._readout(rp, new_re, new_im, dx)
         return (y, new_re, new_im), None
 
     # linear-recurrence protocol (complex a, b)
     def scan_coefficients(self, params, xs):
-        gx = self.input_projection(params, xs)
-        n = self.n
-        lam_re, lam_im = (x.astype(gx.dtype) for x in self.eigenvalues(params))
-        b = jax.lax.complex(gx[..., :n], gx[..., n : 2 * n])
+        bx_re, bx_im, _ = self._split(self.input_projection(params, xs))
+        lam_re, lam_im = (x.astype(bx_re.dtype) for x in self.eigenvalues(params))
+        b = jax.lax.complex(bx_re, bx_im)
         a = jnp.broadcast_to(jax.lax.complex(lam_re, lam_im), b.shape)
         return a, b
 
     def scan_output(self, params, hs, xs):
-        dx = self.input_projection(params, xs)[..., 2 * self.n :]
+        dx = self._split(self.input_projection(params, xs))[2]
         return self._readout(params, jnp.real(hs), jnp.imag(hs), dx)
 
     def carry_state(self, carry):

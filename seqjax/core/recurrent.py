@@ -12,6 +12,7 @@ matmuls over each chunk's ``K*B`` rows.
 from __future__ import annotations
 
 import functools
+import itertools
 from typing import Any
 
 import jax
@@ -176,11 +177,13 @@ def _pad_time(xs: Array, lengths: Array | None, chunk: int):
 
 
 def _gate_blocks(cell: Cell, gx: Array):
-    """The loop's ``xs`` for ``gx [..., G]``: the tuple of the cell's ``num_gates`` blocks when
-    it asks for them (:attr:`Cell.split_gates_in_loop`), else ``(gx,)``."""
-    if getattr(cell, "split_gates_in_loop", False) and cell.num_gates > 1:
-        return tuple(jnp.split(gx, cell.num_gates, axis=-1))
-    return (gx,)
+    """The loop's ``xs`` for ``gx [..., G]``: the tuple of the cell's blocks
+    (:meth:`Cell.gx_blocks`) when it asks for them (:attr:`Cell.split_gates_in_loop`), else
+    ``(gx,)``."""
+    widths = cell.gx_blocks() if getattr(cell, "split_gates_in_loop", False) else ()
+    if len(widths) < 2:
+        return (gx,)
+    return tuple(jnp.split(gx, list(itertools.accumulate(widths[:-1])), axis=-1))
 
 
 def _gate_join(blocks) -> Array:
