@@ -43,6 +43,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import functools
+import itertools
 import math
 from typing import Any, Callable, ClassVar
 
@@ -392,6 +393,15 @@ class Cell(abc.ABC):
         separately: ``num_gates`` blocks of ``hidden_size`` unless a cell's ``gx`` is laid out
         otherwise (the LRU: ``(N, N, H)``)."""
         return (self.hidden_size,) * self.num_gates
+
+    def split_gx(self, gx: Array) -> list[Array]:
+        """``gx [..., G]`` as its blocks ``[..., w]`` for ``w`` in :meth:`gx_blocks`, by one
+        ``jnp.split`` rather than slices: the split's transpose (for the cells JAX
+        differentiates) is one concatenate, where slices' is a sum of zero-padded blocks that
+        XLA:CPU (jaxlib 0.10.2) runs as scalar code (the minLSTM's gate gradients 257 -> 198 ms
+        at T=600, B=32, H=87; issue #19 in ``benchmarks/README.md``)."""
+        widths = self.gx_blocks()
+        return jnp.split(gx, list(itertools.accumulate(widths[:-1])), axis=-1)
 
     def kernel_options(self) -> dict[str, Any]:
         """Static options the kernel family needs besides the sizes (a GRU's ``reset``)."""

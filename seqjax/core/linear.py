@@ -94,15 +94,6 @@ def _project_2d(xs: Array, w: Array, b: Array) -> Array:
     return out.reshape(xs.shape[:-1] + out.shape[-1:])
 
 
-def _blocks(gx: Array, n: int) -> list[Array]:
-    """``gx [..., n * H]`` as its ``n`` gate blocks ``[..., H]``, by ``jnp.split`` rather than
-    slices: the split's transpose (these cells are differentiated by JAX) is one concatenate,
-    where slices' is a sum of zero-padded blocks that XLA:CPU (jaxlib 0.10.2) runs as scalar
-    code (the minLSTM's gate gradients 257 -> 198 ms at T=600, B=32, H=87; issue #19 in
-    ``benchmarks/README.md``)."""
-    return jnp.split(gx, n, axis=-1)
-
-
 def is_linear(cell: Any) -> bool:
     """Whether ``cell`` implements the linear-recurrence protocol."""
     return bool(getattr(cell, "linear_recurrence", False))
@@ -369,17 +360,17 @@ class MinGRU(_MinimalRNN):
         self._validate()
 
     def step_with_residuals(self, rp, h, gx_t):
-        pre_z, pre_h = _blocks(gx_t, 2)
+        pre_z, pre_h = self.split_gx(gx_t)
         z = _sigmoid_tanh(pre_z)
         return h + z * (self._candidate(pre_h) - h), None
 
     def scan_coefficients(self, params, xs):
-        pre_z, pre_h = _blocks(self.input_projection(params, xs), 2)
+        pre_z, pre_h = self.split_gx(self.input_projection(params, xs))
         z = _sigmoid_tanh(pre_z)
         return 1.0 - z, z * self._candidate(pre_h)
 
     def scan_log_coefficients(self, params, xs):
-        k, pre_h = _blocks(self.input_projection(params, xs), 2)
+        k, pre_h = self.split_gx(self.input_projection(params, xs))
         # log(1 - sigmoid(k)) = -softplus(k), log sigmoid(k) = -softplus(-k)
         return -jax.nn.softplus(k), -jax.nn.softplus(-k) + log_g(pre_h)
 
@@ -417,7 +408,7 @@ class MinLSTM(_MinimalRNN):
         self._validate()
 
     def _gates(self, gx):
-        pre_f, pre_i, pre_h = _blocks(gx, 3)
+        pre_f, pre_i, pre_h = self.split_gx(gx)
         f = _sigmoid_tanh(pre_f)
         i = _sigmoid_tanh(pre_i)
         s = f + i
@@ -432,7 +423,7 @@ class MinLSTM(_MinimalRNN):
         return f, i * cand
 
     def scan_log_coefficients(self, params, xs):
-        pre_f, pre_i, pre_h = _blocks(self.input_projection(params, xs), 3)
+        pre_f, pre_i, pre_h = self.split_gx(self.input_projection(params, xs))
         diff = jax.nn.softplus(-pre_f) - jax.nn.softplus(-pre_i)
         return -jax.nn.softplus(diff), -jax.nn.softplus(-diff) + log_g(pre_h)
 
@@ -571,10 +562,6 @@ class LRU(Cell):
     def gx_blocks(self) -> tuple[int, ...]:
         return (self.n, self.n, self.hidden_size)  # gamma xB: real, imaginary; the skip xD
 
-    def _split(self, gx: Array) -> list[Array]:
-        """``gx`` as its blocks (see :func:`_blocks`: a split, not slices)."""
-        return jnp.split(gx, [self.n, 2 * self.n], axis=-1)
-
     def _readout(self, rp, h_re, h_im, dx):
         c_re, c_im = rp["c_re"].astype(h_re.dtype), rp["c_im"].astype(h_re.dtype)
         return (jnp.matmul(h_re, c_re, preferred_element_type=h_re.dtype)
@@ -582,7 +569,7 @@ class LRU(Cell):
 
     def step_with_residuals(self, rp, carry, gx_t):
         _, h_re, h_im = carry
-        bx_re, bx_im, dx = self._split(gx_t)
+        bx_re, bx_im, dx = self.split_gx(gx_t)
         lam_re, lam_im = (x.astype(h_re.dtype) for x in self.eigenvalues(rp))
         new_re = lam_re * h_re - lam_im * h_im + bx_re
         new_im = lam_re * h_im + lam_im * h_re + bx_im
@@ -591,14 +578,14 @@ class LRU(Cell):
 
     # linear-recurrence protocol (complex a, b)
     def scan_coefficients(self, params, xs):
-        bx_re, bx_im, _ = self._split(self.input_projection(params, xs))
+        bx_re, bx_im, _ = self.split_gx(self.input_projection(params, xs))
         lam_re, lam_im = (x.astype(bx_re.dtype) for x in self.eigenvalues(params))
         b = jax.lax.complex(bx_re, bx_im)
         a = jnp.broadcast_to(jax.lax.complex(lam_re, lam_im), b.shape)
         return a, b
 
     def scan_output(self, params, hs, xs):
-        dx = self._split(self.input_projection(params, xs))[2]
+        dx = self.split_gx(self.input_projection(params, xs))[2]
         return self._readout(params, jnp.real(hs), jnp.imag(hs), dx)
 
     def carry_state(self, carry):

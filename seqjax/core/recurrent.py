@@ -12,7 +12,6 @@ matmuls over each chunk's ``K*B`` rows.
 from __future__ import annotations
 
 import functools
-import itertools
 from typing import Any
 
 import jax
@@ -180,10 +179,9 @@ def _gate_blocks(cell: Cell, gx: Array):
     """The loop's ``xs`` for ``gx [..., G]``: the tuple of the cell's blocks
     (:meth:`Cell.gx_blocks`) when it asks for them (:attr:`Cell.split_gates_in_loop`), else
     ``(gx,)``."""
-    widths = cell.gx_blocks() if getattr(cell, "split_gates_in_loop", False) else ()
-    if len(widths) < 2:
+    if not getattr(cell, "split_gates_in_loop", False) or len(cell.gx_blocks()) < 2:
         return (gx,)
-    return tuple(jnp.split(gx, list(itertools.accumulate(widths[:-1])), axis=-1))
+    return tuple(cell.split_gx(gx))
 
 
 def _gate_join(blocks) -> Array:
