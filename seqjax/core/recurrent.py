@@ -303,48 +303,33 @@ def _scan_bwd(cell, unroll, chunk, saved, cts):
 _scan.defvjp(_scan_fwd, _scan_bwd)
 
 
-def _scan_autodiff(cell: Cell, unroll: int, rp, gx, carry0, lengths, remat: bool):
-    """The same loop differentiated by JAX (``remat=True``: only carries are kept)."""
+def _scan_autodiff(cell: Cell, unroll: int, rp, gx, carry0, lengths, remat: bool,
+                   states: bool = False):
+    """The same loop differentiated by JAX (``remat=True``: only carries are kept).
+
+    Returns ``(hs, carry)``; with ``states=True`` ``(hs, carry, states, residuals)``, every
+    step's carry and residuals too. Everything per step is time-major ``[T, B, ...]`` and zero
+    past each length."""
     fwd = functools.partial(cell.step_with_residuals, rp)
 
     def step(carry, gx_t):
-        return fwd(carry, gx_t)[0]
+        out = fwd(carry, gx_t)
+        return out if states else out[0]
 
     if remat:
         step = jax.checkpoint(step)
 
     def body(carry, inp):
         t, gx_t = inp
-        new = step(carry, _gate_join(gx_t))
+        out = step(carry, _gate_join(gx_t))
+        new, res = out if states else (out, None)
         if lengths is not None:
             new = _where_tree(t < lengths, new, carry)
-        return new, cell.carry_hidden(new)
+        return new, ((new, res) if states else cell.carry_hidden(new))
 
     steps = gx.shape[0]
     xs = (jnp.arange(steps), _gate_blocks(cell, gx))
-    carry, hs = jax.lax.scan(body, carry0, xs, unroll=unroll)
-    if lengths is not None:
-        hs = jnp.where((jnp.arange(steps)[:, None] < lengths)[..., None], hs, 0.0)
-    return hs, carry
-
-
-def _scan_states(cell: Cell, unroll: int, rp, gx, carry0, lengths, remat: bool):
-    """:func:`_scan_autodiff` that also returns every step's carry and residuals, time-major
-    ``[T, B, ...]`` and zero past each length: ``(hs, carry, states, residuals)``."""
-    step = functools.partial(cell.step_with_residuals, rp)
-    if remat:
-        step = jax.checkpoint(step)
-
-    def body(carry, inp):
-        t, gx_t = inp
-        new, res = step(carry, _gate_join(gx_t))
-        if lengths is not None:
-            new = _where_tree(t < lengths, new, carry)
-        return new, (new, res)
-
-    steps = gx.shape[0]
-    xs = (jnp.arange(steps), _gate_blocks(cell, gx))
-    carry, (states, res) = jax.lax.scan(body, carry0, xs, unroll=unroll)
+    carry, ys = jax.lax.scan(body, carry0, xs, unroll=unroll)
     if lengths is not None:
         valid = jnp.arange(steps)[:, None] < lengths[None, :]  # [T, B]
 
@@ -352,8 +337,11 @@ def _scan_states(cell: Cell, unroll: int, rp, gx, carry0, lengths, remat: bool):
             return jnp.where(valid.reshape(valid.shape + (1,) * (x.ndim - 2)), x,
                              jnp.zeros((), x.dtype))
 
-        states, res = jax.tree.map(mask, states), jax.tree.map(mask, res)
-    return jax.vmap(cell.carry_hidden)(states), carry, states, res
+        ys = jax.tree.map(mask, ys)
+    if not states:
+        return ys, carry
+    all_states, res = ys
+    return jax.vmap(cell.carry_hidden)(all_states), carry, all_states, res
 
 
 # ------------------------------------------------------------------------------------------
@@ -530,7 +518,8 @@ def _run_with_states(cell, params, xs_tm, carry0, lengths, unroll, remat, revers
     already reversed and with its padding zeroed)."""
     gx = cell.project(params, xs_tm)
     rp = cell.recurrent_params(params)
-    hs, carry, states, res = _scan_states(cell, unroll, rp, gx, carry0, lengths, remat)
+    hs, carry, states, res = _scan_autodiff(cell, unroll, rp, gx, carry0, lengths, remat,
+                                            states=True)
 
     def layout(x):
         if reverse:
