@@ -33,6 +33,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from seqjax.core.backend import BACKENDS
 from seqjax.core.cells import Cell, cell_accepts, cell_kinds, glorot_uniform, make_cell
 from seqjax.core.layers import dropout, init_stack, stacked
 from seqjax.core.recurrent import length_mask, rnn
@@ -41,9 +42,6 @@ from seqjax.core.tcn import TCN
 Array = jax.Array
 
 __all__ = ["Encoder", "model_archs", "check_arch", "rms_norm"]
-
-_BACKENDS = ("auto", "scan", "pallas", "parallel")
-
 
 def model_archs() -> tuple[str, ...]:
     """Every architecture a model can be built with: ``"tcn"`` and the registered cell kinds
@@ -61,8 +59,8 @@ def check_arch(arch: Any, owner: str, name: str = "arch") -> None:
 def check_backend(backend: Any, owner: str) -> None:
     """Raise ``ValueError`` naming ``owner.backend`` unless it is a backend :func:`seqjax.rnn`
     knows."""
-    if backend not in _BACKENDS:
-        raise ValueError(f"{owner}.backend={backend!r} must be one of {_BACKENDS}")
+    if backend not in BACKENDS:
+        raise ValueError(f"{owner}.backend={backend!r} must be one of {BACKENDS}")
 
 
 def check_cell_options(options: Any, arch: str, owner: str) -> tuple:
