@@ -4,8 +4,8 @@ Forward+backward (``jax.grad`` of the summed outputs, params and inputs) of one 
 D=H=128, float32, at T = 128, 512, 1024, 4096, for:
 
 * ``mingru parallel``: ``rnn(MinGRU, backend="parallel")`` (:func:`jax.lax.associative_scan`);
-* ``mingru hoisted seq``: the same hoisted coefficients, combined step by step with
-  :func:`seqjax.core.linear.sequential_linear_scan` (a ``lax.scan`` with a hand-written VJP);
+* ``mingru hoisted seq``: ``backend="sequential"``, the same coefficients combined step by
+  step with :func:`seqjax.core.linear.sequential_linear_scan` (hand-written VJP);
 * ``mingru parallel log``: the same with the paper's log-space scan (``parallel_mode="log"``);
 * ``mingru scan``: ``rnn(MinGRU, backend="scan")``, the sequential ``lax.scan``;
 * ``lstm scan``: ``rnn(LSTM, backend="scan")`` of the same width (hand-written VJP).
@@ -32,11 +32,11 @@ import jax.numpy as jnp
 import numpy as np
 
 import seqjax
-from seqjax.core.linear import MinGRU, linear_recurrence, sequential_linear_scan
+from seqjax.core.linear import MinGRU
 
 CONTENDERS = {
     "mingru parallel": (lambda d, h: MinGRU(d, h), "parallel"),
-    "mingru hoisted seq": (lambda d, h: MinGRU(d, h), "hoisted"),
+    "mingru hoisted seq": (lambda d, h: MinGRU(d, h), "sequential"),
     "mingru parallel log": (lambda d, h: MinGRU(d, h, parallel_mode="log"), "parallel"),
     "mingru scan": (lambda d, h: MinGRU(d, h), "scan"),
     "lstm scan": (lambda d, h: seqjax.LSTM(d, h), "scan"),
@@ -44,19 +44,8 @@ CONTENDERS = {
 REFERENCE = "lstm scan"
 
 
-def hoisted(cell, params, xs):
-    """The linear-recurrence path of the parallel backend with the step-by-step
-    :func:`sequential_linear_scan` in place of the associative scan (``[B, T, D]`` inputs)."""
-    xs_tm = jnp.swapaxes(xs, 0, 1)
-    carry0 = cell.initial_carry(xs.shape[0])
-    hs, _ = linear_recurrence(cell, params, xs_tm, carry0, None, scan=sequential_linear_scan)
-    return jnp.swapaxes(hs, 0, 1)
-
-
 def fwd_bwd_fn(cell, backend):
     def run(p, x):
-        if backend == "hoisted":
-            return hoisted(cell, p, x)
         return seqjax.rnn(cell, p, x, backend=backend)[0]
 
     @jax.jit

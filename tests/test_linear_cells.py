@@ -121,12 +121,13 @@ def _outputs_and_grads(cell, backend, lengths, reverse):
     return run
 
 
-def _check_parallel(kind, lengths, reverse, **kw):
+def _check_parallel(kind, lengths, reverse, backend="parallel", **kw):
+    """``backend`` (``"parallel"`` or ``"sequential"``) against the scan of the cell's step."""
     cell, params, xs = _setup(kind, **kw)
     carry0 = jax.tree.map(lambda c: 0.3 * jax.random.normal(jax.random.key(9), c.shape),
                           cell.initial_carry(B))
     out_s, g_s = _outputs_and_grads(cell, "scan", lengths, reverse)(params, xs, carry0)
-    out_p, g_p = _outputs_and_grads(cell, "parallel", lengths, reverse)(params, xs, carry0)
+    out_p, g_p = _outputs_and_grads(cell, backend, lengths, reverse)(params, xs, carry0)
     for a, b in zip(jax.tree.leaves(out_s), jax.tree.leaves(out_p)):
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
     for a, b in zip(jax.tree.leaves(g_s), jax.tree.leaves(g_p)):
@@ -149,6 +150,15 @@ def test_parallel_matches_sequential(kind, mode, reverse):
 @pytest.mark.parametrize("kind", KINDS)
 def test_parallel_matches_sequential_without_lengths(kind):
     _check_parallel(kind, None, False)
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["fw", "rev"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_sequential_backend_matches_scan(kind, reverse):
+    """``backend="sequential"`` (hoisted coefficients, step-by-step linear scan with its own
+    VJP): values and gradients equal the scan's, with lengths (one zero), reverse, a carry."""
+    ys, _ = _check_parallel(kind, LENGTHS, reverse, backend="sequential")
+    assert not np.any(np.asarray(ys)[1]) and not np.any(np.asarray(ys)[2, 4:])
 
 
 @pytest.fixture
@@ -235,7 +245,12 @@ def test_registry_make_cell_and_stacking():
 def test_jit_and_auto_backend():
     cell, params, xs = _setup("minlstm")
     choice = resolve_backend(cell, "auto", dtype=jnp.float32, batch=B, steps=T, platform="cpu")
-    assert choice.name in ("parallel", "scan") and choice.reason.startswith("auto")
+    assert choice.name == "sequential" and choice.reason.startswith("auto")
+    lru = _setup("lru")[0]  # measured slower hoisted: auto keeps the LRU on the scan
+    assert resolve_backend(lru, "auto", dtype=jnp.float32, batch=B, steps=T,
+                           platform="cpu").name == "scan"
+    assert resolve_backend(cell, "auto", dtype=jnp.float32, batch=B, steps=T,
+                           platform="gpu").name == "scan"  # not measured there
     f = jax.jit(lambda p, x, n: seqjax.rnn(cell, p, x, seq_lengths=n)[0])
     np.testing.assert_allclose(f(params, xs, LENGTHS),
                                seqjax.rnn(cell, params, xs, seq_lengths=LENGTHS,
@@ -245,8 +260,9 @@ def test_jit_and_auto_backend():
 def test_bad_inputs():
     lstm = seqjax.LSTM(D, H)
     xs = jnp.zeros((B, T, D))
-    with pytest.raises(ValueError, match="backend='parallel'.*LSTM"):
-        seqjax.rnn(lstm, lstm.init(jax.random.key(0)), xs, backend="parallel")
+    for backend in ("parallel", "sequential"):
+        with pytest.raises(ValueError, match=f"backend='{backend}'.*LSTM"):
+            seqjax.rnn(lstm, lstm.init(jax.random.key(0)), xs, backend=backend)
     with pytest.raises(ValueError, match="backend="):
         seqjax.rnn(MinGRU(D, H), MinGRU(D, H).init(jax.random.key(0)), xs, backend="assoc")
     with pytest.raises(ValueError, match="parallel_mode"):

@@ -25,13 +25,19 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-__all__ = ["BACKENDS", "MEASURED_FASTER", "PARALLEL_AUTO_PLATFORMS", "BackendChoice",
-           "Measurement", "explain_backend", "resolve_backend"]
+__all__ = ["BACKENDS", "LINEAR_BACKENDS", "MEASURED_FASTER", "PARALLEL_AUTO_PLATFORMS",
+           "SEQUENTIAL_AUTO_PLATFORMS", "BackendChoice", "Measurement", "explain_backend",
+           "resolve_backend"]
 
 #: The backend names :func:`resolve_backend` and :func:`seqjax.rnn` accept. ``"parallel"``
 #: serves only cells linear in their state (``linear_recurrence = True``,
 #: :mod:`seqjax.core.linear`): all time steps at once with :func:`jax.lax.associative_scan`.
-BACKENDS = ("auto", "scan", "pallas", "parallel")
+BACKENDS = ("auto", "scan", "pallas", "parallel", "sequential")
+#: The backends that serve only cells linear in their state. ``"sequential"``: the parallel
+#: backend's coefficients of all steps at once, combined step by step
+#: (:func:`seqjax.core.linear.sequential_linear_scan`, a hand-written VJP) rather than by the
+#: associative scan.
+LINEAR_BACKENDS = ("parallel", "sequential")
 
 #: Platforms where ``"auto"`` runs a linear-recurrence cell with the parallel scan rather than
 #: the sequential one, from ``benchmarks/parallel_scan.py`` (see :func:`resolve_backend`).
@@ -41,6 +47,12 @@ BACKENDS = ("auto", "scan", "pallas", "parallel")
 #: O(log T) depth buys nothing and its extra passes over memory cost as much as the loop
 #: overhead it saves. No GPU/TPU measurement yet; add ``"gpu"``/``"tpu"`` here only from one.
 PARALLEL_AUTO_PLATFORMS: tuple[str, ...] = ()
+#: Platforms where ``"auto"`` runs a linear-recurrence cell that sets ``sequential_on_auto``
+#: (minGRU, minLSTM) with the ``"sequential"`` backend rather than the scan of its step: on a
+#: 2-core CPU (2026-11-30, JAX 0.10.2, f32 fwd+bwd, one loaded core) 0.85-1.0x the scan's time
+#: for minGRU and 0.69-0.88x for minLSTM at the Table 1 shapes (T=600-1024, B=16-32, D=2-87,
+#: H=44-128); the LRU, 1.44-1.84x, does not set it (``benchmarks/README.md``, issue #21).
+SEQUENTIAL_AUTO_PLATFORMS: tuple[str, ...] = ("cpu",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,9 +112,11 @@ def resolve_backend(
 
     Args:
       cell: the cell to run.
-      backend: ``"auto"``, ``"scan"``, ``"pallas"`` or ``"parallel"`` (linear-recurrence
-        cells only: a ``ValueError`` naming the cell otherwise). ``"auto"`` picks
-        ``"parallel"`` for such cells on :data:`PARALLEL_AUTO_PLATFORMS`.
+      backend: ``"auto"``, ``"scan"``, ``"pallas"``, ``"parallel"`` or ``"sequential"``
+        (these two for linear-recurrence cells only: a ``ValueError`` naming the cell
+        otherwise). ``"auto"`` picks ``"parallel"`` for such cells on
+        :data:`PARALLEL_AUTO_PLATFORMS`, else ``"sequential"`` for those that set
+        ``sequential_on_auto`` on :data:`SEQUENTIAL_AUTO_PLATFORMS`.
       dtype: the input dtype.
       batch, steps: the batch size and sequence length.
       platform: ``jax.default_backend()`` unless given (tests pass it). With ``"pallas"`` the
@@ -119,18 +133,24 @@ def resolve_backend(
     if backend == "scan":
         return BackendChoice("scan", platform, "requested")
     linear = bool(getattr(cell, "linear_recurrence", False))
-    if backend == "parallel":
+    if backend in LINEAR_BACKENDS:
         if not linear:
             raise ValueError(
-                f"backend='parallel' needs a cell whose recurrence is linear in its state "
+                f"backend={backend!r} needs a cell whose recurrence is linear in its state "
                 f"(linear_recurrence = True: MinGRU, MinLSTM, LRU); {type(cell).__name__} is "
                 "not; use backend='scan' or 'auto'")
-        return BackendChoice("parallel", platform, "requested")
+        return BackendChoice(backend, platform, "requested")
     if backend == "auto" and linear and platform in PARALLEL_AUTO_PLATFORMS:
         return BackendChoice("parallel", platform,
                              f"auto: the parallel scan of a linear recurrence was measured "
                              f"faster than the sequential scan on {platform} "
                              "(benchmarks/parallel_scan.py)")
+    if (backend == "auto" and linear and platform in SEQUENTIAL_AUTO_PLATFORMS
+            and getattr(cell, "sequential_on_auto", False)):
+        return BackendChoice("sequential", platform,
+                             f"auto: the hoisted sequential scan of {type(cell).__name__} was "
+                             f"measured faster than the scan of its step on {platform} "
+                             "(benchmarks/README.md)")
     import seqjax.kernels as kernels  # local import: the kernels package imports Pallas
 
     why_not = kernels.unsupported_reason(cell.kernel, hidden_size=cell.hidden_size, dtype=dtype,

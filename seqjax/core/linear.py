@@ -19,7 +19,10 @@ uses to run all time steps at once with :func:`jax.lax.associative_scan`:
 * ``carry_state(carry) -> h [B, N]`` and ``state_carry(h [B, N], y [B, H]) -> carry``: the scan
   state inside a carry, and the carry made from the last state and the last output;
 * optionally ``scan_log_coefficients(params, xs) -> (log a, log b)`` for the paper's log-space
-  scan (``parallel_mode="log"`` on the minimal RNNs).
+  scan (``parallel_mode="log"`` on the minimal RNNs);
+* optionally ``sequential_on_auto = True``: ``backend="auto"`` runs the cell with the
+  ``"sequential"`` backend (the coefficients of all steps at once, combined by
+  :func:`sequential_linear_scan`) on :data:`seqjax.core.backend.SEQUENTIAL_AUTO_PLATFORMS`.
 
 :func:`linear_recurrence` runs that protocol (the parallel backend and, with a kernel, the
 ``"pallas"`` backend); :func:`associative_linear_scan` is the scan itself,
@@ -288,6 +291,9 @@ class _MinimalRNN(Cell):
     linear_recurrence = True
     kernel = "linear_scan"
     split_gates_in_loop = True  # forward 0.6-0.7x the time on XLA:CPU (see Cell)
+    #: ``auto`` takes the hoisted sequential scan on CPU: fwd+bwd 0.69-1.0x the scan's time
+    #: (the LRU's complex coefficients make it slower there; ``benchmarks/README.md``, #21)
+    sequential_on_auto = True
 
     def _validate(self):
         _check_positive(self, "input_size", "hidden_size")

@@ -413,8 +413,10 @@ def rnn(
         inputs (PyTorch's reverse direction over packed sequences).
       backend: ``"scan"`` (reference), ``"pallas"`` (fused kernels), ``"parallel"`` (cells
         linear in their state, :mod:`seqjax.core.linear`: all steps at once with
-        :func:`jax.lax.associative_scan`; ``unroll`` and ``remat`` do not apply) or ``"auto"``;
-        see :func:`seqjax.core.backend.resolve_backend`.
+        :func:`jax.lax.associative_scan`; ``unroll`` and ``remat`` do not apply),
+        ``"sequential"`` (the same cells: the parallel backend's coefficients of all steps at
+        once, combined step by step) or ``"auto"``; see
+        :func:`seqjax.core.backend.resolve_backend`.
       unroll: time steps per scan iteration.
       remat: recompute each step in the backward pass instead of storing its activations
         (memory ``O(T B H)`` carries only, at the cost of a second forward).
@@ -485,10 +487,11 @@ def _time_major_inputs(xs, lengths, reverse: bool, time_major: bool) -> Array:
 def _run_loop(cell, backend: str, params, xs_tm, carry0, lengths, unroll: int, remat: bool):
     """The time loop of the resolved ``backend``: ``xs_tm [T, B, D] -> (hs [T, B, H], carry)``."""
     steps = xs_tm.shape[0]
-    if backend in ("parallel", "pallas") and getattr(cell, "linear_recurrence", False):
-        from seqjax.core.linear import linear_recurrence  # the linear cells' module
+    if backend in ("parallel", "sequential", "pallas") and getattr(cell, "linear_recurrence",
+                                                                   False):
+        from seqjax.core.linear import linear_recurrence, sequential_linear_scan
 
-        scan = None
+        scan = sequential_linear_scan if backend == "sequential" else None
         if backend == "pallas":
             from seqjax.kernels import run_linear_scan  # lazily: kernels are optional on CPU
 
