@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from seqjax.core.backend import BACKENDS, _warn_once, resolve_backend
+from seqjax.core.backend import BACKENDS, LINEAR_BACKENDS, _warn_once, resolve_backend
 from seqjax.core.cells import Cell, check_carry, shape_of, state_dtype
 
 Array = jax.Array
@@ -487,8 +487,8 @@ def _time_major_inputs(xs, lengths, reverse: bool, time_major: bool) -> Array:
 def _run_loop(cell, backend: str, params, xs_tm, carry0, lengths, unroll: int, remat: bool):
     """The time loop of the resolved ``backend``: ``xs_tm [T, B, D] -> (hs [T, B, H], carry)``."""
     steps = xs_tm.shape[0]
-    if backend in ("parallel", "sequential", "pallas") and getattr(cell, "linear_recurrence",
-                                                                   False):
+    linear_backend = backend in LINEAR_BACKENDS or backend == "pallas"
+    if linear_backend and getattr(cell, "linear_recurrence", False):
         from seqjax.core.linear import linear_recurrence, sequential_linear_scan
 
         scan = sequential_linear_scan if backend == "sequential" else None
