@@ -87,16 +87,6 @@ def log_g(x: Array) -> Array:
     return jnp.where(x >= 0, jnp.log(jax.nn.relu(x) + 0.5), -jax.nn.softplus(-x))
 
 
-def _project_2d(xs: Array, w: Array, b: Array) -> Array:
-    """:func:`seqjax.core.cells._project` as one 2-D matmul ``[prod(...), D] @ [D, G]``: its
-    transpose (``dW``) is then one plain matmul too (XLA:CPU ran the ``...d,dg`` einsum's
-    backward at about half this speed, T=1024 B=16 D=128 G=256)."""
-    if xs.ndim <= 2:
-        return _project(xs, w, b)
-    out = _project(xs.reshape(-1, xs.shape[-1]), w, b)
-    return out.reshape(xs.shape[:-1] + out.shape[-1:])
-
-
 def is_linear(cell: Any) -> bool:
     """Whether ``cell`` implements the linear-recurrence protocol."""
     return bool(getattr(cell, "linear_recurrence", False))
@@ -317,7 +307,7 @@ class _MinimalRNN(Cell):
                 "b": jnp.zeros((g_,), dtype)}
 
     def input_projection(self, params: Params, xs: Array) -> Array:
-        return _project_2d(xs, params["w_x"], params["b"])
+        return _project(xs, params["w_x"], params["b"])
 
     def recurrent_params(self, params: Params) -> Params:
         return {}
@@ -555,11 +545,11 @@ class LRU(Cell):
         gamma = jnp.exp(params["gamma_log"].astype(acc))
         w = jnp.concatenate([params["b_re"].astype(acc) * gamma,
                              params["b_im"].astype(acc) * gamma], axis=1)
-        bx = jnp.einsum("...d,dn->...n", xs, w.astype(xs.dtype), preferred_element_type=acc)
+        bx = _project(xs, w.astype(xs.dtype)).astype(acc)
         if self.diagonal_skip:
             dx = xs.astype(acc) * params["d"].astype(acc)
         else:
-            dx = jnp.einsum("...d,dh->...h", xs, params["d"], preferred_element_type=acc)
+            dx = _project(xs, params["d"]).astype(acc)
         return jnp.concatenate([bx, dx], axis=-1)
 
     def recurrent_params(self, params: Params) -> Params:
