@@ -52,7 +52,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from seqjax.core.cells import Cell, glorot_uniform, orthogonal, state_dtype
+from seqjax.core.cells import Cell, _project, glorot_uniform, orthogonal, state_dtype
 from seqjax.core.recurrent import rnn
 from seqjax.core.tcn import _temporal_block
 from seqjax.models.sequence import SequenceModel, check_token_ids, embed_tokens
@@ -114,9 +114,7 @@ class LinearRNN(Cell):
                 "b": jnp.zeros((h,), dtype)}
 
     def input_projection(self, params: dict, xs: Array) -> Array:
-        acc = state_dtype(jnp.promote_types(xs.dtype, params["w_x"].dtype))
-        gx = jnp.einsum("...d,dh->...h", xs, params["w_x"], preferred_element_type=acc)
-        return gx + params["b"].astype(acc)
+        return _project(xs, params["w_x"], params["b"])
 
     def step_with_residuals(self, rp, h, gx_t):
         h_new = gx_t + jnp.dot(h, rp["w_h"].astype(h.dtype))
