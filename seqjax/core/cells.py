@@ -109,7 +109,7 @@ def _project(xs: Array, w_x: Array, b: Array | None = None) -> Array:
     """``xs [..., D] @ w_x [D, G] + b [G]``, accumulated and returned in the state dtype.
 
     One 2-D matmul ``[prod(...), D] @ [D, G]``, so that JAX's transpose of it (``dW_x``, ``dxs``)
-    is two plain matmuls: differentiating the ``...d,dg`` einsum instead ran 2-2.5x slower on
+    is two plain matmuls: differentiating the ``...d,dg`` einsum instead ran 1.7-2.7x slower on
     XLA:CPU (jaxlib 0.10.2). With ``D <= SMALL_PROJECTION_D`` (the adding problem's 2 features,
     pixel MNIST's 1) the forward is ``D`` broadcast multiply-adds that XLA fuses into the gates
     that consume it, the derivatives still matmuls (:func:`_small_d_matmul`): fwd+bwd 0.80-0.95x
