@@ -150,7 +150,8 @@ def associative_linear_scan(a: Array, b: Array, h0: Array | None = None) -> Arra
 def _sequential_scan(a: Array, b: Array, h0: Array) -> Array:
     # The states are written over a copy of ``b`` (read from ``b`` itself, never from the
     # carried buffer, which would make XLA copy it every step): no zero-filled output buffer,
-    # 0.88x the time of a ``lax.scan`` with stacked outputs (issue #21, benchmarks/README.md).
+    # 0.88x the time of a ``lax.scan`` with stacked outputs (issue #21: a minGRU layer, T=1024
+    # B=16 D=2 H=128 fwd+bwd, 38.4 against 43.9 ms on a quiet core).
     def body(t, carry):
         h, hs = carry
         h = a[t] * h + b[t]
@@ -183,7 +184,7 @@ _sequential_scan.defvjp(_sequential_scan_fwd, _sequential_scan_bwd)
 
 
 def sequential_linear_scan(a: Array, b: Array, h0: Array | None = None) -> Array:
-    r""":func:`associative_linear_scan` computed step by step (:func:`jax.lax.scan`) with a
+    r""":func:`associative_linear_scan` computed step by step (:func:`jax.lax.fori_loop`) with a
     hand-written VJP (the backward is the reverse scan :math:`g_t = \bar h_t + a_{t+1} g_{t+1}`,
     :math:`\bar a_t = g_t h_{t-1}`, :math:`\bar b_t = g_t`). ``T`` steps of ``O(B N)`` work
     each: on a CPU with few cores faster than the ``O(log T)``-depth associative scan (see
