@@ -218,7 +218,7 @@ def test_train_step_grad_hook_joins_metrics():
                 TrainState.create(params, optimizer, 0), full_batch(0))
 
 def test_every_optimizer_trains():
-    for name in ("adam", "adamw", "rmsprop", "sgd"):
+    for name in ("adam", "adamw", "rmsprop", "rmsprop-torch", "sgd"):
         optimizer = make_optimizer(name, 0.01, clip_norm=1.0, weight_decay=1e-3)
         state = TrainState.create(init_params(), optimizer, 0)
         step_fn = make_train_step(mse_loss, optimizer)  # donates: needs distinct buffers
@@ -226,6 +226,36 @@ def test_every_optimizer_trains():
             state, metrics = step_fn(state, full_batch(i))
         assert np.isfinite(float(metrics["loss"]))
         assert np_loss(state.params) < np_loss(init_params()), name
+
+
+@pytest.mark.parametrize("momentum", [None, 0.9])
+def test_rmsprop_torch_matches_pytorch(momentum):
+    """``"rmsprop-torch"`` against ``torch.optim.RMSprop`` itself, on gradients of mixed scale
+    (1e-7 to 1): where optax's ``rmsprop`` (eps inside the square root, decay 0.9) differs."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    scale = np.array([1e-7, 1e-5, 1e-3, 1.0])
+    grads = [rng.standard_normal(4) * scale for _ in range(12)]
+    w0 = rng.standard_normal(4)
+    p = torch.nn.Parameter(torch.tensor(w0, dtype=torch.float64))
+    opt = torch.optim.RMSprop([p], lr=5e-4, momentum=momentum or 0.0)
+    for g in grads:
+        p.grad = torch.tensor(g)
+        opt.step()
+
+    def run(optimizer):
+        w = jnp.asarray(w0, jnp.float64) if jax.config.jax_enable_x64 else jnp.asarray(w0)
+        state = optimizer.init(w)
+        for g in grads:
+            u, state = optimizer.update(jnp.asarray(g, w.dtype), state, w)
+            w = w + u
+        return np.asarray(w, np.float64) - w0
+
+    want = p.detach().numpy() - w0  # the displacement: float32 cannot hold w0 + 1e-9 steps
+    got = run(make_optimizer("rmsprop-torch", 5e-4, momentum=momentum))
+    np.testing.assert_allclose(got, want, rtol=2e-3, atol=1e-9)
+    optax_default = run(make_optimizer("rmsprop", 5e-4, momentum=momentum))
+    assert np.max(np.abs(optax_default[:2] - want[:2])) > 0.5 * np.max(np.abs(want[:2]))
 
 
 def test_schedules():

@@ -27,6 +27,7 @@ from seqjax.train.optim import (
     learning_rate_of,
     make_optimizer,
     make_schedule,
+    rmsprop_torch,
 )
 from seqjax.train.parallel import (
     host_local_batch_to_global,
@@ -80,6 +81,7 @@ __all__ = [
     "make_eval_fn",
     "make_optimizer",
     "make_schedule",
+    "rmsprop_torch",
     "evaluate_stream",
     "make_classifier_step",
     "make_task_evaluator",

@@ -9,7 +9,7 @@
     g &\\leftarrow g + \\lambda \\theta
         && \\text{(L2 weight decay; adamw decays inside the optimiser instead)} \\\\
     u &= \\mathrm{opt}(g; \\eta_t)
-        && \\text{(adam, adamw, rmsprop or sgd with the scheduled rate } \\eta_t) \\\\
+        && \\text{(adam, adamw, an rmsprop or sgd with the scheduled rate } \\eta_t) \\\\
     u &\\leftarrow s \\cdot u
         && \\text{(reduce-on-plateau scale } s \\text{, fed the loss as } value=)
 
@@ -40,12 +40,35 @@ __all__ = [
     "learning_rate_of",
     "make_optimizer",
     "make_schedule",
+    "rmsprop_torch",
 ]
+
+
+def rmsprop_torch(learning_rate: Any, alpha: float = 0.99, eps: float = 1e-8,
+                  momentum: float | None = None, centered: bool = False,
+                  ) -> optax.GradientTransformation:
+    r"""PyTorch's ``torch.optim.RMSprop`` (its defaults) as an optax transformation.
+
+    .. math::
+        v_t = \alpha v_{t-1} + (1 - \alpha) g_t^2, \qquad
+        u_t = -\eta\, g_t / (\sqrt{v_t} + \epsilon)
+
+    (``momentum``: ``b_t = \mu b_{t-1} + g_t / (\sqrt{v_t} + \epsilon)``, ``u_t = -\eta b_t``).
+    :func:`optax.rmsprop`'s defaults differ in two ways that matter for reproducing the papers
+    run with PyTorch (locuslab/TCN's copy memory and pixel MNIST scripts): its decay is 0.9, not
+    0.99, and its ``eps`` sits *inside* the square root, so a gradient component much smaller
+    than ``sqrt(eps) = 1e-4`` gets a step ``eta g / 1e-4`` instead of about ``eta``: a small
+    model near a plateau (the copy task's TCN at the trivial baseline) then barely moves.
+    """
+    return optax.rmsprop(learning_rate, decay=alpha, eps=eps, eps_in_sqrt=False,
+                         centered=centered, momentum=momentum)
+
 
 OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {
     "adam": optax.adam,
     "adamw": optax.adamw,
     "rmsprop": optax.rmsprop,
+    "rmsprop-torch": rmsprop_torch,
     "sgd": optax.sgd,
 }
 """Optimiser names accepted by :func:`make_optimizer` and their optax constructors."""
@@ -150,13 +173,14 @@ def make_optimizer(
     """Builds ``clip -> weight decay -> optimiser(schedule) -> reduce-on-plateau``.
 
     Args:
-      name: one of ``"adam"``, ``"adamw"``, ``"rmsprop"``, ``"sgd"``.
+      name: one of ``"adam"``, ``"adamw"``, ``"rmsprop"`` (optax's), ``"rmsprop-torch"``
+        (PyTorch's: :func:`rmsprop_torch`), ``"sgd"``.
       learning_rate: the base (peak) learning rate.
       clip_norm: if set, ``optax.clip_by_global_norm(clip_norm)`` is the first stage: the raw
         gradient ``g`` becomes ``g * min(1, clip_norm / ||g||)``.
       clip_value: if set, every gradient component is clipped to ``[-clip_value, clip_value]``
         (``optax.clip``, after ``clip_norm``; the NTM and DNC papers clip to ``[-10, 10]``).
-      momentum: momentum of ``"sgd"`` and ``"rmsprop"`` (``None``: none).
+      momentum: momentum of ``"sgd"`` and the RMSprops (``None``: none).
       weight_decay: ``"adamw"``: decoupled decay passed to ``optax.adamw`` (0 makes it adam);
         other optimisers: L2 decay ``g + weight_decay * params`` added after clipping, as
         PyTorch's ``weight_decay`` does.
@@ -188,8 +212,9 @@ def make_optimizer(
     if weight_decay < 0:
         raise ValueError(f"{weight_decay=} must be >= 0")
     if momentum is not None:
-        if name not in ("sgd", "rmsprop"):
-            raise ValueError(f"momentum={momentum} applies to 'sgd' and 'rmsprop', not {name!r}")
+        if name not in ("sgd", "rmsprop", "rmsprop-torch"):
+            raise ValueError(f"momentum={momentum} applies to 'sgd' and the RMSprops, not "
+                             f"{name!r}")
         optimizer_kwargs["momentum"] = momentum
     if name == "adamw":
         optimizer_kwargs["weight_decay"] = weight_decay
