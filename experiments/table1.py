@@ -12,8 +12,9 @@ whose run was cut (the session ended, kill -9) is continued with ``--resume`` fr
 checkpoint, to the same numbers as an uninterrupted run. A finished row's ``results.json``,
 ``run.json`` (provenance: commit, packages, device), ``table.md`` and ``curves.png`` are copied
 to ``docs/results/table1/<row>/seed<k>/``, where the renderer and the README read them; a row
-already there is skipped. ``--models`` runs part of a row (its files get the suffix
-``-<models>``, e.g. ``results-tcn.json``); the renderer merges the parts of a seed.
+already there is skipped (``--rerun`` runs it again and replaces it). ``--models`` runs part
+of a row (its files get the suffix ``-<models>``, e.g. ``results-tcn.json``); the renderer
+merges the parts of a seed.
 """
 
 from __future__ import annotations
@@ -126,6 +127,9 @@ def main(argv=None) -> None:
     run.add_argument("--preset", default="paper", choices=("paper", "tuned"),
                      help="tuned: the recurrent models with the settings chosen on validation "
                           "(tcn_vs_rnn.py's TUNED_SETTINGS; default: the models they change)")
+    run.add_argument("--rerun", action="store_true",
+                     help="run the rows and seeds even where docs/results/table1 has them (a "
+                          "changed preset); the new files replace the old when the run ends")
     run.add_argument("--runs", default=str(ROOT / "runs" / "table1"),
                      help="where the run directories (with checkpoints) go")
     sub.add_parser("status", help="which rows and seeds are done")
@@ -158,7 +162,7 @@ def main(argv=None) -> None:
     for seed in seeds:
         for row in rows:
             target, tail = done_dir(row, seed), suffix(models, args.preset)
-            if (target / f"results{tail}.json").exists():
+            if (target / f"results{tail}.json").exists() and not args.rerun:
                 print(f"{row} seed {seed}: done ({target})", flush=True)
                 continue
             run_dir = run_row(row, seed, runs, models, args.preset)
