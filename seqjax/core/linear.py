@@ -550,14 +550,12 @@ class LRU(Cell):
     def input_projection(self, params: Params, xs: Array) -> Array:
         acc = jnp.promote_types(_F32, jnp.promote_types(xs.dtype, params["b_re"].dtype))
         gamma = jnp.exp(params["gamma_log"].astype(acc))
-        w = jnp.concatenate([params["b_re"].astype(acc) * gamma,
-                             params["b_im"].astype(acc) * gamma], axis=1)
-        bx = _project(xs, w.astype(xs.dtype)).astype(acc)
-        if self.diagonal_skip:
-            dx = xs.astype(acc) * params["d"].astype(acc)
-        else:
-            dx = _project(xs, params["d"]).astype(acc)
-        return jnp.concatenate([bx, dx], axis=-1)
+        blocks = [params["b_re"].astype(acc) * gamma, params["b_im"].astype(acc) * gamma]
+        if not self.diagonal_skip:  # one matmul for gamma xB and the dense skip xD
+            return _project(xs, jnp.concatenate(blocks + [params["d"].astype(acc)], axis=1)
+                            .astype(xs.dtype)).astype(acc)
+        bx = _project(xs, jnp.concatenate(blocks, axis=1).astype(xs.dtype)).astype(acc)
+        return jnp.concatenate([bx, xs.astype(acc) * params["d"].astype(acc)], axis=-1)
 
     def recurrent_params(self, params: Params) -> Params:
         return {k: params[k] for k in ("nu_log", "theta_log", "c_re", "c_im")}
