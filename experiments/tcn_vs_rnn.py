@@ -229,7 +229,8 @@ PAPER: dict[str, Preset] = {
 #: usual Adam lr 1e-3 and clipping at norm 1 (the paper: forget bias 1, lr 2e-3, clip 5).
 #: Copy T=1000: the chrono initialisation for 1,000 steps, the paper's optimiser otherwise
 #: (RMSprop 5e-4, clip 1): a candidate that failed (trivial, like the paper's settings, and no
-#: better on validation; README, Table 1), kept so that its committed run reproduces.
+#: better on validation; README, Table 1), kept so that its committed run can be rerun (that
+#: run used optax's RMSprop, the copy preset's before it took "rmsprop-torch").
 TUNED_SETTINGS: dict[str, tuple] = {
     "adding": (("lstm", "chrono", 600), ("lstm", "lr", 1e-3), ("lstm", "clip", 1.0)),
     "copy": (("lstm", "chrono", 1000),),
