@@ -271,7 +271,8 @@ def test_schedules():
 
 
 def test_bad_optimizer_arguments():
-    with pytest.raises(ValueError, match=r"unknown optimizer 'adagrad'.*adam, adamw, rmsprop, sgd"):
+    with pytest.raises(ValueError, match=r"unknown optimizer 'adagrad'.*adam, adamw, rmsprop, "
+                                         r"rmsprop-torch, sgd"):
         make_optimizer("adagrad")
     with pytest.raises(ValueError, match="unknown schedule 'cosin'"):
         make_optimizer("adam", schedule="cosin")
