@@ -143,7 +143,8 @@ def table1(root: str | Path) -> str:
     """Table 1 of Bai et al. (2018), ours beside the paper's, from ``<root>/<row>/seed*/``.
 
     Each cell is the mean test metric over the seeds run (``± std`` from two seeds on) with the
-    paper's number in brackets; the last columns give the seeds, the steps per model and the
+    paper's number in brackets; the last columns give the seeds, the steps per model (``N of
+    M`` where a step budget cut the preset's protocol of ``M`` steps short, as for PTB) and the
     compute (summed wall time of the four models per seed, and the device of the first seed).
     """
     paper = _paper_rows()
@@ -172,8 +173,12 @@ def table1(root: str | Path) -> str:
         if device.endswith(" cpu cpu"):  # jax names a CPU device "cpu"; say how many cores
             device = f"{prov.get('cpu_count', '?')}-core CPU"
         seeds = ", ".join(str(r["seed"]) for r in runs)
+        steps = f"{runs[0]['steps']:,}"
+        protocol = runs[0].get("preset_steps", runs[0]["steps"])
+        if protocol > runs[0]["steps"]:  # a budget: the steps run out of the protocol's
+            steps += f" of {protocol:,}"
         lines.append(f"| {title} ({metric}) | " + " | ".join(cells)
-                     + f" | {seeds} | {runs[0]['steps']:,} | {minutes:.0f} min, {device} |")
+                     + f" | {seeds} | {steps} | {minutes:.0f} min, {device} |")
     return "\n".join(lines) + "\n"
 
 

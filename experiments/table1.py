@@ -47,13 +47,19 @@ PAPER = {
 
 #: The comparison's arguments per row (beyond ``--seed``): the paper preset, and for the PTB
 #: rows the step budget this machine affords (the renderer reports steps run vs the preset's).
+#: The paper's PTB models took 7.8-11.6 s per step (char, T=400) and 3.5-5.7 s (word, T=80)
+#: on one core that a training run shared (so about half that alone): 500 and 1,000 steps (~1
+#: and ~0.7 of the preset's 100 epochs, counted as the paper does) are ~35-50 min per model,
+#: a row's four models about two hours on two cores; the 100 epochs would take weeks.
 ROWS: dict[str, list[str]] = {
     "adding": ["--task", "adding", "--preset", "paper"],
     "copy": ["--task", "copy", "--preset", "paper"],
     "jsb": ["--task", "jsb", "--preset", "paper"],
     "nottingham": ["--task", "nottingham", "--preset", "paper"],
-    "ptb-char": ["--task", "ptb-char", "--preset", "paper", "--steps", "3000"],
-    "ptb-word": ["--task", "ptb-word", "--preset", "paper", "--steps", "3000"],
+    "ptb-char": ["--task", "ptb-char", "--preset", "paper", "--steps", "500",
+                 "--eval-every", "250"],
+    "ptb-word": ["--task", "ptb-word", "--preset", "paper", "--steps", "1000",
+                 "--eval-every", "250"],
     "digits": ["--task", "digits", "--preset", "paper"],
     "pdigits": ["--task", "pdigits", "--preset", "paper"],
 }

@@ -558,6 +558,8 @@ def main(argv=None) -> dict:
     results = {"task": task.name, "metric": task.metric_name,
                "lower_is_better": task.lower_is_better, "baseline": task.baseline,
                "preset": args.preset, "seq_len": preset.seq_len, "steps": preset.steps,
+               # the preset's own length (its protocol), which --steps may have cut short
+               "preset_steps": preset_for(args.task, args.preset).steps,
                "seed": args.seed, "notes": PAPER_NOTES if args.preset != "quick" else "",
                "overrides": [list(o) for o in preset.overrides],
                "provenance": saved.get("provenance"), "resumed": saved.get("resumed", []),

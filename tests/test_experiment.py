@@ -54,6 +54,8 @@ def test_script_end_to_end_and_resume(tmp_path, capsys):
     saved = json.loads((run_dir / "results.json").read_text())
     assert saved["task"] == "adding" and saved["metric"] == "mse"
     assert saved["lower_is_better"] is True and saved["baseline"] == pytest.approx(1 / 6)
+    # --steps cut the quick preset's 3,000 steps: both are recorded (Table 1's budget rows)
+    assert saved["steps"] == 30 and saved["preset_steps"] == tcn_vs_rnn.QUICK["adding"].steps
     for name in ("tcn", "gru"):
         entry = saved["models"][name]
         assert set(entry) >= {"test_metric", "params", "wall_s", "steps_per_s"}
