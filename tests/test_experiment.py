@@ -153,5 +153,8 @@ def test_tuned_preset_is_the_paper_preset_with_the_chosen_recurrent_settings():
     lstm = tuned.arch("lstm")
     assert (lstm.lr, lstm.clip, lstm.cell_options) == (1e-3, 1.0, (("chrono", 600),))
     assert tuned.arch("tcn") == paper.arch("tcn") and tuned.steps == paper.steps
-    with pytest.raises(ValueError, match="no tuned preset for task 'jsb'"):
-        tcn_vs_rnn.preset_for("jsb", "tuned")
+    jsb, jsb_paper = (tcn_vs_rnn.preset_for("jsb", n) for n in ("tuned", "paper"))
+    assert (jsb.arch("rnn").dropout, jsb.arch("rnn").lr) == (0.5, 3e-4)
+    assert jsb.arch("lstm") == jsb_paper.arch("lstm") and jsb.arch("gru") == jsb_paper.arch("gru")
+    with pytest.raises(ValueError, match="no tuned preset for task 'ptb-char'"):
+        tcn_vs_rnn.preset_for("ptb-char", "tuned")
