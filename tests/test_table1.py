@@ -91,7 +91,6 @@ def test_table1_puts_tuned_and_other_models_beside_the_paper_columns(tmp_path):
     assert table1.suffix("lstm,gru", "tuned") == "-tuned-lstm-gru"
 
 
-
 def test_table1_says_when_a_step_budget_cut_the_protocol_short(tmp_path):
     """The PTB rows run a budget of the paper's 100 epochs: the steps column says how much."""
     folder = tmp_path / "ptb-char" / "seed0"
@@ -105,6 +104,7 @@ def test_table1_says_when_a_step_budget_cut_the_protocol_short(tmp_path):
     assert row.endswith("| 0 | 500 of 48,828 | 50 min, 2-core CPU |")
     argv = table1.row_argv("ptb-char", 0, None)
     assert argv[argv.index("--steps") + 1] == "500"
+
 
 def test_seeds_table_shows_each_seed_and_the_spread(tmp_path):
     def run(seed, lstm, steps=3000):
