@@ -3,24 +3,29 @@
 Forward+backward (``jax.grad`` of the summed outputs, params and inputs) of one layer, B=16,
 D=H=128, float32, at T = 128, 512, 1024, 4096, for:
 
-* ``mingru parallel``: ``rnn(MinGRU, backend="parallel")`` (:func:`jax.lax.associative_scan`);
-* ``mingru hoisted seq``: ``backend="sequential"``, the same coefficients combined step by
-  step with :func:`seqjax.core.linear.sequential_linear_scan` (hand-written VJP);
-* ``mingru parallel log``: the same with the paper's log-space scan (``parallel_mode="log"``);
-* ``mingru scan``: ``rnn(MinGRU, backend="scan")``, the sequential ``lax.scan``;
+* ``mingru parallel``: ``rnn(MinGRU, backend="parallel")``: :func:`jax.lax.associative_scan`,
+  in blocks of ``seqjax.core.backend.TIME_BLOCK`` steps (``--time-block``; each block's
+  coefficients, scan and outputs together, recomputed in the backward pass);
+* ``mingru hoisted seq``: ``backend="sequential"``, the same blocks combined step by step
+  with :func:`seqjax.core.linear.sequential_linear_scan` (hand-written VJP);
+* ``... whole T``: the same two with the whole sequence at once (no blocks: the coefficients
+  of all steps, then one scan over ``T``), what both backends did before the blocks;
+* ``mingru parallel log``: the paper's log-space scan (``parallel_mode="log"``), in blocks;
+* ``mingru scan``: ``rnn(MinGRU, backend="scan")``, the sequential ``lax.scan`` of its step;
 * ``lstm scan``: ``rnn(LSTM, backend="scan")`` of the same width (hand-written VJP).
 
-Contenders run interleaved in one process after a warm-up (compile), with
-``block_until_ready``; the table gives medians and ratios to the LSTM scan. The issue's goal:
-at T=1024 the parallel minGRU fwd+bwd at least 5x faster than the LSTM scan.
+Contenders are compiled ahead (each under its own ``TIME_BLOCK``), then run interleaved in
+one process with ``block_until_ready``; the table gives medians and ratios to the LSTM scan.
+The issue's goal: at T=1024 the parallel minGRU fwd+bwd at least 5x faster than the LSTM scan.
 
-    python benchmarks/parallel_scan.py [--reps 5] [--T 128,512,1024,4096]
-        [--json results/bench_parallel_scan.json]
+    python benchmarks/parallel_scan.py [--reps 5] [--T 128,512,1024,4096] [--D 128]
+        [--time-block 64] [--json results/bench_parallel_scan.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -34,25 +39,43 @@ import numpy as np
 import seqjax
 from seqjax.core.linear import MinGRU
 
+# name: (cell maker, backend, blocked): blocked contenders run under --time-block, the others
+# with the whole sequence at once
 CONTENDERS = {
-    "mingru parallel": (lambda d, h: MinGRU(d, h), "parallel"),
-    "mingru hoisted seq": (lambda d, h: MinGRU(d, h), "sequential"),
-    "mingru parallel log": (lambda d, h: MinGRU(d, h, parallel_mode="log"), "parallel"),
-    "mingru scan": (lambda d, h: MinGRU(d, h), "scan"),
-    "lstm scan": (lambda d, h: seqjax.LSTM(d, h), "scan"),
+    "mingru parallel": (lambda d, h: MinGRU(d, h), "parallel", True),
+    "mingru hoisted seq": (lambda d, h: MinGRU(d, h), "sequential", True),
+    "mingru parallel whole T": (lambda d, h: MinGRU(d, h), "parallel", False),
+    "mingru hoisted seq whole T": (lambda d, h: MinGRU(d, h), "sequential", False),
+    "mingru parallel log": (lambda d, h: MinGRU(d, h, parallel_mode="log"), "parallel", True),
+    "mingru scan": (lambda d, h: MinGRU(d, h), "scan", False),
+    "lstm scan": (lambda d, h: seqjax.LSTM(d, h), "scan", False),
 }
 REFERENCE = "lstm scan"
 
 
-def fwd_bwd_fn(cell, backend):
-    def run(p, x):
-        return seqjax.rnn(cell, p, x, backend=backend)[0]
+@contextlib.contextmanager
+def time_block(steps):
+    """``seqjax.core.backend.TIME_BLOCK`` for this platform set to ``steps`` (``None``: off)."""
+    table, platform = seqjax.core.backend.TIME_BLOCK, jax.default_backend()
+    saved = table.get(platform)
+    table.pop(platform, None)
+    if steps is not None:
+        table[platform] = steps
+    try:
+        yield
+    finally:
+        table.pop(platform, None)
+        if saved is not None:
+            table[platform] = saved
 
-    @jax.jit
-    def fwd_bwd(params, xs):
-        return jax.grad(lambda p, x: jnp.sum(run(p, x)), argnums=(0, 1))(params, xs)
 
-    return fwd_bwd
+def fwd_bwd_fn(cell, backend, params, xs, block):
+    """The compiled fwd+bwd of one layer (traced under ``TIME_BLOCK = block``)."""
+    def loss(p, x):
+        return jnp.sum(seqjax.rnn(cell, p, x, backend=backend)[0])
+
+    with time_block(block):
+        return jax.jit(jax.grad(loss, argnums=(0, 1))).lower(params, xs).compile()
 
 
 def main(argv=None):
@@ -62,6 +85,9 @@ def main(argv=None):
     ap.add_argument("--B", type=int, default=16)
     ap.add_argument("--D", type=int, default=128)
     ap.add_argument("--H", type=int, default=128)
+    ap.add_argument("--time-block", type=int,
+                    default=seqjax.core.backend.TIME_BLOCK.get(jax.default_backend()),
+                    help="steps per block of the blocked contenders (default: TIME_BLOCK)")
     ap.add_argument("--json", default="results/bench_parallel_scan.json")
     args = ap.parse_args(argv)
     B, D, H = args.B, args.D, args.H
@@ -69,10 +95,10 @@ def main(argv=None):
     for T in (int(t) for t in args.T.split(",")):
         xs = jax.random.normal(jax.random.PRNGKey(1), (B, T, D))
         fns = {}
-        for name, (make, backend) in CONTENDERS.items():
+        for name, (make, backend, blocked) in CONTENDERS.items():
             cell = make(D, H)
             params = cell.init(jax.random.PRNGKey(0))
-            fb = fwd_bwd_fn(cell, backend)
+            fb = fwd_bwd_fn(cell, backend, params, xs, args.time_block if blocked else None)
             fns[name] = lambda fb=fb, p=params: jax.block_until_ready(fb(p, xs))
         for fn in fns.values():  # warm-up (compiles)
             fn()
@@ -91,7 +117,7 @@ def main(argv=None):
         print(f"T={T} done", flush=True)
 
     print(f"\nB={B} D={D} H={H} float32 fwd+bwd, CPU ({os.cpu_count()} cores), "
-          f"jax {jax.__version__}, median of {args.reps}\n")
+          f"jax {jax.__version__}, median of {args.reps}, blocks of {args.time_block} steps\n")
     print("| T | implementation | fwd+bwd ms | lstm scan / this | mingru scan / this |")
     print("|---:|---|---:|---:|---:|")
     for r in rows:
@@ -100,6 +126,7 @@ def main(argv=None):
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         meta = {"B": B, "D": D, "H": H, "reps": args.reps, "jax": jax.__version__,
+                "time_block": args.time_block,
                 "cpu": platform.processor(), "cores": os.cpu_count()}
         Path(args.json).write_text(json.dumps({"config": meta, "rows": rows}, indent=2))
         print(f"\nwrote {args.json}")

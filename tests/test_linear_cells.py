@@ -24,6 +24,7 @@ from seqjax.core.linear import (
     MinGRU,
     MinLSTM,
     associative_linear_scan,
+    linear_recurrence,
     log_linear_scan,
     sequential_linear_scan,
 )
@@ -159,6 +160,26 @@ def test_sequential_backend_matches_scan(kind, reverse):
     VJP): values and gradients equal the scan's, with lengths (one zero), reverse, a carry."""
     ys, _ = _check_parallel(kind, LENGTHS, reverse, backend="sequential")
     assert not np.any(np.asarray(ys)[1]) and not np.any(np.asarray(ys)[2, 4:])
+
+
+@pytest.mark.parametrize("kind,backend,mode,lengths,reverse", [
+    ("mingru", "parallel", "linear", LENGTHS, True),
+    ("minlstm", "parallel", "log", LENGTHS, False),
+    ("minlstm", "sequential", "linear", LENGTHS, True),
+    ("lru", "sequential", "linear", None, False),
+], ids=["mingru-par-rev", "minlstm-log", "minlstm-seq-rev", "lru-seq-nolengths"])
+def test_time_blocks_match_scan(monkeypatch, kind, backend, mode, lengths, reverse):
+    """The linear backends in blocks (``TIME_BLOCK``; T=7 in blocks of 3: the last one padded,
+    lengths ending inside, on and before a block edge): values and gradients equal the scan."""
+    monkeypatch.setitem(seqjax.core.backend.TIME_BLOCK, "cpu", 3)
+    cell = _setup(kind)[0]
+    assert resolve_backend(cell, backend, dtype=jnp.float32, batch=B, steps=T,
+                           platform="cpu").time_block == 3
+    kw = {} if kind == "lru" else {"parallel_mode": mode}
+    _check_parallel(kind, lengths, reverse, backend=backend, **kw)
+    with pytest.raises(ValueError, match="time_block=0"):
+        linear_recurrence(cell, cell.init(jax.random.key(0)), jnp.zeros((T, B, D)),
+                          cell.initial_carry(B), None, time_block=0)
 
 
 @pytest.fixture

@@ -26,8 +26,8 @@ import jax
 import jax.numpy as jnp
 
 __all__ = ["BACKENDS", "LINEAR_BACKENDS", "MEASURED_FASTER", "PARALLEL_AUTO_PLATFORMS",
-           "SEQUENTIAL_AUTO_PLATFORMS", "BackendChoice", "Measurement", "explain_backend",
-           "resolve_backend"]
+           "SEQUENTIAL_AUTO_PLATFORMS", "TIME_BLOCK", "BackendChoice", "Measurement",
+           "explain_backend", "resolve_backend"]
 
 #: The backend names :func:`resolve_backend` and :func:`seqjax.rnn` accept. ``"parallel"``
 #: serves only cells linear in their state (``linear_recurrence = True``,
@@ -53,6 +53,18 @@ PARALLEL_AUTO_PLATFORMS: tuple[str, ...] = ()
 #: for minGRU and 0.69-0.88x for minLSTM at the Table 1 shapes (T=600-1024, B=16-32, D=2-87,
 #: H=44-128); the LRU, 1.44-1.84x, does not set it (``benchmarks/README.md``, issue #21).
 SEQUENTIAL_AUTO_PLATFORMS: tuple[str, ...] = ("cpu",)
+#: Platform -> time steps per block for the ``"parallel"`` and ``"sequential"`` backends
+#: (:func:`seqjax.core.linear.linear_recurrence`'s ``time_block``): time runs in blocks of
+#: about that many steps, each block's coefficients, combination and outputs computed together
+#: and recomputed in the backward pass, so no ``[T, B, N]`` intermediate leaves the cache (the
+#: chunked scan: parallel within a block, sequential across blocks). On a 2-core CPU the
+#: passes of ``[T, B, N]`` arrays through memory, not the arithmetic, set the time: minGRU
+#: T=1024 B=16 D=2 H=128 f32 fwd+bwd (``benchmarks/parallel_scan.py``, one loaded core) took
+#: 134 ms with the associative scan over the whole sequence and 85 ms with the sequential one;
+#: in blocks of 64 steps 51 / 35 ms, of 16 steps 37 / 30 ms, of 8 steps 32 / 29 ms
+#: (``benchmarks/README.md``, issue #21). Platforms not listed (GPU, TPU: unmeasured) run the
+#: whole sequence at once.
+TIME_BLOCK: dict[str, int] = {"cpu": 16}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +75,8 @@ class BackendChoice:
     name: str
     platform: str
     reason: str
+    #: time steps per block for the linear backends (:data:`TIME_BLOCK`); ``None``: all at once
+    time_block: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,18 +153,18 @@ def resolve_backend(
                 f"backend={backend!r} needs a cell whose recurrence is linear in its state "
                 f"(linear_recurrence = True: MinGRU, MinLSTM, LRU); {type(cell).__name__} is "
                 "not; use backend='scan' or 'auto'")
-        return BackendChoice(backend, platform, "requested")
+        return BackendChoice(backend, platform, "requested", TIME_BLOCK.get(platform))
     if backend == "auto" and linear and platform in PARALLEL_AUTO_PLATFORMS:
         return BackendChoice("parallel", platform,
                              f"auto: the parallel scan of a linear recurrence was measured "
                              f"faster than the sequential scan on {platform} "
-                             "(benchmarks/parallel_scan.py)")
+                             "(benchmarks/parallel_scan.py)", TIME_BLOCK.get(platform))
     if (backend == "auto" and linear and platform in SEQUENTIAL_AUTO_PLATFORMS
             and getattr(cell, "sequential_on_auto", False)):
         return BackendChoice("sequential", platform,
                              f"auto: the hoisted sequential scan of {type(cell).__name__} was "
                              f"measured faster than the scan of its step on {platform} "
-                             "(benchmarks/README.md)")
+                             "(benchmarks/README.md)", TIME_BLOCK.get(platform))
     import seqjax.kernels as kernels  # local import: the kernels package imports Pallas
 
     why_not = kernels.unsupported_reason(cell.kernel, hidden_size=cell.hidden_size, dtype=dtype,

@@ -25,7 +25,9 @@ uses to run all time steps at once with :func:`jax.lax.associative_scan`:
   :func:`sequential_linear_scan`) on :data:`seqjax.core.backend.SEQUENTIAL_AUTO_PLATFORMS`.
 
 :func:`linear_recurrence` runs that protocol (the parallel backend and, with a kernel, the
-``"pallas"`` backend); :func:`associative_linear_scan` is the scan itself,
+``"pallas"`` backend), over the whole sequence or, on a CPU, in blocks of
+:data:`seqjax.core.backend.TIME_BLOCK` steps (a chunked scan: memory traffic, not arithmetic,
+sets the time there); :func:`associative_linear_scan` is the scan itself,
 :func:`log_linear_scan` the paper's log-space one, and :func:`sequential_linear_scan` the same
 recurrence step by step with a hand-written VJP (faster on a CPU with few cores; see
 ``benchmarks/parallel_scan.py`` and :data:`seqjax.core.backend.PARALLEL_AUTO_PLATFORMS`).
@@ -34,6 +36,7 @@ recurrence step by step with a hand-written VJP (faster on a CPU with few cores;
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, Callable
 
@@ -73,6 +76,12 @@ __all__ = [
 #: ``parallel_mode`` values of the minimal RNNs: the plain associative scan of ``(a, b)``, or
 #: the paper's log-space scan (``cumsum`` + ``logcumsumexp``).
 PARALLEL_MODES = ("linear", "log")
+#: Input width from which the blocked linear backends keep each block's matmuls (the input
+#: projection) for the backward pass instead of recomputing them: recomputing costs
+#: ``2 T B D G`` flops, keeping costs writing and reading ``T B G`` values. On a 2-core CPU,
+#: minGRU T=1024 B=16 H=128 fwd+bwd: at D=128 keeping them took 0.91x the time of recomputing
+#: (111.6 against 122.2 ms, one loaded core); at D=2 recomputing is free.
+SAVE_PROJECTION_FROM = 32
 
 
 def g(x: Array) -> Array:
@@ -226,15 +235,46 @@ def _at_length(xs: Array, lengths: Array | None, fallback: Array) -> Array:
     return jnp.where(keep, last, fallback.astype(last.dtype))
 
 
+def _states(cell: Cell, params: Params, xs_tm: Array, h0: Array, valid: Array | None,
+            mode: str, scan: Callable[[Array, Array, Array], Array] | None) -> Array:
+    """The scan states ``[T, B, N]`` of ``xs_tm [T, B, D]`` from ``h0 [B, N]``; ``valid [T, B, 1]``
+    (or ``None``) marks the steps inside each length (padding: ``a = 1, b = 0`` in linear mode,
+    unmasked in log mode, whose states there the caller never reads)."""
+    if mode == "log":
+        return log_linear_scan(*cell.scan_log_coefficients(params, xs_tm), h0)
+    a, b = cell.scan_coefficients(params, xs_tm)
+    if valid is not None:
+        a = jnp.where(valid, a, jnp.ones((), a.dtype))
+        b = jnp.where(valid, b, jnp.zeros((), b.dtype))
+    return (scan or associative_linear_scan)(a, b, h0)
+
+
+def _valid(start: Array | int, steps: int, lengths: Array | None) -> Array | None:
+    """``[steps, B, 1]``: step ``start + t`` lies inside ``lengths[b]`` (``None`` if no lengths)."""
+    if lengths is None:
+        return None
+    return ((start + jnp.arange(steps))[:, None] < lengths[None, :])[..., None]
+
+
 def linear_recurrence(cell: Cell, params: Params, xs_tm: Array, carry0: Any,
                       lengths: Array | None, *, mode: str = "linear",
-                      scan: Callable[[Array, Array, Array], Array] | None = None):
-    """Run a linear-recurrence cell over time-major ``xs_tm [T, B, D]`` all at once.
+                      scan: Callable[[Array, Array, Array], Array] | None = None,
+                      time_block: int | None = None):
+    """Run a linear-recurrence cell over time-major ``xs_tm [T, B, D]`` all at once, or in
+    blocks of about ``time_block`` steps.
 
     ``xs_tm`` is what :func:`seqjax.rnn` passes its loops: already reversed within each length
     for ``reverse=True`` and with its padding zeroed. Padding steps get ``a = 1, b = 0`` (the
     state passes through unchanged, so the last state is the state at each length) and output
     zero, as in the scan backend.
+
+    With ``time_block`` (and ``T > time_block``), time is cut into ``ceil(T / time_block)``
+    equal blocks (the last padded) and a :func:`jax.lax.scan` over them runs, per block, the
+    coefficients, the combination (``scan``) from the previous block's last state, and the
+    outputs; each block is recomputed in the backward pass (:func:`jax.checkpoint`), so only
+    ``xs``, the outputs and one state per block are kept. The same values to float rounding;
+    on a CPU, where the passes of ``[T, B, N]`` arrays through memory set the time, 3-4x
+    faster (:data:`seqjax.core.backend.TIME_BLOCK`), and ``O(T B D + T/K B N)`` memory.
 
     Args:
       cell: a cell with ``linear_recurrence = True``.
@@ -242,7 +282,9 @@ def linear_recurrence(cell: Cell, params: Params, xs_tm: Array, carry0: Any,
       mode: ``"linear"`` (associative scan) or ``"log"`` (:func:`log_linear_scan`, the
         paper's log-space scan; needs ``cell.scan_log_coefficients``).
       scan: ``(a, b, h0) -> hs`` replacing :func:`associative_linear_scan` in ``"linear"``
-        mode (the fused kernel of ``seqjax.kernels.linear_scan`` for ``backend="pallas"``).
+        mode (:func:`sequential_linear_scan` for ``backend="sequential"``, the fused kernel of
+        ``seqjax.kernels.linear_scan`` for ``backend="pallas"``).
+      time_block: steps per block (a positive int), or ``None`` for the whole sequence at once.
 
     Returns:
       ``(hs [T, B, H], final carry)`` (``hs`` the cell's outputs, in the state dtype).
@@ -252,28 +294,49 @@ def linear_recurrence(cell: Cell, params: Params, xs_tm: Array, carry0: Any,
                          "(linear_recurrence is not True)")
     if mode not in PARALLEL_MODES:
         raise ValueError(f"mode={mode!r} must be one of {PARALLEL_MODES}")
+    if time_block is not None and (isinstance(time_block, bool)
+                                   or not isinstance(time_block, int) or time_block < 1):
+        raise ValueError(f"time_block={time_block!r} must be a positive int or None")
     steps = xs_tm.shape[0]
     h0 = cell.carry_state(carry0)
-    valid = None
-    if lengths is not None:
-        valid = (jnp.arange(steps)[:, None] < lengths[None, :])[..., None]  # [T, B, 1]
-    if mode == "log":
-        log_a, log_b = cell.scan_log_coefficients(params, xs_tm)
-        # Unmasked (padding inputs are zero, so finite); the final state is gathered instead.
-        states = log_linear_scan(log_a, log_b, h0)
-        h_last = _at_length(states, lengths, h0)
+    if time_block is None or steps <= time_block:
+        states = _states(cell, params, xs_tm, h0, _valid(0, steps, lengths), mode, scan)
+        h_last = _at_length(states, lengths, h0) if steps else h0
+        hs = cell.scan_output(params, states, xs_tm)
     else:
-        a, b = cell.scan_coefficients(params, xs_tm)
-        if valid is not None:
-            a = jnp.where(valid, a, jnp.ones((), a.dtype))
-            b = jnp.where(valid, b, jnp.zeros((), b.dtype))
-        states = (scan or associative_linear_scan)(a, b, h0)
-        h_last = states[-1] if steps else h0
-    hs = cell.scan_output(params, states, xs_tm)
-    if valid is not None:
-        hs = jnp.where(valid, hs, jnp.zeros((), hs.dtype))
+        hs, h_last = _blocked(cell, params, xs_tm, h0, lengths, mode, scan, time_block)
+    if lengths is not None:
+        hs = jnp.where(_valid(0, steps, lengths), hs, jnp.zeros((), hs.dtype))
     y_last = _at_length(hs, lengths, cell.carry_hidden(carry0))
     return hs, cell.state_carry(h_last, y_last)
+
+
+def _blocked(cell, params, xs_tm, h0, lengths, mode, scan, time_block):
+    """:func:`linear_recurrence` in blocks: ``(outputs [T, B, H], state at each length)``."""
+    steps, batch = xs_tm.shape[:2]
+    n = -(-steps // time_block)
+    size = -(-steps // n)  # equal blocks: T=600 with time_block=64 is 10 blocks of 60
+    pad = n * size - steps
+    xb = jnp.pad(xs_tm, ((0, pad),) + ((0, 0),) * (xs_tm.ndim - 1))
+    xb = xb.reshape((n, size) + xs_tm.shape[1:])
+    # Where each sequence ends: its length, or T (the padded tail's states are never read).
+    ends = lengths if lengths is not None else jnp.full((batch,), steps, jnp.int32)
+    gather = lengths is not None or pad > 0
+
+    # The backward pass recomputes each block; its matmuls too only for narrow inputs.
+    policy = (jax.checkpoint_policies.dots_with_no_batch_dims_saveable
+              if xs_tm.shape[-1] >= SAVE_PROJECTION_FROM else None)
+
+    @functools.partial(jax.checkpoint, policy=policy)
+    def block(h, inp):
+        x, start = inp
+        states = _states(cell, params, x, h, _valid(start, size, lengths), mode, scan)
+        h_next = (_at_length(states, jnp.clip(ends - start, 0, size), h) if gather
+                  else states[-1])
+        return h_next.astype(h.dtype), cell.scan_output(params, states, x)
+
+    h_last, ys = jax.lax.scan(block, h0, (xb, jnp.arange(n) * size))
+    return ys.reshape((n * size,) + ys.shape[2:])[:steps], h_last
 
 
 # ------------------------------------------------------------------------------------------

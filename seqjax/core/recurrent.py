@@ -412,10 +412,11 @@ def rnn(
       reverse: run each sequence backwards within its own length; outputs stay aligned with the
         inputs (PyTorch's reverse direction over packed sequences).
       backend: ``"scan"`` (reference), ``"pallas"`` (fused kernels), ``"parallel"`` (cells
-        linear in their state, :mod:`seqjax.core.linear`: all steps at once with
-        :func:`jax.lax.associative_scan`; ``unroll`` and ``remat`` do not apply),
-        ``"sequential"`` (the same cells: the parallel backend's coefficients of all steps at
-        once, combined step by step) or ``"auto"``; see
+        linear in their state, :mod:`seqjax.core.linear`: the coefficients of many steps at
+        once, combined by :func:`jax.lax.associative_scan`; in blocks of
+        :data:`seqjax.core.backend.TIME_BLOCK` steps on a CPU, recomputed in the backward
+        pass; ``unroll`` and ``remat`` do not apply), ``"sequential"`` (the same cells and
+        blocks, the coefficients combined step by step) or ``"auto"``; see
         :func:`seqjax.core.backend.resolve_backend`.
       unroll: time steps per scan iteration.
       remat: recompute each step in the backward pass instead of storing its activations
@@ -464,7 +465,8 @@ def rnn(
         return _run_with_states(cell, params, xs_tm, carry0, lengths, unroll, remat, reverse,
                                 time_major, out_dtype, return_states, return_residuals)
     choice = resolve_backend(cell, backend, dtype=xs.dtype, batch=batch, steps=steps)
-    hs, carry = _run_loop(cell, choice.name, params, xs_tm, carry0, lengths, unroll, remat)
+    hs, carry = _run_loop(cell, choice.name, params, xs_tm, carry0, lengths, unroll, remat,
+                          time_block=choice.time_block)
     if reverse:
         hs = _reverse_padded(hs, lengths)
     ys = hs.astype(out_dtype)
@@ -484,8 +486,11 @@ def _time_major_inputs(xs, lengths, reverse: bool, time_major: bool) -> Array:
     return xs_tm
 
 
-def _run_loop(cell, backend: str, params, xs_tm, carry0, lengths, unroll: int, remat: bool):
-    """The time loop of the resolved ``backend``: ``xs_tm [T, B, D] -> (hs [T, B, H], carry)``."""
+def _run_loop(cell, backend: str, params, xs_tm, carry0, lengths, unroll: int, remat: bool,
+              time_block: int | None = None):
+    """The time loop of the resolved ``backend``: ``xs_tm [T, B, D] -> (hs [T, B, H], carry)``
+    (``time_block``: the linear backends' block length, :data:`seqjax.core.backend.TIME_BLOCK`).
+    """
     steps = xs_tm.shape[0]
     linear_backend = backend in LINEAR_BACKENDS or backend == "pallas"
     if linear_backend and getattr(cell, "linear_recurrence", False):
@@ -498,7 +503,8 @@ def _run_loop(cell, backend: str, params, xs_tm, carry0, lengths, unroll: int, r
             scan = run_linear_scan
         return linear_recurrence(cell, params, xs_tm, carry0, lengths, scan=scan,
                                  mode=getattr(cell, "parallel_mode", "linear")
-                                 if backend == "parallel" else "linear")
+                                 if backend == "parallel" else "linear",
+                                 time_block=None if backend == "pallas" else time_block)
     if backend == "scan" and not remat and cell.hand_written_vjp:
         return _scan(cell, unroll, min(CHUNK, steps), params, xs_tm, carry0, lengths)
     gx = cell.project(params, xs_tm)  # [T, B, G]: the input projection of all steps at once
