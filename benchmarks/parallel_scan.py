@@ -55,18 +55,20 @@ REFERENCE = "lstm scan"
 
 @contextlib.contextmanager
 def time_block(steps):
-    """``seqjax.core.backend.TIME_BLOCK`` for this platform set to ``steps`` (``None``: off)."""
+    """``seqjax.core.backend.TIME_BLOCK`` of both linear backends on this platform set to
+    ``steps`` (``None``: blocks off; ``"default"``: as they are)."""
     table, platform = seqjax.core.backend.TIME_BLOCK, jax.default_backend()
-    saved = table.get(platform)
-    table.pop(platform, None)
-    if steps is not None:
-        table[platform] = steps
+    saved = dict(table)
+    if steps != "default":
+        for backend in seqjax.core.backend.LINEAR_BACKENDS:
+            table.pop((platform, backend), None)
+            if steps is not None:
+                table[(platform, backend)] = steps
     try:
         yield
     finally:
-        table.pop(platform, None)
-        if saved is not None:
-            table[platform] = saved
+        table.clear()
+        table.update(saved)
 
 
 def fwd_bwd_fn(cell, backend, params, xs, block):
@@ -85,8 +87,7 @@ def main(argv=None):
     ap.add_argument("--B", type=int, default=16)
     ap.add_argument("--D", type=int, default=128)
     ap.add_argument("--H", type=int, default=128)
-    ap.add_argument("--time-block", type=int,
-                    default=seqjax.core.backend.TIME_BLOCK.get(jax.default_backend()),
+    ap.add_argument("--time-block", type=int, default=None,
                     help="steps per block of the blocked contenders (default: TIME_BLOCK)")
     ap.add_argument("--json", default="results/bench_parallel_scan.json")
     args = ap.parse_args(argv)
@@ -98,7 +99,8 @@ def main(argv=None):
         for name, (make, backend, blocked) in CONTENDERS.items():
             cell = make(D, H)
             params = cell.init(jax.random.PRNGKey(0))
-            fb = fwd_bwd_fn(cell, backend, params, xs, args.time_block if blocked else None)
+            block = (args.time_block or "default") if blocked else None
+            fb = fwd_bwd_fn(cell, backend, params, xs, block)
             fns[name] = lambda fb=fb, p=params: jax.block_until_ready(fb(p, xs))
         for fn in fns.values():  # warm-up (compiles)
             fn()
@@ -116,8 +118,10 @@ def main(argv=None):
                          "speedup_vs_mingru_scan": med["mingru scan"] / ms})
         print(f"T={T} done", flush=True)
 
+    blocks = args.time_block or {b: k for (p, b), k in seqjax.core.backend.TIME_BLOCK.items()
+                                 if p == jax.default_backend()}
     print(f"\nB={B} D={D} H={H} float32 fwd+bwd, CPU ({os.cpu_count()} cores), "
-          f"jax {jax.__version__}, median of {args.reps}, blocks of {args.time_block} steps\n")
+          f"jax {jax.__version__}, median of {args.reps}, blocks: {blocks}\n")
     print("| T | implementation | fwd+bwd ms | lstm scan / this | mingru scan / this |")
     print("|---:|---|---:|---:|---:|")
     for r in rows:
@@ -126,7 +130,7 @@ def main(argv=None):
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         meta = {"B": B, "D": D, "H": H, "reps": args.reps, "jax": jax.__version__,
-                "time_block": args.time_block,
+                "time_block": blocks,
                 "cpu": platform.processor(), "cores": os.cpu_count()}
         Path(args.json).write_text(json.dumps({"config": meta, "rows": rows}, indent=2))
         print(f"\nwrote {args.json}")

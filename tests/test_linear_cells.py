@@ -171,10 +171,13 @@ def test_sequential_backend_matches_scan(kind, reverse):
 def test_time_blocks_match_scan(monkeypatch, kind, backend, mode, lengths, reverse):
     """The linear backends in blocks (``TIME_BLOCK``; T=7 in blocks of 3: the last one padded,
     lengths ending inside, on and before a block edge): values and gradients equal the scan."""
-    monkeypatch.setitem(seqjax.core.backend.TIME_BLOCK, "cpu", 3)
+    monkeypatch.setitem(seqjax.core.backend.TIME_BLOCK, ("cpu", backend), 3)
     cell = _setup(kind)[0]
-    assert resolve_backend(cell, backend, dtype=jnp.float32, batch=B, steps=T,
-                           platform="cpu").time_block == 3
+    choose = lambda: resolve_backend(cell, backend, dtype=jnp.float32, batch=B, steps=T,  # noqa: E731
+                                     platform="cpu").time_block
+    assert choose() is None  # a sequence that fits in the cache runs whole
+    monkeypatch.setattr(seqjax.core.backend, "BLOCK_FROM_BYTES", 0)
+    assert choose() == 3
     kw = {} if kind == "lru" else {"parallel_mode": mode}
     _check_parallel(kind, lengths, reverse, backend=backend, **kw)
     with pytest.raises(ValueError, match="time_block=0"):

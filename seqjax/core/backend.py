@@ -26,8 +26,8 @@ import jax
 import jax.numpy as jnp
 
 __all__ = ["BACKENDS", "LINEAR_BACKENDS", "MEASURED_FASTER", "PARALLEL_AUTO_PLATFORMS",
-           "SEQUENTIAL_AUTO_PLATFORMS", "TIME_BLOCK", "BackendChoice", "Measurement",
-           "explain_backend", "resolve_backend"]
+           "SEQUENTIAL_AUTO_PLATFORMS", "TIME_BLOCK", "BLOCK_FROM_BYTES", "BackendChoice",
+           "Measurement", "explain_backend", "resolve_backend"]
 
 #: The backend names :func:`resolve_backend` and :func:`seqjax.rnn` accept. ``"parallel"``
 #: serves only cells linear in their state (``linear_recurrence = True``,
@@ -53,18 +53,28 @@ PARALLEL_AUTO_PLATFORMS: tuple[str, ...] = ()
 #: for minGRU and 0.69-0.88x for minLSTM at the Table 1 shapes (T=600-1024, B=16-32, D=2-87,
 #: H=44-128); the LRU, 1.44-1.84x, does not set it (``benchmarks/README.md``, issue #21).
 SEQUENTIAL_AUTO_PLATFORMS: tuple[str, ...] = ("cpu",)
-#: Platform -> time steps per block for the ``"parallel"`` and ``"sequential"`` backends
-#: (:func:`seqjax.core.linear.linear_recurrence`'s ``time_block``): time runs in blocks of
-#: about that many steps, each block's coefficients, combination and outputs computed together
-#: and recomputed in the backward pass, so no ``[T, B, N]`` intermediate leaves the cache (the
-#: chunked scan: parallel within a block, sequential across blocks). On a 2-core CPU the
-#: passes of ``[T, B, N]`` arrays through memory, not the arithmetic, set the time: minGRU
-#: T=1024 B=16 D=2 H=128 f32 fwd+bwd (``benchmarks/parallel_scan.py``, one loaded core) took
-#: 134 ms with the associative scan over the whole sequence and 85 ms with the sequential one;
-#: in blocks of 64 steps 51 / 35 ms, of 16 steps 37 / 30 ms, of 8 steps 32 / 29 ms
-#: (``benchmarks/README.md``, issue #21). Platforms not listed (GPU, TPU: unmeasured) run the
-#: whole sequence at once.
-TIME_BLOCK: dict[str, int] = {"cpu": 16}
+#: ``(platform, backend)`` -> time steps per block for the ``"parallel"`` and ``"sequential"``
+#: backends (:func:`seqjax.core.linear.linear_recurrence`'s ``time_block``): time runs in
+#: blocks of about that many steps, each block's coefficients, combination and outputs computed
+#: together and recomputed in the backward pass, so no ``[T, B, N]`` intermediate leaves the
+#: cache (a chunked scan: parallel within a block, sequential across blocks). On a CPU the
+#: passes of ``[T, B, N]`` arrays through memory, not the arithmetic, set the time. minGRU
+#: T=1024 B=16 D=2 H=128 f32 fwd+bwd on a quiet 2-core CPU (``benchmarks/parallel_scan.py``),
+#: ms associative / sequential: whole sequence 44.5 / 37.6; blocks of 8: 25.0 / 19.9, of 16:
+#: 24.4 / 15.9, of 32: 29.7 / 15.0 (the LSTM scan: 127-139). Platforms not listed (GPU, TPU:
+#: unmeasured) run the whole sequence at once (``benchmarks/README.md``, issue #21).
+TIME_BLOCK: dict[tuple[str, str], int] = {("cpu", "parallel"): 8, ("cpu", "sequential"): 16}
+#: Blocks only pay once one ``[T, B, H]`` float32 array outgrows the cache: at T=128 B=16
+#: H=128 (1 MiB) the whole sequence at once took 0.5x the time of blocks of 16, at T=512
+#: (4 MiB) 1.6-1.8x (same benchmark). Below this many bytes the sequence runs whole.
+BLOCK_FROM_BYTES = 2 * 2**20
+
+
+def _time_block(platform: str, backend: str, cell: Any, batch: int, steps: int) -> int | None:
+    """The block length :data:`TIME_BLOCK` gives a linear backend here, or ``None``."""
+    if steps * batch * cell.hidden_size * 4 < BLOCK_FROM_BYTES:
+        return None
+    return TIME_BLOCK.get((platform, backend))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,18 +163,21 @@ def resolve_backend(
                 f"backend={backend!r} needs a cell whose recurrence is linear in its state "
                 f"(linear_recurrence = True: MinGRU, MinLSTM, LRU); {type(cell).__name__} is "
                 "not; use backend='scan' or 'auto'")
-        return BackendChoice(backend, platform, "requested", TIME_BLOCK.get(platform))
+        return BackendChoice(backend, platform, "requested",
+                             _time_block(platform, backend, cell, batch, steps))
     if backend == "auto" and linear and platform in PARALLEL_AUTO_PLATFORMS:
         return BackendChoice("parallel", platform,
                              f"auto: the parallel scan of a linear recurrence was measured "
                              f"faster than the sequential scan on {platform} "
-                             "(benchmarks/parallel_scan.py)", TIME_BLOCK.get(platform))
+                             "(benchmarks/parallel_scan.py)",
+                             _time_block(platform, "parallel", cell, batch, steps))
     if (backend == "auto" and linear and platform in SEQUENTIAL_AUTO_PLATFORMS
             and getattr(cell, "sequential_on_auto", False)):
         return BackendChoice("sequential", platform,
                              f"auto: the hoisted sequential scan of {type(cell).__name__} was "
                              f"measured faster than the scan of its step on {platform} "
-                             "(benchmarks/README.md)", TIME_BLOCK.get(platform))
+                             "(benchmarks/README.md)",
+                             _time_block(platform, "sequential", cell, batch, steps))
     import seqjax.kernels as kernels  # local import: the kernels package imports Pallas
 
     why_not = kernels.unsupported_reason(cell.kernel, hidden_size=cell.hidden_size, dtype=dtype,

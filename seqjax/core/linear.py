@@ -25,9 +25,9 @@ uses to run all time steps at once with :func:`jax.lax.associative_scan`:
   :func:`sequential_linear_scan`) on :data:`seqjax.core.backend.SEQUENTIAL_AUTO_PLATFORMS`.
 
 :func:`linear_recurrence` runs that protocol (the parallel backend and, with a kernel, the
-``"pallas"`` backend), over the whole sequence or, on a CPU, in blocks of
-:data:`seqjax.core.backend.TIME_BLOCK` steps (a chunked scan: memory traffic, not arithmetic,
-sets the time there); :func:`associative_linear_scan` is the scan itself,
+``"pallas"`` backend), over the whole sequence or, on a CPU and a long sequence, in blocks
+of :data:`seqjax.core.backend.TIME_BLOCK` steps (a chunked scan: memory traffic, not
+arithmetic, sets the time there); :func:`associative_linear_scan` is the scan itself,
 :func:`log_linear_scan` the paper's log-space one, and :func:`sequential_linear_scan` the same
 recurrence step by step with a hand-written VJP (faster on a CPU with few cores; see
 ``benchmarks/parallel_scan.py`` and :data:`seqjax.core.backend.PARALLEL_AUTO_PLATFORMS`).

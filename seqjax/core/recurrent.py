@@ -413,10 +413,10 @@ def rnn(
         inputs (PyTorch's reverse direction over packed sequences).
       backend: ``"scan"`` (reference), ``"pallas"`` (fused kernels), ``"parallel"`` (cells
         linear in their state, :mod:`seqjax.core.linear`: the coefficients of many steps at
-        once, combined by :func:`jax.lax.associative_scan`; in blocks of
-        :data:`seqjax.core.backend.TIME_BLOCK` steps on a CPU, recomputed in the backward
-        pass; ``unroll`` and ``remat`` do not apply), ``"sequential"`` (the same cells and
-        blocks, the coefficients combined step by step) or ``"auto"``; see
+        once, combined by :func:`jax.lax.associative_scan`; on a CPU a long sequence in blocks
+        of :data:`seqjax.core.backend.TIME_BLOCK` steps, recomputed in the backward pass;
+        ``unroll`` and ``remat`` do not apply), ``"sequential"`` (the same cells and blocks,
+        the coefficients combined step by step) or ``"auto"``; see
         :func:`seqjax.core.backend.resolve_backend`.
       unroll: time steps per scan iteration.
       remat: recompute each step in the backward pass instead of storing its activations
