@@ -45,13 +45,17 @@ LINEAR_BACKENDS = ("parallel", "sequential")
 #: the associative scan ran minGRU at 0.93-1.08x the speed of the sequential scan for T from
 #: 128 to 4096 (T=1024: 131 ms against 121 ms; the LSTM scan 259 ms): with two cores its
 #: O(log T) depth buys nothing and its extra passes over memory cost as much as the loop
-#: overhead it saves. No GPU/TPU measurement yet; add ``"gpu"``/``"tpu"`` here only from one.
+#: overhead it saves. In time blocks (:data:`TIME_BLOCK`, 2026-12-01, quiet 2 cores, T=1024
+#: D=2) still 1.4x the sequential scan's time (20.8 against 14.8 ms). No GPU/TPU measurement
+#: yet; add ``"gpu"``/``"tpu"`` here only from one.
 PARALLEL_AUTO_PLATFORMS: tuple[str, ...] = ()
 #: Platforms where ``"auto"`` runs a linear-recurrence cell that sets ``sequential_on_auto``
 #: (minGRU, minLSTM) with the ``"sequential"`` backend rather than the scan of its step: on a
 #: 2-core CPU (2026-11-30, JAX 0.10.2, f32 fwd+bwd, one loaded core) 0.85-1.0x the scan's time
 #: for minGRU and 0.69-0.88x for minLSTM at the Table 1 shapes (T=600-1024, B=16-32, D=2-87,
-#: H=44-128); the LRU, 1.44-1.84x, does not set it (``benchmarks/README.md``, issue #21).
+#: H=44-128); the LRU, 1.44-1.84x, does not set it (``benchmarks/README.md``, issue #21). In
+#: time blocks (2026-12-01, quiet 2 cores, minGRU T=1024 B=16 D=2 H=128) 0.33x (14.8 ms
+#: against the scan's 45.2).
 SEQUENTIAL_AUTO_PLATFORMS: tuple[str, ...] = ("cpu",)
 #: ``(platform, backend)`` -> time steps per block for the ``"parallel"`` and ``"sequential"``
 #: backends (:func:`seqjax.core.linear.linear_recurrence`'s ``time_block``): time runs in
