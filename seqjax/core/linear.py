@@ -273,7 +273,7 @@ def linear_recurrence(cell: Cell, params: Params, xs_tm: Array, carry0: Any,
     coefficients, the combination (``scan``) from the previous block's last state, and the
     outputs; each block is recomputed in the backward pass (:func:`jax.checkpoint`), so only
     ``xs``, the outputs and one state per block are kept. The same values to float rounding;
-    on a CPU, where the passes of ``[T, B, N]`` arrays through memory set the time, 3-4x
+    on a CPU, where the passes of ``[T, B, N]`` arrays through memory set the time, ~2x
     faster (:data:`seqjax.core.backend.TIME_BLOCK`), and ``O(T B D + T/K B N)`` memory.
 
     Args:
