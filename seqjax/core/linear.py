@@ -319,9 +319,10 @@ def _blocked(cell, params, xs_tm, h0, lengths, mode, scan, time_block):
     pad = n * size - steps
     xb = jnp.pad(xs_tm, ((0, pad),) + ((0, 0),) * (xs_tm.ndim - 1))
     xb = xb.reshape((n, size) + xs_tm.shape[1:])
-    # Where each sequence ends: its length, or T (the padded tail's states are never read).
-    ends = lengths if lengths is not None else jnp.full((batch,), steps, jnp.int32)
-    gather = lengths is not None or pad > 0
+    # Where each sequence ends: its length, or T when the last block is padded (its tail's
+    # states are never read); None: every block's last state.
+    ends = (lengths if lengths is not None or not pad
+            else jnp.full((batch,), steps, jnp.int32))
 
     # The backward pass recomputes each block; its matmuls too only for narrow inputs.
     policy = (jax.checkpoint_policies.dots_with_no_batch_dims_saveable
@@ -331,8 +332,7 @@ def _blocked(cell, params, xs_tm, h0, lengths, mode, scan, time_block):
     def block(h, inp):
         x, start = inp
         states = _states(cell, params, x, h, _valid(start, size, lengths), mode, scan)
-        h_next = (_at_length(states, jnp.clip(ends - start, 0, size), h) if gather
-                  else states[-1])
+        h_next = _at_length(states, None if ends is None else jnp.clip(ends - start, 0, size), h)
         return h_next.astype(h.dtype), cell.scan_output(params, states, x)
 
     h_last, ys = jax.lax.scan(block, h0, (xb, jnp.arange(n) * size))

@@ -504,7 +504,7 @@ def _run_loop(cell, backend: str, params, xs_tm, carry0, lengths, unroll: int, r
         return linear_recurrence(cell, params, xs_tm, carry0, lengths, scan=scan,
                                  mode=getattr(cell, "parallel_mode", "linear")
                                  if backend == "parallel" else "linear",
-                                 time_block=None if backend == "pallas" else time_block)
+                                 time_block=time_block)
     if backend == "scan" and not remat and cell.hand_written_vjp:
         return _scan(cell, unroll, min(CHUNK, steps), params, xs_tm, carry0, lengths)
     gx = cell.project(params, xs_tm)  # [T, B, G]: the input projection of all steps at once
