@@ -10,6 +10,7 @@ after a warm-up, with ``block_until_ready``; the table gives medians and ratios 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -23,20 +24,21 @@ import torch
 from flax import nnx
 
 import seqjax
+from seqjax.core.backend import native_unsupported_reason
 
 
-def seqjax_fns(kind, D, H, unroll):
+def seqjax_fns(kind, D, H, unroll, backend="scan"):
     cell = seqjax.make_cell(kind, D, H)
     params = cell.init(jax.random.PRNGKey(0))
+    run = functools.partial(seqjax.rnn, cell, unroll=unroll, backend=backend)
 
     @jax.jit
     def fwd(params, xs):
-        return seqjax.rnn(cell, params, xs, unroll=unroll)[0]
+        return run(params, xs)[0]
 
     @jax.jit
     def fwd_bwd(params, xs):
-        return jax.grad(lambda p, x: jnp.sum(seqjax.rnn(cell, p, x, unroll=unroll)[0]),
-                        argnums=(0, 1))(params, xs)
+        return jax.grad(lambda p, x: jnp.sum(run(p, x)[0]), argnums=(0, 1))(params, xs)
 
     return params, fwd, fwd_bwd
 
@@ -95,9 +97,16 @@ def main(argv=None):
     rows = []
     for kind in args.kinds.split(","):
         contenders = {}
+        cell = seqjax.make_cell(kind, D, H)
+        if native_unsupported_reason(cell, jnp.float32, jax.default_backend()) is None:
+            p, f, fb = seqjax_fns(kind, D, H, 1, "native")
+            contenders["seqjax native"] = (
+                lambda f=f, p=p: f(p, xs).block_until_ready(),
+                lambda fb=fb, p=p: jax.block_until_ready(fb(p, xs)),
+            )
         for unroll in (1, 2, 4):
             p, f, fb = seqjax_fns(kind, D, H, unroll)
-            contenders[f"seqjax unroll={unroll}"] = (
+            contenders[f"seqjax scan unroll={unroll}"] = (
                 lambda f=f, p=p: f(p, xs).block_until_ready(),
                 lambda fb=fb, p=p: jax.block_until_ready(fb(p, xs)),
             )

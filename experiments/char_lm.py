@@ -525,7 +525,7 @@ def train_parser(level: str, doc: str) -> argparse.ArgumentParser:
                     help="tokens per checkpoint sample")
     ap.add_argument("--sample-prime", default=None,
                     help="prime of the checkpoint samples (default: the start of the valid split)")
-    ap.add_argument("--backend", default="auto", choices=("auto", "scan", "pallas"))
+    ap.add_argument("--backend", default="auto", choices=("auto", "scan", "pallas", "native"))
     ap.add_argument("--devices", type=non_negative_int, default=1,
                     help="data-parallel over this many devices (0: all); streams B must divide")
     ap.add_argument("--model-parallel", type=positive_int, default=1,

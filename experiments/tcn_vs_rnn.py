@@ -381,6 +381,7 @@ def _one_thread() -> None:
     creates the CPU backend), so N workers share N cores instead of each taking all."""
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen="
                                "false intra_op_parallelism_threads=1").strip()
+    os.environ["SEQJAX_CPU_THREADS"] = "1"  # the native LSTM loop too (seqjax.kernels.cpu)
 
 
 def run_models(models, task, preset, args, run_root: Path, resume: bool):
@@ -442,7 +443,7 @@ def parse_args(argv=None):
     ap.add_argument("--seq-len", type=positive_int, default=None,
                     help="override T (tasks that have one)")
     ap.add_argument("--eval-every", type=positive_int, default=None)
-    ap.add_argument("--backend", default="auto", choices=("auto", "scan", "pallas"))
+    ap.add_argument("--backend", default="auto", choices=("auto", "scan", "pallas", "native"))
     ap.add_argument("--resume", default=None, metavar="RUN_DIR",
                     help="continue an interrupted comparison in RUN_DIR (its config wins)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -257,7 +257,7 @@ def parse_args(argv=None):
                     help="tokenisation (default: char for dates, word otherwise)")
     ap.add_argument("--columns", default="0,1", help="TSV source,target columns")
     ap.add_argument("--lowercase", action="store_true", help="lowercase a TSV corpus")
-    ap.add_argument("--backend", default="auto", choices=("auto", "scan", "pallas"))
+    ap.add_argument("--backend", default="auto", choices=("auto", "scan", "pallas", "native"))
     ap.add_argument("--out", default="results", help="root of the run directories")
     ap.add_argument("--devices", type=non_negative_int, default=1,
                     help="data-parallel over this many devices (0: all); the batch must divide")

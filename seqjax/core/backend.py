@@ -1,12 +1,16 @@
 """The one place where the recurrent backend is chosen.
 
 ``"scan"`` is the reference (:func:`jax.lax.scan` with a hand-written VJP); ``"pallas"`` is the
-fused kernels of :mod:`seqjax.kernels`; ``"parallel"`` is the associative scan of the cells
-linear in their state (:mod:`seqjax.core.linear`); ``"auto"`` takes a kernel only where a
-measurement on the device showed it faster than the scan (:data:`MEASURED_FASTER`), the
-parallel scan for linear cells on :data:`PARALLEL_AUTO_PLATFORMS`, the scan everywhere else.
+fused kernels of :mod:`seqjax.kernels`; ``"native"`` is the scan backend with an LSTM's time
+loop in a multithreaded C++ custom call on the CPU (:mod:`seqjax.kernels.cpu`);
+``"parallel"`` is the associative scan of the cells linear in their state
+(:mod:`seqjax.core.linear`); ``"auto"`` takes a kernel only where a measurement on the device
+showed it faster than the scan (:data:`MEASURED_FASTER`), the native loop on
+:data:`NATIVE_AUTO_PLATFORMS`, the parallel scan for linear cells on
+:data:`PARALLEL_AUTO_PLATFORMS`, the scan everywhere else.
 Nothing else in seqjax branches on the platform. A request for ``"pallas"`` that cannot be
-served falls back to the scan with a one-time warning saying why: never silently, never wrong.
+served (or for ``"native"``) falls back to the scan with a one-time warning saying why: never
+silently, never wrong.
 
 Why ``auto`` is conservative: the first kernels, measured on an H200 (JAX 0.11.2,
 ``benchmarks/rnn_gpu.py``), were correct but 3-20x slower than the scan at every shape tried
@@ -25,19 +29,26 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-__all__ = ["BACKENDS", "LINEAR_BACKENDS", "MEASURED_FASTER", "PARALLEL_AUTO_PLATFORMS",
+__all__ = ["BACKENDS", "LINEAR_BACKENDS", "MEASURED_FASTER", "NATIVE_AUTO_PLATFORMS",
+           "PARALLEL_AUTO_PLATFORMS", "native_unsupported_reason",
            "SEQUENTIAL_AUTO_PLATFORMS", "TIME_BLOCK", "BLOCK_FROM_BYTES", "BackendChoice",
            "Measurement", "explain_backend", "resolve_backend"]
 
 #: The backend names :func:`resolve_backend` and :func:`seqjax.rnn` accept. ``"parallel"``
 #: serves only cells linear in their state (``linear_recurrence = True``,
 #: :mod:`seqjax.core.linear`): all time steps at once with :func:`jax.lax.associative_scan`.
-BACKENDS = ("auto", "scan", "pallas", "parallel", "sequential")
+BACKENDS = ("auto", "scan", "pallas", "parallel", "sequential", "native")
 #: The backends that serve only cells linear in their state. ``"sequential"``: the parallel
 #: backend's coefficients of all steps at once, combined step by step
 #: (:func:`seqjax.core.linear.sequential_linear_scan`, a hand-written VJP) rather than by the
 #: associative scan.
 LINEAR_BACKENDS = ("parallel", "sequential")
+
+#: Platforms where ``"auto"`` runs a cell with a native loop (``Cell.native``: the LSTM) with
+#: the ``"native"`` backend: the scan backend with each chunk's time steps in a C++ custom call
+#: whose threads split the hidden units (:mod:`seqjax.kernels.cpu`), float32 only. Measured in
+#: ``benchmarks/rnn_cpu.py`` (issue #19, ``benchmarks/README.md``).
+NATIVE_AUTO_PLATFORMS: tuple[str, ...] = ("cpu",)
 
 #: Platforms where ``"auto"`` runs a linear-recurrence cell with the parallel scan rather than
 #: the sequential one, from ``benchmarks/parallel_scan.py`` (see :func:`resolve_backend`).
@@ -133,6 +144,29 @@ def _warn_once(message: str) -> None:
     warnings.warn(message, RuntimeWarning, stacklevel=4)
 
 
+def native_unsupported_reason(cell: Any, dtype: Any, platform: str) -> str | None:
+    """Why the ``"native"`` backend cannot run ``cell`` here, or ``None``: it needs a cell that
+    declares a native loop (``Cell.native``) whose step and step VJP are those of the class
+    that declared it (a subclass changing the maths must set ``native = None`` or its own),
+    float32 inputs, the CPU, and the library built (:mod:`seqjax.kernels.cpu`)."""
+    cls = type(cell)
+    family = getattr(cell, "native", None)
+    if family is None:
+        return f"{cls.__name__} has no native loop (Cell.native is None)"
+    owner = next(c for c in cls.__mro__ if "native" in vars(c))
+    for method in ("step_with_residuals", "step_vjp"):
+        if getattr(cls, method) is not getattr(owner, method, None):
+            return (f"{cls.__name__} overrides {method} of {owner.__name__}, whose native "
+                    f"{family} loop would not compute it")
+    if jnp.dtype(dtype) != jnp.float32:
+        return f"dtype={jnp.dtype(dtype)}: the native loop runs float32 only"
+    if platform != "cpu":
+        return f"platform {platform!r}: the native loop runs on the CPU only"
+    from seqjax.kernels import cpu  # lazily: builds the library on first use
+
+    return cpu.unavailable_reason()
+
+
 def resolve_backend(
     cell: Any, backend: str, *, dtype: Any, batch: int, steps: int, platform: str | None = None
 ) -> BackendChoice:
@@ -140,9 +174,12 @@ def resolve_backend(
 
     Args:
       cell: the cell to run.
-      backend: ``"auto"``, ``"scan"``, ``"pallas"``, ``"parallel"`` or ``"sequential"``
+      backend: ``"auto"``, ``"scan"``, ``"pallas"``, ``"parallel"``, ``"sequential"``
         (these two for linear-recurrence cells only: a ``ValueError`` naming the cell
-        otherwise). ``"auto"`` picks ``"parallel"`` for such cells on
+        otherwise) or ``"native"`` (a cell with a native CPU loop, ``Cell.native``; falls back
+        to the scan with a one-time warning saying why where it cannot run,
+        :func:`native_unsupported_reason`). ``"auto"`` picks ``"native"`` where it can run on
+        :data:`NATIVE_AUTO_PLATFORMS`, ``"parallel"`` for linear cells on
         :data:`PARALLEL_AUTO_PLATFORMS`, else ``"sequential"`` for those that set
         ``sequential_on_auto`` on :data:`SEQUENTIAL_AUTO_PLATFORMS`.
       dtype: the input dtype.
@@ -160,6 +197,17 @@ def resolve_backend(
     platform = platform or jax.default_backend()
     if backend == "scan":
         return BackendChoice("scan", platform, "requested")
+    if backend == "native" or (backend == "auto" and platform in NATIVE_AUTO_PLATFORMS
+                               and getattr(cell, "native", None) is not None):
+        why_not = native_unsupported_reason(cell, dtype, platform)
+        if why_not is None:
+            return BackendChoice("native", platform, "requested" if backend == "native" else
+                                 f"auto: the native {cell.native} loop was measured faster than "
+                                 f"the scan on {platform} (benchmarks/rnn_cpu.py)")
+        if backend == "native":
+            _warn_once(f"backend='native' unavailable for {cell!r}: {why_not}; using the scan "
+                       "backend")
+            return BackendChoice("scan", platform, f"native unavailable: {why_not}")
     linear = bool(getattr(cell, "linear_recurrence", False))
     if backend in LINEAR_BACKENDS:
         if not linear:

@@ -423,6 +423,10 @@ class Cell(abc.ABC):
     #: :mod:`seqjax.kernels`), ``None`` for none. A subclass that changes the maths (the peephole
     #: LSTM) sets it back to ``None``.
     kernel: ClassVar[str | None] = None
+    #: The native CPU loop that computes this cell exactly (``"lstm"``: :mod:`seqjax.kernels.cpu`,
+    #: the ``"native"`` backend), ``None`` for none; a subclass that changes the maths sets it
+    #: back to ``None``.
+    native: ClassVar[str | None] = None
     #: Whether the scan loops hand the step ``gx_t`` as separate blocks (``gx_blocks()``,
     #: scanned as separate arrays, concatenated back inside the step: the same values). A speed
     #: switch for XLA:CPU, which emits scalar (unvectorised) code for a fusion that slices the
@@ -630,6 +634,7 @@ class LSTM(Cell):
 
     num_gates = 4
     kernel = "lstm"
+    native = "lstm"
 
     def __post_init__(self):
         _check_positive(self, "input_size", "hidden_size")
@@ -732,6 +737,7 @@ class PeepholeLSTM(LSTM):
     """
 
     kernel = None  # its gates read the cell state: the LSTM kernel does not compute it
+    native = None  # nor does the native LSTM loop
 
     def param_shapes(self):
         shapes = super().param_shapes()

@@ -189,12 +189,26 @@ def _gate_join(blocks) -> Array:
     return blocks[0] if len(blocks) == 1 else jnp.concatenate(blocks, axis=-1)
 
 
-def _scan_forward(cell: Cell, unroll: int, chunk: int, params, xs, carry0, lengths, save: bool):
-    """Time-major forward loop over padded, chunked ``xs [T/K, K, B, D]``.
+def _native_loops(cell: Cell, native: bool):
+    """The cell's native chunk loops (:data:`seqjax.kernels.cpu.LOOPS`) if ``native``, else
+    ``None`` (the ``lax.scan`` of its step)."""
+    if not native:
+        return None
+    from seqjax.kernels import cpu  # lazily: the native library is built on first use
+
+    return cpu.LOOPS[cell.native]
+
+
+def _scan_forward(cell: Cell, unroll: int, native: bool, params, xs, carry0, lengths,
+                  save: bool):
+    """Time-major forward loop over padded, chunked ``xs [T/K, K, B, D]`` (``native``: each
+    chunk's steps in the cell's native CPU loop instead of a ``lax.scan``).
 
     Returns ``(hs [T/K, K, B, H] masked, final carry, (carries, residuals))``.
     """
     rp = cell.recurrent_params(params)
+    loops = _native_loops(cell, native)
+    padded = xs.shape[0] * xs.shape[1]
 
     def step(carry, inp):
         t, gx_t = inp
@@ -205,6 +219,10 @@ def _scan_forward(cell: Cell, unroll: int, chunk: int, params, xs, carry0, lengt
 
     def block(carry, inp):
         ts, x_c = inp
+        if loops is not None:
+            carry, (new, res) = loops[0](rp, carry, ts[0], cell.project(params, x_c), lengths,
+                                         padded)
+            return carry, ((new, res) if save else cell.carry_hidden(new))
         gx_c = _gate_blocks(cell, cell.project(params, x_c))
         return jax.lax.scan(step, carry, (ts, gx_c), unroll=unroll)
 
@@ -218,30 +236,40 @@ def _scan_forward(cell: Cell, unroll: int, chunk: int, params, xs, carry0, lengt
     return hs, carry, (carries, res)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
-def _scan(cell: Cell, unroll: int, chunk: int, params, xs, carry0, lengths):
-    """``xs [T, B, D]`` (time-major, already reversed if need be) -> ``(hs [T, B, H], carry)``."""
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
+def _scan(cell: Cell, unroll: int, chunk: int, native: bool, params, xs, carry0, lengths):
+    """``xs [T, B, D]`` (time-major, already reversed if need be) -> ``(hs [T, B, H], carry)``.
+
+    ``native``: the steps of each chunk run in the cell's native CPU loop (the ``"native"``
+    backend); everything else (projection, weight gradients) is the same."""
     steps = xs.shape[0]
     xs_p, lengths_p = _pad_time(xs, lengths, chunk)
-    hs, carry, _ = _scan_forward(cell, unroll, chunk, params, _chunked(xs_p, chunk), carry0,
+    # Not differentiated, even the native backend runs the scan's loop: with no residuals to
+    # keep it was measured faster on a 2-core CPU (benchmarks/rnn_cpu.py: LSTM forward 29-33
+    # ms against 44 for the native loop in the same chunks), as XLA's own threads and the
+    # native loop's contend for the cores between chunks.
+    hs, carry, _ = _scan_forward(cell, unroll, False, params, _chunked(xs_p, chunk), carry0,
                                  lengths_p, save=False)
     return _unchunked(hs)[:steps], carry
 
 
-def _scan_fwd(cell, unroll, chunk, params, xs, carry0, lengths):
+def _scan_fwd(cell, unroll, chunk, native, params, xs, carry0, lengths):
     steps = xs.shape[0]
+    if native:  # one chunk: see _run_loop
+        chunk = steps
     xs_p, lengths_p = _pad_time(xs, lengths, chunk)
     xs_c = _chunked(xs_p, chunk)
-    hs, carry, (carries, res) = _scan_forward(cell, unroll, chunk, params, xs_c, carry0,
+    hs, carry, (carries, res) = _scan_forward(cell, unroll, native, params, xs_c, carry0,
                                               lengths_p, save=True)
     return (_unchunked(hs)[:steps], carry), (params, xs_c, carry0, lengths_p, carries, res)
 
 
-def _scan_bwd(cell, unroll, chunk, saved, cts):
-    """Reverse-time loop computing only gate gradients and ``dh @ W_h^T`` per step; per chunk,
-    the input projection's VJP (``dW_x``, ``db``, ``dxs``) and ``dW_h`` as matmuls over the
-    chunk's ``K * B`` rows."""
+def _scan_bwd(cell, unroll, chunk, native, saved, cts):
+    """Reverse-time loop computing only gate gradients and ``dh @ W_h^T`` per step (or the
+    cell's native reverse loop); per chunk, the input projection's VJP (``dW_x``, ``db``,
+    ``dxs``) and ``dW_h`` as matmuls over the chunk's ``K * B`` rows."""
     params, xs_c, carry0, lengths, carries, res = saved
+    loops = _native_loops(cell, native)
     dhs, dcarry_last = cts
     n, k = xs_c.shape[:2]
     steps = dhs.shape[0]
@@ -282,8 +310,11 @@ def _scan_bwd(cell, unroll, chunk, saved, cts):
     def block(state, inp):
         dcarry, dparams = state
         ts, x_c, res_c, prev_c, dh_c = inp
-        dcarry, dgx_c = jax.lax.scan(step, dcarry, (ts, res_c, prev_c, dh_c), reverse=True,
-                                     unroll=unroll)
+        if loops is not None:
+            dcarry, dgx_c = loops[1](rp, res_c, prev_c, dh_c, dcarry, ts[0], lengths, n * k)
+        else:
+            dcarry, dgx_c = jax.lax.scan(step, dcarry, (ts, res_c, prev_c, dh_c), reverse=True,
+                                         unroll=unroll)
         dp, dx_c = project_vjp(params, x_c, dgx_c)
         dp = dict(dp)
         for name, g in cell.recurrent_grads(rp, res_c, prev_c, dgx_c).items():
@@ -416,11 +447,14 @@ def rnn(
         once, combined by :func:`jax.lax.associative_scan`; on a CPU a long sequence in blocks
         of :data:`seqjax.core.backend.TIME_BLOCK` steps, recomputed in the backward pass;
         ``unroll`` and ``remat`` do not apply), ``"sequential"`` (the same cells and blocks,
-        the coefficients combined step by step) or ``"auto"``; see
-        :func:`seqjax.core.backend.resolve_backend`.
-      unroll: time steps per scan iteration.
+        the coefficients combined step by step), ``"native"`` (the LSTM on a CPU, float32: the
+        scan backend with the time loop of a differentiated pass in a C++ custom call whose
+        threads split the hidden units, :mod:`seqjax.kernels.cpu`; a forward pass alone runs
+        the scan's loop) or ``"auto"``; see :func:`seqjax.core.backend.resolve_backend`.
+      unroll: time steps per scan iteration (the scan backend).
       remat: recompute each step in the backward pass instead of storing its activations
-        (memory ``O(T B H)`` carries only, at the cost of a second forward).
+        (memory ``O(T B H)`` carries only, at the cost of a second forward); under ``"auto"``
+        it keeps an LSTM on the scan backend.
       time_major: ``xs`` and the outputs are ``[T, B, ...]``.
       return_states: also return ``states``, the carry after every step (a carry pytree with
         every leaf stacked over time, ``[B, T, ...]``; ``[T, B, ...]`` if ``time_major``), zero
@@ -465,7 +499,13 @@ def rnn(
         return _run_with_states(cell, params, xs_tm, carry0, lengths, unroll, remat, reverse,
                                 time_major, out_dtype, return_states, return_residuals)
     choice = resolve_backend(cell, backend, dtype=xs.dtype, batch=batch, steps=steps)
-    hs, carry = _run_loop(cell, choice.name, params, xs_tm, carry0, lengths, unroll, remat,
+    name = choice.name
+    if name == "native" and remat and backend == "auto":
+        name = "scan"  # remat asks for memory: the native loop keeps every step's residuals
+    elif name == "native" and (remat or unroll != 1):
+        _warn_once(f"rnn(backend='native'): remat={remat} and unroll={unroll} do not apply to "
+                   "the native loop (it saves its own residuals); they are ignored there")
+    hs, carry = _run_loop(cell, name, params, xs_tm, carry0, lengths, unroll, remat,
                           time_block=choice.time_block)
     if reverse:
         hs = _reverse_padded(hs, lengths)
@@ -505,8 +545,13 @@ def _run_loop(cell, backend: str, params, xs_tm, carry0, lengths, unroll: int, r
                                  mode=getattr(cell, "parallel_mode", "linear")
                                  if backend == "parallel" else "linear",
                                  time_block=time_block)
+    if backend == "native":
+        # Differentiated, the native loop runs the whole sequence as one chunk (_scan_fwd): a
+        # scan over chunks would copy every chunk's inputs and residuals once more. A forward
+        # pass alone runs the scan's chunks (_scan).
+        return _scan(cell, 1, min(CHUNK, steps), True, params, xs_tm, carry0, lengths)
     if backend == "scan" and not remat and cell.hand_written_vjp:
-        return _scan(cell, unroll, min(CHUNK, steps), params, xs_tm, carry0, lengths)
+        return _scan(cell, unroll, min(CHUNK, steps), False, params, xs_tm, carry0, lengths)
     gx = cell.project(params, xs_tm)  # [T, B, G]: the input projection of all steps at once
     rp = cell.recurrent_params(params)
     if backend == "pallas":

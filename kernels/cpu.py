@@ -1,0 +1,217 @@
+"""The LSTM time loop as a native CPU custom call (``backend="native"`` of :func:`seqjax.rnn`).
+
+XLA:CPU runs the per-step recurrent matmul of a :func:`jax.lax.scan` on one core (issue #19,
+``benchmarks/README.md``). ``cpu_lstm.cc`` runs one chunk of an LSTM's time loop as an XLA FFI
+custom call whose threads each own a range of hidden units, keep those units' columns of
+``W_h`` in their own cache, and meet once per step. :func:`lstm_forward` and
+:func:`lstm_backward` compute exactly the chunk loops of the scan backend
+(:mod:`seqjax.core.recurrent`), which shares the rest (input projection and weight
+gradients) with it.
+
+The library is compiled on first use with the system's C++ compiler (``$CXX``, else ``g++``;
+``-O3 -march=native`` against JAX's own FFI headers, :func:`jax.ffi.include_dir`) into
+``$SEQJAX_CACHE_DIR`` (default ``~/.cache/seqjax``; a temporary folder if that is not
+writable), keyed by the source, the flags, jaxlib and
+the CPU: a few seconds once per machine. Without a compiler :func:`unavailable_reason` says
+why, and the backend switch runs the scan instead.
+
+Threads: :func:`threads` (``$SEQJAX_CPU_THREADS``, else the cores this process may run on).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = ["LOOPS", "library_path", "lstm_backward", "lstm_chunk", "lstm_chunk_vjp", "lstm_forward",
+           "threads", "unavailable_reason"]
+
+SOURCE = Path(__file__).with_name("cpu_lstm.cc")
+FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC")
+_TARGETS = {"seqjax_lstm_forward": "SeqjaxLstmForward",
+            "seqjax_lstm_backward": "SeqjaxLstmBackward"}
+
+
+def threads() -> int:
+    """Threads per call: ``$SEQJAX_CPU_THREADS`` if set (an int >= 1), else the number of
+    cores this process may run on (``os.sched_getaffinity``; ``taskset -c 0`` gives 1)."""
+    env = os.environ.get("SEQJAX_CPU_THREADS")
+    if env:
+        try:
+            n = int(env)
+        except ValueError:
+            n = 0
+        if n < 1:
+            raise ValueError(f"SEQJAX_CPU_THREADS={env!r} must be an int >= 1")
+        return n
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _cpu_id() -> str:
+    """What ``-march=native`` depends on: the CPU's model and feature flags."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        import platform
+
+        return platform.processor() or platform.machine()
+    lines = [ln for ln in text.splitlines() if ln.startswith(("model name", "flags"))]
+    return "\n".join(sorted(set(lines)))
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("SEQJAX_CACHE_DIR") or Path.home() / ".cache" / "seqjax"
+    return Path(root)
+
+
+def _compiler() -> str:
+    return os.environ.get("CXX") or "g++"
+
+
+@functools.lru_cache(maxsize=None)
+def _build(cxx: str) -> tuple[Path | None, str | None]:
+    """Compile ``cpu_lstm.cc`` with ``cxx`` once per machine; ``(path, None)`` or ``(None, why
+    not)``."""
+    if shutil.which(cxx) is None:
+        return None, f"no C++ compiler ({cxx!r} not found; set $CXX)"
+    include = jax.ffi.include_dir()
+    key = hashlib.sha256("\0".join(
+        [SOURCE.read_text(), cxx, " ".join(FLAGS), jax.__version__,
+         getattr(jax.lib, "__version__", "") or "", _cpu_id()]).encode()).hexdigest()[:16]
+    for folder in (_cache_dir(), Path(tempfile.gettempdir()) / f"seqjax-{os.getuid()}"):
+        out = folder / f"cpu_lstm-{key}.so"
+        if out.exists():
+            return out, None
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(suffix=".so", dir=folder)
+            os.close(fd)
+            break
+        except OSError as err:
+            why = f"cannot write the compiled library to {folder}: {err}"
+    else:
+        return None, why
+    cmd = [cxx, *FLAGS, "-isystem", include, str(SOURCE), "-o", tmp]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        os.unlink(tmp)
+        return None, f"compiling {SOURCE.name} failed ({' '.join(cmd)}): {proc.stderr[-2000:]}"
+    os.replace(tmp, out)  # atomic: concurrent first uses (pytest-xdist workers) all succeed
+    return out, None
+
+
+@functools.lru_cache(maxsize=None)
+def _register() -> str | None:
+    """Build and register the FFI targets once per process; ``None`` or why not."""
+    path, why = _build(_compiler())
+    if path is None:
+        return why
+    try:
+        lib = ctypes.cdll.LoadLibrary(str(path))
+    except OSError as err:
+        return f"cannot load {path}: {err}"
+    for target, symbol in _TARGETS.items():
+        jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)),
+                                    platform="cpu")
+    return None
+
+
+def unavailable_reason() -> str | None:
+    """Why the native LSTM loop cannot run here (no compiler, say), or ``None``."""
+    return _register()
+
+
+def library_path() -> Path | None:
+    """The compiled library (built now if need be), or ``None`` where it cannot be built."""
+    return _build(_compiler())[0]
+
+
+def _check_ready() -> None:
+    why = _register()
+    if why is not None:
+        raise RuntimeError(f"the native CPU LSTM loop is unavailable: {why}")
+
+
+def _t0(t0) -> jax.Array:
+    return jnp.asarray(t0, jnp.int32).reshape(())
+
+
+def lstm_forward(gx, w_h, h0, c0, t0, lengths):
+    """One chunk of the LSTM loop: ``gx [K, B, 4H]`` (the input projection with bias),
+    ``w_h [H, 4H]``, carry ``h0, c0 [B, H]``, ``t0`` the chunk's first step and ``lengths
+    [B]`` int32 (steps ``t0 + s >= lengths[b]`` keep row ``b``'s carry).
+
+    Returns ``(hs, cs, acts, tc)``: the carry after each step ``[K, B, H]`` twice, the
+    activated gates ``[K, B, 4H]`` and ``tanh(c) [K, B, H]`` (all float32)."""
+    _check_ready()
+    k, b, g = gx.shape
+    h = g // 4
+    f32 = jnp.float32
+    out = (jax.ShapeDtypeStruct((k, b, h), f32), jax.ShapeDtypeStruct((k, b, h), f32),
+           jax.ShapeDtypeStruct((k, b, g), f32), jax.ShapeDtypeStruct((k, b, h), f32))
+    call = jax.ffi.ffi_call("seqjax_lstm_forward", out, vmap_method="sequential")
+    return call(gx.astype(f32), w_h.astype(f32), h0.astype(f32), c0.astype(f32), _t0(t0),
+                lengths.astype(jnp.int32), threads=np.int64(threads()))
+
+
+def lstm_backward(dhs, acts, tc, c_prev, w_h, dh, dc, t0, lengths):
+    """The reverse of :func:`lstm_forward` for one chunk: ``dhs [K, B, H]`` the cotangents of
+    the outputs, the forward's ``acts`` and ``tc``, ``c_prev [K, B, H]`` the cell state before
+    each step, and the carry cotangent ``(dh, dc)`` after the chunk.
+
+    Returns ``(dgx [K, B, 4H], dh0, dc0)``: the gate pre-activations' cotangents (zero at
+    steps past a length) and the carry cotangent before the chunk."""
+    _check_ready()
+    k, b, g = acts.shape
+    h = g // 4
+    f32 = jnp.float32
+    out = (jax.ShapeDtypeStruct((k, b, g), f32), jax.ShapeDtypeStruct((b, h), f32),
+           jax.ShapeDtypeStruct((b, h), f32))
+    call = jax.ffi.ffi_call("seqjax_lstm_backward", out, vmap_method="sequential")
+    return call(dhs.astype(f32), acts, tc, c_prev, w_h.astype(f32), dh.astype(f32),
+                dc.astype(f32), _t0(t0), lengths.astype(jnp.int32), threads=np.int64(threads()))
+
+
+def _lengths(lengths, batch: int, steps: int) -> jax.Array:
+    return jnp.full((batch,), steps, jnp.int32) if lengths is None else lengths
+
+
+def lstm_chunk(rp, carry, t0, gx_c, lengths, steps: int):
+    """The scan backend's forward chunk loop for an LSTM (``seqjax.core.recurrent``): carry
+    ``(h, c)``, ``gx_c [K, B, 4H]``, ``lengths [B]`` or ``None`` (``steps``: the padded length).
+
+    Returns ``(carry after the chunk, ((hs, cs), (acts, tc)))``: every step's carry and the
+    residuals of :meth:`seqjax.core.cells.LSTM.step_with_residuals`."""
+    h0, c0 = carry
+    hs, cs, acts, tc = lstm_forward(gx_c, rp["w_h"], h0, c0, t0,
+                                    _lengths(lengths, h0.shape[0], steps))
+    return (hs[-1], cs[-1]), ((hs, cs), (acts, tc))
+
+
+def lstm_chunk_vjp(rp, res_c, prev_c, dh_c, dcarry, t0, lengths, steps: int):
+    """The scan backend's reverse chunk loop for an LSTM: ``res_c`` the chunk's ``(acts, tc)``,
+    ``prev_c`` the carry before each step, ``dh_c [K, B, H]`` the outputs' cotangents,
+    ``dcarry`` the carry's cotangent after the chunk. Returns ``(dcarry before the chunk,
+    dgx_c [K, B, 4H])``."""
+    acts, tc = res_c
+    dh, dc = dcarry
+    dgx, dh0, dc0 = lstm_backward(dh_c, acts, tc, prev_c[1], rp["w_h"], dh, dc, t0,
+                                  _lengths(lengths, dh.shape[0], steps))
+    return (dh0, dc0), dgx
+
+
+#: ``Cell.native`` -> the forward and reverse chunk loops of that family.
+LOOPS = {"lstm": (lstm_chunk, lstm_chunk_vjp)}

@@ -1,0 +1,441 @@
+// The LSTM time loop on the CPU as an XLA FFI custom call, the recurrent matmul of every step
+// split over the cores (seqjax.kernels.cpu builds this file and registers its two handlers).
+//
+// Why: XLA:CPU runs the small per-step matmul `h [B, H] @ W_h [H, 4H]` of a lax.scan on one
+// core, so a second core buys little (issue #19, benchmarks/README.md). Here each of P threads
+// owns a contiguous range of hidden units: it keeps the columns of W_h for its units (all four
+// gates) packed in its own cache, computes those gates, the cell and the hidden state of its
+// units, and the threads meet at one barrier per step (the next step needs all of h).
+//
+// The maths is that of seqjax.core.cells.LSTM (PyTorch layout, gates i, f, g, o):
+//   pre = gx_t + h_{t-1} W_h; i, f, o = sigmoid; g = tanh; c_t = f c_{t-1} + i g;
+//   h_t = o tanh(c_t); a step t >= lengths[b] keeps row b's carry (h, c) unchanged.
+// It computes exactly what the scan backend's loops compute for one chunk of K steps
+// (seqjax.core.recurrent._scan_forward / _scan_bwd), so the rest of that backend (the hoisted
+// input projection, its VJP, dW_h) is shared:
+//   forward:  gx [K,B,4H], w_h [H,4H], h0 [B,H], c0 [B,H], t0 [], lengths [B]
+//             -> hs [K,B,H] (the carry's h after each step), cs [K,B,H], acts [K,B,4H] (the
+//                activated gates), tc [K,B,H] (tanh(c_t))
+//   backward: dhs [K,B,H], acts, tc, c_prev [K,B,H] (c before each step), w_h, dh [B,H],
+//             dc [B,H], t0, lengths -> dgx [K,B,4H], dh0 [B,H], dc0 [B,H]
+// sigmoid(x) = (1 + tanh(x/2)) / 2 and tanh is the rational approximation XLA:CPU and Eigen
+// use for float32 (error ~1e-7), so results match the scan backend to float32 rounding.
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <cstring>
+#include <condition_variable>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+constexpr int kLanes = 16;  // floats per vector (one AVX-512 register; two AVX2 ones)
+typedef float vf __attribute__((vector_size(kLanes * sizeof(float))));
+typedef float vf_u __attribute__((vector_size(kLanes * sizeof(float)), aligned(4)));
+
+inline vf load(const float* p) { return *reinterpret_cast<const vf_u*>(p); }
+inline void store(float* p, vf v) { *reinterpret_cast<vf_u*>(p) = v; }
+inline vf splat(float x) { return vf{} + x; }
+
+// tanh as XLA:CPU's float32 rational approximation (13/6, Eigen's coefficients; XLA's
+// EmitFastTanh), the input clamped to [-9, 9], and x itself for |x| < 4e-4: the same values
+// the scan backend's tanh gives, which matters where gates saturate.
+inline vf vtanh(vf x0) {
+  const vf hi = splat(9.0f);
+  vf x = x0 < hi ? x0 : hi;
+  x = x > -hi ? x : -hi;
+  const vf x2 = x * x;
+  vf p = splat(-2.76076847742355e-16f);
+  p = p * x2 + 2.00018790482477e-13f;
+  p = p * x2 - 8.60467152213735e-11f;
+  p = p * x2 + 5.12229709037114e-08f;
+  p = p * x2 + 1.48572235717979e-05f;
+  p = p * x2 + 6.37261928875436e-04f;
+  p = p * x2 + 4.89352455891786e-03f;
+  p = p * x;
+  vf q = splat(1.19825839466702e-06f);
+  q = q * x2 + 1.18534705686654e-04f;
+  q = q * x2 + 2.26843463243900e-03f;
+  q = q * x2 + 4.89352518554385e-03f;
+  const vf ax = x0 < 0 ? -x0 : x0;
+  return ax < 4e-4f ? x0 : p / q;
+}
+
+inline vf vsigmoid(vf x) { return vtanh(x * 0.5f) * 0.5f + 0.5f; }
+
+// C[M, N] += A[M, Kd] (row stride lda) @ Bp[Kd, N] (row stride ldb) for N a multiple of
+// kLanes: register tiles of MR rows x NV vectors, the k loop innermost.
+template <int MR, int NV>
+inline void tile(const float* a, int64_t lda, const float* bp, int64_t ldb, float* c,
+                 int64_t ldc, int64_t kd) {
+  vf acc[MR][NV];
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < NV; ++v) acc[r][v] = load(c + r * ldc + v * kLanes);
+  for (int64_t k = 0; k < kd; ++k) {
+    vf w[NV];
+    for (int v = 0; v < NV; ++v) {
+      w[v] = load(bp + k * ldb + v * kLanes);
+      // keep w[v] in a register: folded into each FMA as a memory operand, it is loaded MR
+      // times (GCC 12 does so)
+      __asm__("" : "+x"(w[v]));
+    }
+    for (int r = 0; r < MR; ++r) {
+      const float s = a[r * lda + k];
+      for (int v = 0; v < NV; ++v) acc[r][v] += s * w[v];
+    }
+  }
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < NV; ++v) store(c + r * ldc + v * kLanes, acc[r][v]);
+}
+
+#ifdef __AVX512F__
+constexpr int kMR = 4, kNV = 4;  // 16 accumulators + 4 weight vectors of 32 registers
+#else
+constexpr int kMR = 4, kNV = 2;
+#endif
+
+// The column strip [j, j + NV * kLanes) for every row: the strip of Bp (kd x NV vectors, e.g.
+// 256 x 64 floats = 64 KiB) is read from L2 once per step and reused by every row tile.
+template <int NV>
+inline void column_strip(const float* a, int64_t lda, const float* bp, int64_t n, float* c,
+                         int64_t ldc, int64_t m, int64_t kd) {
+  int64_t i = 0;
+  for (; i + kMR <= m; i += kMR) tile<kMR, NV>(a + i * lda, lda, bp, n, c + i * ldc, ldc, kd);
+  for (; i < m; ++i) tile<1, NV>(a + i * lda, lda, bp, n, c + i * ldc, ldc, kd);
+}
+
+void gemm_acc(const float* a, int64_t lda, const float* bp, int64_t n, float* c, int64_t ldc,
+              int64_t m, int64_t kd) {
+  int64_t j = 0;
+  for (; j + kNV * kLanes <= n; j += kNV * kLanes)
+    column_strip<kNV>(a, lda, bp + j, n, c + j, ldc, m, kd);
+  for (; j + kLanes <= n; j += kLanes) column_strip<1>(a, lda, bp + j, n, c + j, ldc, m, kd);
+}
+
+inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+// A barrier for the P threads of one call: spins briefly, then yields the core (another
+// process may share it: a spinning thread must not hold up the one it waits for).
+class Barrier {
+ public:
+  explicit Barrier(int n) : n_(n) {}
+  void wait() {
+    if (n_ == 1) return;
+    const int gen = gen_.load(std::memory_order_acquire);
+    if (count_.fetch_add(1, std::memory_order_acq_rel) == n_ - 1) {
+      count_.store(0, std::memory_order_relaxed);
+      gen_.store(gen + 1, std::memory_order_release);
+      return;
+    }
+    for (int spins = 0; gen_.load(std::memory_order_acquire) == gen; ++spins) {
+      if (spins > 4000) std::this_thread::yield();
+#if defined(__x86_64__)
+      else __builtin_ia32_pause();
+#endif
+    }
+  }
+
+ private:
+  const int n_;
+  std::atomic<int> count_{0};
+  std::atomic<int> gen_{0};
+};
+
+// Long-lived worker threads. A thread started per call begins on its parent's core and
+// waits there for the scheduler to move it (measured: ~1.7 ms per call, more than a chunk's
+// arithmetic); these stay where the scheduler put them. Between jobs a worker spins for a
+// short while (the next chunk's call comes within microseconds), then sleeps, so it never
+// holds a core while XLA computes something else.
+class Pool {
+ public:
+  // Run body(p) for p in [0, threads) (the caller runs p = 0); false, having run nothing, if
+  // another call holds the pool (the caller then runs single-threaded).
+  bool run(int threads, const std::function<void(int)>& body) {
+    std::unique_lock<std::mutex> busy(busy_, std::try_to_lock);
+    if (!busy.owns_lock()) return false;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      while (static_cast<int>(workers_.size()) < threads - 1) {
+        const int p = static_cast<int>(workers_.size()) + 1;
+        workers_.emplace_back([this, p] { loop(p); });
+      }
+      body_ = &body;
+      active_ = threads;
+      pending_.store(threads - 1, std::memory_order_relaxed);
+      generation_.fetch_add(1, std::memory_order_release);
+    }
+    wake_.notify_all();
+    body(0);
+    for (int spins = 0; pending_.load(std::memory_order_acquire) != 0; ++spins)
+      if (spins > 4000) std::this_thread::yield();
+    return true;
+  }
+
+ private:
+  void loop(int p) {
+    int64_t seen = 0;
+    for (;;) {
+      int64_t gen = generation_.load(std::memory_order_acquire);
+      for (int spins = 0; gen == seen && spins < 2000; ++spins) {
+#if defined(__x86_64__)
+        __builtin_ia32_pause();
+#endif
+        gen = generation_.load(std::memory_order_acquire);
+      }
+      if (gen == seen) {
+        std::unique_lock<std::mutex> lock(mutex_);
+        wake_.wait(lock, [&] { return generation_.load(std::memory_order_acquire) != seen; });
+        gen = generation_.load(std::memory_order_acquire);
+      }
+      seen = gen;
+      if (p < active_) {
+        (*body_)(p);
+        pending_.fetch_sub(1, std::memory_order_acq_rel);
+      }
+    }
+  }
+
+  std::mutex busy_, mutex_;
+  std::condition_variable wake_;
+  std::vector<std::thread> workers_;  // never joined: they live as long as the process
+  const std::function<void(int)>* body_ = nullptr;
+  int active_ = 0;
+  std::atomic<int> pending_{0};
+  std::atomic<int64_t> generation_{0};
+};
+
+Pool& pool() {
+  static Pool* instance = new Pool();  // leaked on purpose: workers outlive static destructors
+  return *instance;
+}
+
+// Run body(p, threads) for p in [0, threads): on the pool, or on the caller alone if the pool
+// is busy with another call.
+template <typename F>
+void run_parallel(int threads, F&& body) {
+  const std::function<void(int)> job = [&](int p) { body(p, threads); };
+  if (threads > 1 && pool().run(threads, job)) return;
+  body(0, 1);
+}
+
+// The hidden units [lo, hi) of thread p of P: contiguous, multiples of kLanes but the last.
+inline void unit_range(int64_t hid, int p, int threads, int64_t* lo, int64_t* hi) {
+  const int64_t blocks = (hid + kLanes - 1) / kLanes;
+  *lo = std::min(hid, blocks * p / threads * kLanes);
+  *hi = std::min(hid, blocks * (p + 1) / threads * kLanes);
+}
+
+int threads_for(int64_t requested, int64_t hid) {
+  const int64_t most = std::max<int64_t>(1, (hid + kLanes - 1) / kLanes);
+  return static_cast<int>(std::max<int64_t>(1, std::min(requested, most)));
+}
+
+ffi::Error LstmForward(ffi::Buffer<ffi::F32> gx, ffi::Buffer<ffi::F32> w_h,
+                       ffi::Buffer<ffi::F32> h0, ffi::Buffer<ffi::F32> c0,
+                       ffi::Buffer<ffi::S32> t0_buf, ffi::Buffer<ffi::S32> lengths,
+                       int64_t requested_threads, ffi::ResultBuffer<ffi::F32> hs,
+                       ffi::ResultBuffer<ffi::F32> cs, ffi::ResultBuffer<ffi::F32> acts,
+                       ffi::ResultBuffer<ffi::F32> tcs) {
+  const auto dims = gx.dimensions();
+  if (dims.size() != 3) return ffi::Error::InvalidArgument("gx must be [K, B, 4H]");
+  const int64_t steps = dims[0], batch = dims[1], gates = dims[2], hid = gates / 4;
+  const int32_t t0 = t0_buf.typed_data()[0];
+  const int32_t* len = lengths.typed_data();
+  const float* gxp = gx.typed_data();
+  const float* w = w_h.typed_data();
+  float* hsp = hs->typed_data();
+  float* csp = cs->typed_data();
+  float* actp = acts->typed_data();
+  float* tcp = tcs->typed_data();
+  const int requested = threads_for(requested_threads, hid);
+  Barrier barrier(requested);
+
+  run_parallel(requested, [&](int p, int threads) {
+    int64_t lo, hi;
+    unit_range(hid, p, threads, &lo, &hi);
+    const int64_t nu = hi - lo, np = round_up(nu, kLanes), n = 4 * np;
+    // this thread's columns of W_h, gate-major: packed[k, g * np + u] = w_h[k, g * H + lo + u]
+    thread_local std::vector<float> packed, pre;  // reused: no page faults per call
+    packed.assign(hid * n, 0.0f);
+    pre.resize(batch * n);
+    for (int64_t k = 0; k < hid; ++k)
+      for (int g = 0; g < 4; ++g)
+        std::memcpy(&packed[k * n + g * np], w + k * gates + g * hid + lo, nu * sizeof(float));
+    for (int64_t s = 0; s < steps; ++s) {
+      const int64_t t = t0 + s;
+      const float* h_prev = s ? hsp + (s - 1) * batch * hid : h0.typed_data();
+      const float* c_prev = s ? csp + (s - 1) * batch * hid : c0.typed_data();
+      const float* gx_s = gxp + s * batch * gates;
+      for (int64_t b = 0; b < batch; ++b)
+        for (int g = 0; g < 4; ++g) {
+          float* dst = &pre[b * n + g * np];
+          std::memcpy(dst, gx_s + b * gates + g * hid + lo, nu * sizeof(float));
+          std::fill(dst + nu, dst + np, 0.0f);
+        }
+      if (nu) gemm_acc(h_prev, hid, packed.data(), n, pre.data(), n, batch, hid);
+      float* h_out = hsp + s * batch * hid;
+      float* c_out = csp + s * batch * hid;
+      float* a_out = actp + s * batch * gates;
+      float* tc_out = tcp + s * batch * hid;
+      for (int64_t b = 0; b < batch; ++b) {
+        const bool live = t < len[b];
+        const float* pb = &pre[b * n];
+        for (int64_t u = 0; u < nu; u += kLanes) {
+          const int64_t j = lo + u, row = b * hid + j;
+          const int64_t m = std::min<int64_t>(kLanes, nu - u);
+          alignas(64) float buf[kLanes] = {};
+          std::memcpy(buf, c_prev + row, m * sizeof(float));
+          const vf cp = load(buf);
+          const vf i = vsigmoid(load(pb + u)), f = vsigmoid(load(pb + np + u));
+          const vf g = vtanh(load(pb + 2 * np + u)), o = vsigmoid(load(pb + 3 * np + u));
+          const vf c = f * cp + i * g;
+          const vf tc = vtanh(c);
+          const vf h = o * tc;
+          const vf gate[4] = {i, f, g, o};
+          for (int q = 0; q < 4; ++q) {
+            store(buf, gate[q]);
+            std::memcpy(a_out + b * gates + q * hid + j, buf, m * sizeof(float));
+          }
+          store(buf, tc);
+          std::memcpy(tc_out + row, buf, m * sizeof(float));
+          if (live) {
+            store(buf, h);
+            std::memcpy(h_out + row, buf, m * sizeof(float));
+            store(buf, c);
+            std::memcpy(c_out + row, buf, m * sizeof(float));
+          } else {
+            std::memcpy(h_out + row, h_prev + row, m * sizeof(float));
+            std::memcpy(c_out + row, c_prev + row, m * sizeof(float));
+          }
+        }
+      }
+      if (threads > 1) barrier.wait();  // step s + 1 reads all of h_s
+    }
+  });
+  return ffi::Error::Success();
+}
+
+ffi::Error LstmBackward(ffi::Buffer<ffi::F32> dhs, ffi::Buffer<ffi::F32> acts,
+                        ffi::Buffer<ffi::F32> tcs, ffi::Buffer<ffi::F32> c_prev,
+                        ffi::Buffer<ffi::F32> w_h, ffi::Buffer<ffi::F32> dh_last,
+                        ffi::Buffer<ffi::F32> dc_last, ffi::Buffer<ffi::S32> t0_buf,
+                        ffi::Buffer<ffi::S32> lengths, int64_t requested_threads,
+                        ffi::ResultBuffer<ffi::F32> dgx, ffi::ResultBuffer<ffi::F32> dh0,
+                        ffi::ResultBuffer<ffi::F32> dc0) {
+  const auto dims = acts.dimensions();
+  if (dims.size() != 3) return ffi::Error::InvalidArgument("acts must be [K, B, 4H]");
+  const int64_t steps = dims[0], batch = dims[1], gates = dims[2], hid = gates / 4;
+  const int32_t t0 = t0_buf.typed_data()[0];
+  const int32_t* len = lengths.typed_data();
+  const float* w = w_h.typed_data();
+  float* dgxp = dgx->typed_data();
+  float* dh = dh0->typed_data();  // the running carry cotangent, in place: own units only
+  float* dc = dc0->typed_data();
+  std::memcpy(dh, dh_last.typed_data(), batch * hid * sizeof(float));
+  std::memcpy(dc, dc_last.typed_data(), batch * hid * sizeof(float));
+  const int requested = threads_for(requested_threads, hid);
+  Barrier barrier(requested);
+
+  run_parallel(requested, [&](int p, int threads) {
+    int64_t lo, hi;
+    unit_range(hid, p, threads, &lo, &hi);
+    const int64_t nu = hi - lo, np = round_up(nu, kLanes);
+    // rows lo..hi of W_h, transposed: packed[g, u] = w_h[lo + u, g] (dh_prev = dpre @ W_h^T)
+    thread_local std::vector<float> packed, acc;
+    packed.assign(gates * np, 0.0f);
+    acc.resize(batch * np);
+    for (int64_t u = 0; u < nu; ++u)
+      for (int64_t g = 0; g < gates; ++g) packed[g * np + u] = w[(lo + u) * gates + g];
+    for (int64_t s = steps - 1; s >= 0; --s) {
+      const int64_t t = t0 + s;
+      const float* a_s = acts.typed_data() + s * batch * gates;
+      const float* tc_s = tcs.typed_data() + s * batch * hid;
+      const float* cp_s = c_prev.typed_data() + s * batch * hid;
+      const float* dh_s = dhs.typed_data() + s * batch * hid;
+      float* dgx_s = dgxp + s * batch * gates;
+      for (int64_t b = 0; b < batch; ++b) {
+        const bool live = t < len[b];
+        for (int64_t u = 0; u < nu; u += kLanes) {
+          const int64_t j = lo + u, row = b * hid + j;
+          const int64_t m = std::min<int64_t>(kLanes, nu - u);
+          if (!live) {  // the carry passes through; no gate gradient
+            for (int q = 0; q < 4; ++q)
+              std::memset(dgx_s + b * gates + q * hid + j, 0, m * sizeof(float));
+            continue;
+          }
+          alignas(64) float buf[kLanes] = {};
+          auto get = [&](const float* src) {
+            std::memcpy(buf, src, m * sizeof(float));
+            return load(buf);
+          };
+          const vf i = get(a_s + b * gates + j), f = get(a_s + b * gates + hid + j);
+          const vf g = get(a_s + b * gates + 2 * hid + j);
+          const vf o = get(a_s + b * gates + 3 * hid + j);
+          const vf tc = get(tc_s + row), cp = get(cp_s + row);
+          const vf dhv = get(dh + row) + get(dh_s + row);
+          const vf dcv = get(dc + row) + dhv * o * (1.0f - tc * tc);
+          const vf d[4] = {dcv * g * i * (1.0f - i), dcv * cp * f * (1.0f - f),
+                           dcv * i * (1.0f - g * g), dhv * tc * o * (1.0f - o)};
+          for (int q = 0; q < 4; ++q) {
+            store(buf, d[q]);
+            std::memcpy(dgx_s + b * gates + q * hid + j, buf, m * sizeof(float));
+          }
+          store(buf, dcv * f);
+          std::memcpy(dc + row, buf, m * sizeof(float));
+        }
+      }
+      if (threads > 1) barrier.wait();  // the matmul reads every unit's gate gradients
+      if (nu) {
+        std::fill(acc.begin(), acc.end(), 0.0f);
+        gemm_acc(dgx_s, gates, packed.data(), np, acc.data(), np, batch, gates);
+        for (int64_t b = 0; b < batch; ++b)
+          if (t < len[b]) std::memcpy(dh + b * hid + lo, &acc[b * np], nu * sizeof(float));
+      }
+      // no second barrier: the next step's first phase writes other rows of dgx and reads
+      // only this thread's units of dh and dc
+    }
+  });
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SeqjaxLstmForward, LstmForward,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // gx
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // w_h
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // h0
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // c0
+                                  .Arg<ffi::Buffer<ffi::S32>>()  // t0
+                                  .Arg<ffi::Buffer<ffi::S32>>()  // lengths
+                                  .Attr<int64_t>("threads")
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // hs
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // cs
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // acts
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // tc
+);
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SeqjaxLstmBackward, LstmBackward,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // dhs
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // acts
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // tc
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // c_prev
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // w_h
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // dh
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // dc
+                                  .Arg<ffi::Buffer<ffi::S32>>()  // t0
+                                  .Arg<ffi::Buffer<ffi::S32>>()  // lengths
+                                  .Attr<int64_t>("threads")
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // dgx
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // dh0
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // dc0
+);

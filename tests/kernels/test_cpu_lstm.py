@@ -1,0 +1,146 @@
+"""The native CPU LSTM loop (``backend="native"``, ``seqjax.kernels.cpu``) against the scan
+backend (the reference, itself checked against PyTorch and finite differences): values and
+gradients of outputs and final carry, with lengths (0, partial, full), reverse, an initial
+carry, hidden sizes that do not fill a vector, 1-3 threads, and saturated gates (where the
+tanh approximation must be XLA's); the backend switch; the build's failure modes."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from seqjax.kernels import cpu
+
+import seqjax
+from seqjax.core import backend as backend_mod
+from seqjax.core.cells import LSTM
+
+pytestmark = pytest.mark.skipif(cpu.unavailable_reason() is not None,
+                                reason=f"native loop unavailable: {cpu.unavailable_reason()}")
+
+
+def _value_and_grads(cell, params, xs, lengths, carry0, reverse, backend):
+    def loss(params, xs, carry0):
+        ys, (h, c) = seqjax.rnn(cell, params, xs, seq_lengths=lengths, initial_carry=carry0,
+                                reverse=reverse, backend=backend)
+        return jnp.sum(ys * jnp.cos(ys)) + jnp.sum(h * c) + jnp.sum(jnp.sin(c))
+
+    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))(params, xs, carry0)
+
+
+@pytest.mark.parametrize("B,T,H,lengths,reverse,shift,threads", [
+    (3, 21, 7, [21, 9, 0], False, 0.0, "1"),
+    (3, 21, 7, [21, 9, 0], True, 0.0, "2"),
+    (4, 40, 37, None, False, 0.1, "3"),  # w + 0.1: saturated gates, chaotic over 40 steps
+    (2, 33, 64, [33, 1], True, 0.0, "2"),
+])
+def test_native_matches_scan(B, T, H, lengths, reverse, shift, threads, monkeypatch):
+    monkeypatch.setenv("SEQJAX_CPU_THREADS", threads)
+    cell = seqjax.make_cell("lstm", 5, H)
+    params = jax.tree.map(lambda p: p + shift, cell.init(jax.random.PRNGKey(0)))
+    keys = jax.random.split(jax.random.PRNGKey(1), 3)
+    xs = jax.random.normal(keys[0], (B, T, 5))
+    carry0 = (jax.random.normal(keys[1], (B, H)), jax.random.normal(keys[2], (B, H)))
+    lengths = None if lengths is None else jnp.array(lengths)
+    got = _value_and_grads(cell, params, xs, lengths, carry0, reverse, "native")
+    want = _value_and_grads(cell, params, xs, lengths, carry0, reverse, "scan")
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5 * float(jnp.max(jnp.abs(b))))
+    if lengths is not None:  # padding outputs are exactly zero
+        ys = jax.jit(lambda p, x: seqjax.rnn(cell, p, x, seq_lengths=lengths,
+                                             backend="native")[0])(params, xs)
+        assert not np.any(np.asarray(ys)[1, int(lengths[1]):])
+
+
+def test_chunk_loops_match_the_step():
+    """One chunk straight through ``lstm_forward``/``lstm_backward`` against a Python loop over
+    ``LSTM.step_with_residuals``/``step_vjp`` (the slide equations), from a chunk start t0 > 0."""
+    K, B, H, t0 = 6, 4, 20, 3
+    cell = LSTM(3, H)
+    rp = cell.recurrent_params(cell.init(jax.random.PRNGKey(0)))
+    r = np.random.default_rng(0)
+    f32 = lambda *s: jnp.asarray(r.normal(size=s), jnp.float32)  # noqa: E731
+    gx, h0, c0, lengths = f32(K, B, 4 * H), f32(B, H), f32(B, H), jnp.array([9, 5, 0, 3])
+    hs, cs, acts, tc = cpu.lstm_forward(gx, rp["w_h"], h0, c0, t0, lengths)
+    carry, want = (h0, c0), []
+    for s in range(K):
+        new, res = cell.step_with_residuals(rp, carry, gx[s])
+        live = (t0 + s < lengths)[:, None]
+        carry = (jnp.where(live, new[0], carry[0]), jnp.where(live, new[1], carry[1]))
+        want.append((carry[0], carry[1]) + res)
+    for got, ref in zip((hs, cs, acts, tc), zip(*want)):
+        np.testing.assert_allclose(got, jnp.stack(ref), atol=2e-6)
+    dhs, dh, dc = f32(K, B, H), f32(B, H), f32(B, H)
+    c_prev = jnp.concatenate([c0[None], cs[:-1]])
+    h_prev = jnp.concatenate([h0[None], hs[:-1]])
+    dgx, dh0, dc0 = cpu.lstm_backward(dhs, acts, tc, c_prev, rp["w_h"], dh, dc, t0, lengths)
+    dcarry, want = (dh, dc), [None] * K
+    for s in reversed(range(K)):
+        dprev, dg = cell.step_vjp(rp, (acts[s], tc[s]), (h_prev[s], c_prev[s]),
+                                  (dcarry[0] + dhs[s], dcarry[1]))
+        live = (t0 + s < lengths)[:, None]
+        dcarry = (jnp.where(live, dprev[0], dcarry[0]), jnp.where(live, dprev[1], dcarry[1]))
+        want[s] = jnp.where(live, dg, 0.0)
+    np.testing.assert_allclose(dgx, jnp.stack(want), atol=2e-6)
+    np.testing.assert_allclose(dh0, dcarry[0], atol=2e-6)
+    np.testing.assert_allclose(dc0, dcarry[1], atol=2e-6)
+
+
+@dataclasses.dataclass(frozen=True)
+class _OtherStep(LSTM):
+    """Changes the step: the native LSTM loop must not run it."""
+
+    def step_with_residuals(self, rp, carry, gx_t):
+        return super().step_with_residuals(rp, carry, 2.0 * gx_t)
+
+
+def test_backend_switch():
+    pick = lambda cell, backend="auto", dtype=jnp.float32, platform="cpu": (  # noqa: E731
+        seqjax.resolve_backend(cell, backend, dtype=dtype, batch=4, steps=9, platform=platform))
+    assert pick(LSTM(3, 8)).name == "native"
+    assert "measured faster" in pick(LSTM(3, 8)).reason
+    assert pick(LSTM(3, 8), dtype=jnp.bfloat16).name == "scan"
+    assert pick(LSTM(3, 8), platform="cuda").name == "scan"
+    assert pick(seqjax.GRU(3, 8)).name == "scan"
+    assert pick(seqjax.make_cell("peephole_lstm", 3, 8)).name == "scan"
+    assert pick(_OtherStep(3, 8)).name == "scan"
+    with pytest.warns(RuntimeWarning, match="overrides step_with_residuals"):
+        assert pick(_OtherStep(3, 8), "native").name == "scan"
+    with pytest.warns(RuntimeWarning, match="GRU has no native loop"):
+        assert pick(seqjax.GRU(3, 7), "native").name == "scan"
+
+
+def test_unavailable_library_falls_back_to_the_scan(monkeypatch):
+    why = cpu._build("no-such-compiler-for-seqjax")[1]
+    assert "no C++ compiler" in why and "CXX" in why
+    monkeypatch.setattr(cpu, "unavailable_reason", lambda: why)
+    monkeypatch.setattr(backend_mod, "_warn_once", lambda msg: None)
+    choice = seqjax.resolve_backend(LSTM(3, 9), "native", dtype=jnp.float32, batch=2, steps=3,
+                                    platform="cpu")
+    assert choice.name == "scan" and "no C++ compiler" in choice.reason
+    assert seqjax.resolve_backend(LSTM(3, 9), "auto", dtype=jnp.float32, batch=2, steps=3,
+                                  platform="cpu").name == "scan"
+
+
+def test_threads_setting(monkeypatch):
+    monkeypatch.setenv("SEQJAX_CPU_THREADS", "2")
+    assert cpu.threads() == 2
+    monkeypatch.setenv("SEQJAX_CPU_THREADS", "zero")
+    with pytest.raises(ValueError, match="SEQJAX_CPU_THREADS='zero'"):
+        cpu.threads()
+    monkeypatch.delenv("SEQJAX_CPU_THREADS")
+    assert cpu.threads() >= 1
+
+
+def test_vmap_and_jit_of_the_native_backend():
+    cell = LSTM(3, 10)
+    params = cell.init(jax.random.PRNGKey(0))
+    xs = jax.random.normal(jax.random.PRNGKey(1), (2, 4, 6, 3))  # a vmapped axis of 2
+
+    def loss(params, xs, backend):
+        return jnp.sum(jax.vmap(lambda x: seqjax.rnn(cell, params, x, backend=backend)[0])(xs))
+
+    got = jax.jit(jax.grad(loss), static_argnums=2)(params, xs, "native")
+    want = jax.jit(jax.grad(loss), static_argnums=2)(params, xs, "scan")
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), got, want)
