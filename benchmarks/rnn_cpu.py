@@ -1,4 +1,4 @@
-"""CPU benchmark: seqjax's scan backend against Flax NNX and PyTorch, LSTM and GRU.
+"""CPU benchmark: seqjax (native and scan backends) against Flax NNX and PyTorch, LSTM and GRU.
 
 Forward and forward+backward of a single layer, T=128, B=32, D=128, H=256, float32 (issue #2's
 shape). Contenders run interleaved in one process (each repetition times every contender once),
