@@ -1,10 +1,12 @@
-"""The LSTM time loop as a native CPU custom call (``backend="native"`` of :func:`seqjax.rnn`).
+"""The LSTM and GRU time loops as native CPU custom calls (``backend="native"`` of
+:func:`seqjax.rnn`).
 
 XLA:CPU runs the per-step recurrent matmul of a :func:`jax.lax.scan` on one core (issue #19,
-``benchmarks/README.md``). ``cpu_lstm.cc`` runs one chunk of an LSTM's time loop as an XLA FFI
+``benchmarks/README.md``). ``cpu_rnn.cc`` runs one chunk of an LSTM's or a GRU's (``reset=
+"after"``) time loop as an XLA FFI
 custom call whose threads each own a range of hidden units, keep those units' columns of
 ``W_h`` in their own cache, and meet once per step. :func:`lstm_forward` and
-:func:`lstm_backward` compute exactly the chunk loops of the scan backend
+:func:`lstm_backward` (and the ``gru_`` pair) compute exactly the chunk loops of the scan backend
 (:mod:`seqjax.core.recurrent`), which shares the rest (input projection and weight
 gradients) with it.
 
@@ -33,13 +35,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["LOOPS", "library_path", "lstm_backward", "lstm_chunk", "lstm_chunk_vjp", "lstm_forward",
-           "threads", "unavailable_reason"]
+__all__ = ["LOOPS", "gru_backward", "gru_chunk", "gru_chunk_vjp", "gru_forward", "library_path",
+           "lstm_backward", "lstm_chunk", "lstm_chunk_vjp", "lstm_forward", "threads",
+           "unavailable_reason"]
 
-SOURCE = Path(__file__).with_name("cpu_lstm.cc")
+SOURCE = Path(__file__).with_name("cpu_rnn.cc")
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC")
 _TARGETS = {"seqjax_lstm_forward": "SeqjaxLstmForward",
-            "seqjax_lstm_backward": "SeqjaxLstmBackward"}
+            "seqjax_lstm_backward": "SeqjaxLstmBackward",
+            "seqjax_gru_forward": "SeqjaxGruForward",
+            "seqjax_gru_backward": "SeqjaxGruBackward"}
 
 
 def threads() -> int:
@@ -83,7 +88,7 @@ def _compiler() -> str:
 
 @functools.lru_cache(maxsize=None)
 def _build(cxx: str) -> tuple[Path | None, str | None]:
-    """Compile ``cpu_lstm.cc`` with ``cxx`` once per machine; ``(path, None)`` or ``(None, why
+    """Compile ``cpu_rnn.cc`` with ``cxx`` once per machine; ``(path, None)`` or ``(None, why
     not)``."""
     if shutil.which(cxx) is None:
         return None, f"no C++ compiler ({cxx!r} not found; set $CXX)"
@@ -92,7 +97,7 @@ def _build(cxx: str) -> tuple[Path | None, str | None]:
         [SOURCE.read_text(), cxx, " ".join(FLAGS), jax.__version__,
          getattr(jax.lib, "__version__", "") or "", _cpu_id()]).encode()).hexdigest()[:16]
     for folder in (_cache_dir(), Path(tempfile.gettempdir()) / f"seqjax-{os.getuid()}"):
-        out = folder / f"cpu_lstm-{key}.so"
+        out = folder / f"cpu_rnn-{key}.so"
         if out.exists():
             return out, None
         try:
@@ -213,5 +218,49 @@ def lstm_chunk_vjp(rp, res_c, prev_c, dh_c, dcarry, t0, lengths, steps: int):
     return (dh0, dc0), dgx
 
 
+def gru_forward(gx, w_h, b_h, h0, t0, lengths):
+    """One chunk of the GRU loop (``reset="after"``): ``gx [K, B, 3H]`` (the input projection
+    with ``b_x``), ``w_h [H, 3H]``, ``b_h [3H]``, ``h0 [B, H]``, ``t0`` and ``lengths`` as in
+    :func:`lstm_forward`. Returns ``(hs, rz, n, zn)``: the carry after each step ``[K, B, H]``,
+    the gates ``r, z`` ``[K, B, 2H]``, ``n`` and ``h W_hn + b_hn`` ``[K, B, H]``."""
+    _check_ready()
+    k, b, g = gx.shape
+    h = g // 3
+    f32 = jnp.float32
+    out = (jax.ShapeDtypeStruct((k, b, h), f32), jax.ShapeDtypeStruct((k, b, 2 * h), f32),
+           jax.ShapeDtypeStruct((k, b, h), f32), jax.ShapeDtypeStruct((k, b, h), f32))
+    call = jax.ffi.ffi_call("seqjax_gru_forward", out, vmap_method="sequential")
+    return call(gx.astype(f32), w_h.astype(f32), b_h.astype(f32), h0.astype(f32), _t0(t0),
+                lengths.astype(jnp.int32), threads=np.int64(threads()))
+
+
+def gru_backward(dhs, rz, n, zn, h_prev, w_h, dh, t0, lengths):
+    """The reverse of :func:`gru_forward` for one chunk: returns ``(dgx [K, B, 3H], dh0)``."""
+    _check_ready()
+    k, b, h = dhs.shape
+    f32 = jnp.float32
+    out = (jax.ShapeDtypeStruct((k, b, 3 * h), f32), jax.ShapeDtypeStruct((b, h), f32))
+    call = jax.ffi.ffi_call("seqjax_gru_backward", out, vmap_method="sequential")
+    return call(dhs.astype(f32), rz, n, zn, h_prev, w_h.astype(f32), dh.astype(f32), _t0(t0),
+                lengths.astype(jnp.int32), threads=np.int64(threads()))
+
+
+def gru_chunk(rp, h0, t0, gx_c, lengths, steps: int):
+    """The scan backend's forward chunk loop for a GRU (``reset="after"``); returns ``(h
+    after the chunk, (hs, (rz, n, zn)))`` as :func:`lstm_chunk` does."""
+    hs, rz, n, zn = gru_forward(gx_c, rp["w_h"], rp["b_h"], h0, t0,
+                                _lengths(lengths, h0.shape[0], steps))
+    return hs[-1], (hs, (rz, n, zn))
+
+
+def gru_chunk_vjp(rp, res_c, prev_c, dh_c, dh, t0, lengths, steps: int):
+    """The scan backend's reverse chunk loop for a GRU: returns ``(dh before the chunk,
+    dgx_c [K, B, 3H])``."""
+    rz, n, zn = res_c
+    dgx, dh0 = gru_backward(dh_c, rz, n, zn, prev_c, rp["w_h"], dh, t0,
+                            _lengths(lengths, dh.shape[0], steps))
+    return dh0, dgx
+
+
 #: ``Cell.native`` -> the forward and reverse chunk loops of that family.
-LOOPS = {"lstm": (lstm_chunk, lstm_chunk_vjp)}
+LOOPS = {"lstm": (lstm_chunk, lstm_chunk_vjp), "gru": (gru_chunk, gru_chunk_vjp)}

@@ -19,8 +19,8 @@ def test_auto_takes_the_scan_where_no_measurement_says_otherwise(platform):
                                     platform=platform)
     assert choice.name == "scan"
     assert "MEASURED_FASTER" in choice.reason and "B=16" in choice.reason
-    assert seqjax.resolve_backend(seqjax.GRU(8, 768), "auto", dtype=F32, batch=16, steps=8,
-                                  platform="cpu").name == "scan"
+    assert seqjax.resolve_backend(seqjax.make_cell("rnn", 8, 768), "auto", dtype=F32, batch=16,
+                                  steps=8, platform="cpu").name == "scan"
 
 
 def test_auto_follows_the_measurement_table(monkeypatch):

@@ -1,12 +1,12 @@
 """The one place where the recurrent backend is chosen.
 
 ``"scan"`` is the reference (:func:`jax.lax.scan` with a hand-written VJP); ``"pallas"`` is the
-fused kernels of :mod:`seqjax.kernels`; ``"native"`` is the scan backend with an LSTM's time
-loop in a multithreaded C++ custom call on the CPU (:mod:`seqjax.kernels.cpu`);
+fused kernels of :mod:`seqjax.kernels`; ``"native"`` is the scan backend with an LSTM's or GRU's
+time loop in a multithreaded C++ custom call on the CPU (:mod:`seqjax.kernels.cpu`);
 ``"parallel"`` is the associative scan of the cells linear in their state
 (:mod:`seqjax.core.linear`); ``"auto"`` takes a kernel only where a measurement on the device
-showed it faster than the scan (:data:`MEASURED_FASTER`), the native loop on
-:data:`NATIVE_AUTO_PLATFORMS`, the parallel scan for linear cells on
+showed it faster than the scan (:data:`MEASURED_FASTER`), the native loop where
+:data:`NATIVE_AUTO` lists it, the parallel scan for linear cells on
 :data:`PARALLEL_AUTO_PLATFORMS`, the scan everywhere else.
 Nothing else in seqjax branches on the platform. A request for ``"pallas"`` that cannot be
 served (or for ``"native"``) falls back to the scan with a one-time warning saying why: never
@@ -29,7 +29,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-__all__ = ["BACKENDS", "LINEAR_BACKENDS", "MEASURED_FASTER", "NATIVE_AUTO_PLATFORMS",
+__all__ = ["BACKENDS", "LINEAR_BACKENDS", "MEASURED_FASTER", "NATIVE_AUTO",
            "PARALLEL_AUTO_PLATFORMS", "native_unsupported_reason",
            "SEQUENTIAL_AUTO_PLATFORMS", "TIME_BLOCK", "BLOCK_FROM_BYTES", "BackendChoice",
            "Measurement", "explain_backend", "resolve_backend"]
@@ -44,11 +44,14 @@ BACKENDS = ("auto", "scan", "pallas", "parallel", "sequential", "native")
 #: associative scan.
 LINEAR_BACKENDS = ("parallel", "sequential")
 
-#: Platforms where ``"auto"`` runs a cell with a native loop (``Cell.native``: the LSTM) with
-#: the ``"native"`` backend: the scan backend with each chunk's time steps in a C++ custom call
-#: whose threads split the hidden units (:mod:`seqjax.kernels.cpu`), float32 only. Measured in
-#: ``benchmarks/rnn_cpu.py`` (issue #19, ``benchmarks/README.md``).
-NATIVE_AUTO_PLATFORMS: tuple[str, ...] = ("cpu",)
+#: ``(platform, Cell.native family)`` pairs where ``"auto"`` runs the ``"native"`` backend: the
+#: scan backend with the time loop of a differentiated pass in a C++ custom call whose threads
+#: split the hidden units (:mod:`seqjax.kernels.cpu`), float32 only. From
+#: ``benchmarks/rnn_cpu.py`` on a 2-core CPU (2026-12-01, issue #19, ``benchmarks/README.md``):
+#: the LSTM fwd+bwd at 0.80-0.89x the scan's time at every shape measured (H=128..512, T=128
+#: and 600, one core and two); the GRU (``reset="after"``) at 0.94-1.07x, a wash, so it runs
+#: natively only when asked for.
+NATIVE_AUTO: tuple[tuple[str, str], ...] = (("cpu", "lstm"),)
 
 #: Platforms where ``"auto"`` runs a linear-recurrence cell with the parallel scan rather than
 #: the sequential one, from ``benchmarks/parallel_scan.py`` (see :func:`resolve_backend`).
@@ -178,8 +181,8 @@ def resolve_backend(
         (these two for linear-recurrence cells only: a ``ValueError`` naming the cell
         otherwise) or ``"native"`` (a cell with a native CPU loop, ``Cell.native``; falls back
         to the scan with a one-time warning saying why where it cannot run,
-        :func:`native_unsupported_reason`). ``"auto"`` picks ``"native"`` where it can run on
-        :data:`NATIVE_AUTO_PLATFORMS`, ``"parallel"`` for linear cells on
+        :func:`native_unsupported_reason`). ``"auto"`` picks ``"native"`` where it can run for
+        the platforms and families of :data:`NATIVE_AUTO`, ``"parallel"`` for linear cells on
         :data:`PARALLEL_AUTO_PLATFORMS`, else ``"sequential"`` for those that set
         ``sequential_on_auto`` on :data:`SEQUENTIAL_AUTO_PLATFORMS`.
       dtype: the input dtype.
@@ -197,8 +200,8 @@ def resolve_backend(
     platform = platform or jax.default_backend()
     if backend == "scan":
         return BackendChoice("scan", platform, "requested")
-    if backend == "native" or (backend == "auto" and platform in NATIVE_AUTO_PLATFORMS
-                               and getattr(cell, "native", None) is not None):
+    if backend == "native" or (backend == "auto"
+                               and (platform, getattr(cell, "native", None)) in NATIVE_AUTO):
         why_not = native_unsupported_reason(cell, dtype, platform)
         if why_not is None:
             return BackendChoice("native", platform, "requested" if backend == "native" else

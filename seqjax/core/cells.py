@@ -423,9 +423,9 @@ class Cell(abc.ABC):
     #: :mod:`seqjax.kernels`), ``None`` for none. A subclass that changes the maths (the peephole
     #: LSTM) sets it back to ``None``.
     kernel: ClassVar[str | None] = None
-    #: The native CPU loop that computes this cell exactly (``"lstm"``: :mod:`seqjax.kernels.cpu`,
-    #: the ``"native"`` backend), ``None`` for none; a subclass that changes the maths sets it
-    #: back to ``None``.
+    #: The native CPU loop that computes this cell exactly (``"lstm"``, ``"gru"``:
+    #: :mod:`seqjax.kernels.cpu`, the ``"native"`` backend), ``None`` for none; a subclass that
+    #: changes the maths sets it back to ``None``.
     native: ClassVar[str | None] = None
     #: Whether the scan loops hand the step ``gx_t`` as separate blocks (``gx_blocks()``,
     #: scanned as separate arrays, concatenated back inside the step: the same values). A speed
@@ -832,6 +832,11 @@ class GRU(Cell):
     num_gates = 3
     kernel = "gru"
     split_gates_in_loop = True  # n = tanh(gx_n + ...) slices gx_t at 2H (see Cell)
+
+    @property
+    def native(self) -> str | None:  # type: ignore[override]
+        """The native CPU loop serves ``reset="after"`` (see :attr:`Cell.native`)."""
+        return "gru" if self.reset == "after" else None
 
     def kernel_options(self) -> dict[str, Any]:
         return {"reset": self.reset}

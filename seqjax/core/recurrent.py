@@ -447,10 +447,10 @@ def rnn(
         once, combined by :func:`jax.lax.associative_scan`; on a CPU a long sequence in blocks
         of :data:`seqjax.core.backend.TIME_BLOCK` steps, recomputed in the backward pass;
         ``unroll`` and ``remat`` do not apply), ``"sequential"`` (the same cells and blocks,
-        the coefficients combined step by step), ``"native"`` (the LSTM on a CPU, float32: the
-        scan backend with the time loop of a differentiated pass in a C++ custom call whose
-        threads split the hidden units, :mod:`seqjax.kernels.cpu`; a forward pass alone runs
-        the scan's loop) or ``"auto"``; see :func:`seqjax.core.backend.resolve_backend`.
+        the coefficients combined step by step), ``"native"`` (the LSTM and GRU on a CPU,
+        float32: the scan backend with the time loop of a differentiated pass in a C++ custom
+        call whose threads split the hidden units, :mod:`seqjax.kernels.cpu`; a forward pass
+        alone runs the scan's loop) or ``"auto"``; see :func:`seqjax.core.backend.resolve_backend`.
       unroll: time steps per scan iteration (the scan backend).
       remat: recompute each step in the backward pass instead of storing its activations
         (memory ``O(T B H)`` carries only, at the cost of a second forward); under ``"auto"``
@@ -502,7 +502,7 @@ def rnn(
     name = choice.name
     if name == "native" and remat and backend == "auto":
         name = "scan"  # remat asks for memory: the native loop keeps every step's residuals
-    elif name == "native" and (remat or unroll != 1):
+    elif name == "native" and backend == "native" and (remat or unroll != 1):
         _warn_once(f"rnn(backend='native'): remat={remat} and unroll={unroll} do not apply to "
                    "the native loop (it saves its own residuals); they are ignored there")
     hs, carry = _run_loop(cell, name, params, xs_tm, carry0, lengths, unroll, remat,

@@ -1,16 +1,16 @@
-// The LSTM time loop on the CPU as an XLA FFI custom call, the recurrent matmul of every step
-// split over the cores (seqjax.kernels.cpu builds this file and registers its two handlers).
+// The LSTM and GRU time loops on the CPU as XLA FFI custom calls, the recurrent matmul of every
+// step split over the cores (seqjax.kernels.cpu builds this file and registers its handlers).
 //
-// Why: XLA:CPU runs the small per-step matmul `h [B, H] @ W_h [H, 4H]` of a lax.scan on one
+// Why: XLA:CPU runs the small per-step matmul `h [B, H] @ W_h [H, G]` of a lax.scan on one
 // core, so a second core buys little (issue #19, benchmarks/README.md). Here each of P threads
-// owns a contiguous range of hidden units: it keeps the columns of W_h for its units (all four
-// gates) packed in its own cache, computes those gates, the cell and the hidden state of its
-// units, and the threads meet at one barrier per step (the next step needs all of h).
+// owns a contiguous range of hidden units: it keeps the columns of W_h for its units (all the
+// gates) packed in its own cache, computes those gates and the new state of its units, and
+// the threads meet at one barrier per step (the next step needs all of h).
 //
-// The maths is that of seqjax.core.cells.LSTM (PyTorch layout, gates i, f, g, o):
+// The LSTM's maths is that of seqjax.core.cells.LSTM (PyTorch layout, gates i, f, g, o):
 //   pre = gx_t + h_{t-1} W_h; i, f, o = sigmoid; g = tanh; c_t = f c_{t-1} + i g;
 //   h_t = o tanh(c_t); a step t >= lengths[b] keeps row b's carry (h, c) unchanged.
-// It computes exactly what the scan backend's loops compute for one chunk of K steps
+// Each handler computes exactly what the scan backend's loops compute for one chunk of K steps
 // (seqjax.core.recurrent._scan_forward / _scan_bwd), so the rest of that backend (the hoisted
 // input projection, its VJP, dW_h) is shared:
 //   forward:  gx [K,B,4H], w_h [H,4H], h0 [B,H], c0 [B,H], t0 [], lengths [B]
@@ -18,8 +18,9 @@
 //                activated gates), tc [K,B,H] (tanh(c_t))
 //   backward: dhs [K,B,H], acts, tc, c_prev [K,B,H] (c before each step), w_h, dh [B,H],
 //             dc [B,H], t0, lengths -> dgx [K,B,4H], dh0 [B,H], dc0 [B,H]
-// sigmoid(x) = (1 + tanh(x/2)) / 2 and tanh is the rational approximation XLA:CPU and Eigen
-// use for float32 (error ~1e-7), so results match the scan backend to float32 rounding.
+// The GRU (reset="after") is described above GruForward.
+// sigmoid(x) = (1 + tanh(x/2)) / 2 and tanh is the rational approximation XLA:CPU uses for
+// float32, so results match the scan backend to float32 rounding.
 
 #include <algorithm>
 #include <atomic>
@@ -44,6 +45,19 @@ typedef float vf_u __attribute__((vector_size(kLanes * sizeof(float)), aligned(4
 inline vf load(const float* p) { return *reinterpret_cast<const vf_u*>(p); }
 inline void store(float* p, vf v) { *reinterpret_cast<vf_u*>(p) = v; }
 inline vf splat(float x) { return vf{} + x; }
+
+// The first m <= kLanes floats at src as a vector (the rest zero), and the inverse: a hidden
+// unit range need not fill its last vector.
+inline vf load_n(const float* src, int64_t m) {
+  alignas(64) float buf[kLanes] = {};
+  std::memcpy(buf, src, m * sizeof(float));
+  return load(buf);
+}
+inline void store_n(float* dst, vf v, int64_t m) {
+  alignas(64) float buf[kLanes];
+  store(buf, v);
+  std::memcpy(dst, buf, m * sizeof(float));
+}
 
 // tanh as XLA:CPU's float32 rational approximation (13/6, Eigen's coefficients; XLA's
 // EmitFastTanh), the input clamped to [-9, 9], and x itself for |x| < 4e-4: the same values
@@ -300,26 +314,18 @@ ffi::Error LstmForward(ffi::Buffer<ffi::F32> gx, ffi::Buffer<ffi::F32> w_h,
         for (int64_t u = 0; u < nu; u += kLanes) {
           const int64_t j = lo + u, row = b * hid + j;
           const int64_t m = std::min<int64_t>(kLanes, nu - u);
-          alignas(64) float buf[kLanes] = {};
-          std::memcpy(buf, c_prev + row, m * sizeof(float));
-          const vf cp = load(buf);
+          const vf cp = load_n(c_prev + row, m);
           const vf i = vsigmoid(load(pb + u)), f = vsigmoid(load(pb + np + u));
           const vf g = vtanh(load(pb + 2 * np + u)), o = vsigmoid(load(pb + 3 * np + u));
           const vf c = f * cp + i * g;
           const vf tc = vtanh(c);
           const vf h = o * tc;
           const vf gate[4] = {i, f, g, o};
-          for (int q = 0; q < 4; ++q) {
-            store(buf, gate[q]);
-            std::memcpy(a_out + b * gates + q * hid + j, buf, m * sizeof(float));
-          }
-          store(buf, tc);
-          std::memcpy(tc_out + row, buf, m * sizeof(float));
+          for (int q = 0; q < 4; ++q) store_n(a_out + b * gates + q * hid + j, gate[q], m);
+          store_n(tc_out + row, tc, m);
           if (live) {
-            store(buf, h);
-            std::memcpy(h_out + row, buf, m * sizeof(float));
-            store(buf, c);
-            std::memcpy(c_out + row, buf, m * sizeof(float));
+            store_n(h_out + row, h, m);
+            store_n(c_out + row, c, m);
           } else {
             std::memcpy(h_out + row, h_prev + row, m * sizeof(float));
             std::memcpy(c_out + row, c_prev + row, m * sizeof(float));
@@ -380,11 +386,7 @@ ffi::Error LstmBackward(ffi::Buffer<ffi::F32> dhs, ffi::Buffer<ffi::F32> acts,
               std::memset(dgx_s + b * gates + q * hid + j, 0, m * sizeof(float));
             continue;
           }
-          alignas(64) float buf[kLanes] = {};
-          auto get = [&](const float* src) {
-            std::memcpy(buf, src, m * sizeof(float));
-            return load(buf);
-          };
+          auto get = [m](const float* src) { return load_n(src, m); };
           const vf i = get(a_s + b * gates + j), f = get(a_s + b * gates + hid + j);
           const vf g = get(a_s + b * gates + 2 * hid + j);
           const vf o = get(a_s + b * gates + 3 * hid + j);
@@ -393,12 +395,8 @@ ffi::Error LstmBackward(ffi::Buffer<ffi::F32> dhs, ffi::Buffer<ffi::F32> acts,
           const vf dcv = get(dc + row) + dhv * o * (1.0f - tc * tc);
           const vf d[4] = {dcv * g * i * (1.0f - i), dcv * cp * f * (1.0f - f),
                            dcv * i * (1.0f - g * g), dhv * tc * o * (1.0f - o)};
-          for (int q = 0; q < 4; ++q) {
-            store(buf, d[q]);
-            std::memcpy(dgx_s + b * gates + q * hid + j, buf, m * sizeof(float));
-          }
-          store(buf, dcv * f);
-          std::memcpy(dc + row, buf, m * sizeof(float));
+          for (int q = 0; q < 4; ++q) store_n(dgx_s + b * gates + q * hid + j, d[q], m);
+          store_n(dc + row, dcv * f, m);
         }
       }
       if (threads > 1) barrier.wait();  // the matmul reads every unit's gate gradients
@@ -415,6 +413,161 @@ ffi::Error LstmBackward(ffi::Buffer<ffi::F32> dhs, ffi::Buffer<ffi::F32> acts,
   return ffi::Error::Success();
 }
 
+
+// The GRU of seqjax.core.cells.GRU with reset="after" (PyTorch's nn.GRU, cuDNN), gates r, z, n:
+//   zh = h_{t-1} W_h + b_h; r = sigmoid(gx_r + zh_r); u = sigmoid(gx_z + zh_z);
+//   n = tanh(gx_n + r zh_n); h_t = n + u (h_{t-1} - n).
+//   forward:  gx [K,B,3H], w_h [H,3H], b_h [3H], h0 [B,H], t0, lengths
+//             -> hs [K,B,H], rz [K,B,2H] (r, u), n [K,B,H], zn [K,B,H] (zh_n)
+//   backward: dhs [K,B,H], rz, n, zn, h_prev [K,B,H], w_h, dh [B,H], t0, lengths
+//             -> dgx [K,B,3H], dh0 [B,H]
+ffi::Error GruForward(ffi::Buffer<ffi::F32> gx, ffi::Buffer<ffi::F32> w_h,
+                      ffi::Buffer<ffi::F32> b_h, ffi::Buffer<ffi::F32> h0,
+                      ffi::Buffer<ffi::S32> t0_buf, ffi::Buffer<ffi::S32> lengths,
+                      int64_t requested_threads, ffi::ResultBuffer<ffi::F32> hs,
+                      ffi::ResultBuffer<ffi::F32> rzs, ffi::ResultBuffer<ffi::F32> ns,
+                      ffi::ResultBuffer<ffi::F32> zns) {
+  const auto dims = gx.dimensions();
+  if (dims.size() != 3) return ffi::Error::InvalidArgument("gx must be [K, B, 3H]");
+  const int64_t steps = dims[0], batch = dims[1], gates = dims[2], hid = gates / 3;
+  const int32_t t0 = t0_buf.typed_data()[0];
+  const int32_t* len = lengths.typed_data();
+  const float* w = w_h.typed_data();
+  const float* bias = b_h.typed_data();
+  const int requested = threads_for(requested_threads, hid);
+  Barrier barrier(requested);
+
+  run_parallel(requested, [&](int p, int threads) {
+    int64_t lo, hi;
+    unit_range(hid, p, threads, &lo, &hi);
+    const int64_t nu = hi - lo, np = round_up(nu, kLanes), n = 3 * np;
+    thread_local std::vector<float> packed, zh;
+    packed.assign(hid * n, 0.0f);
+    zh.resize(batch * n);
+    for (int64_t k = 0; k < hid; ++k)
+      for (int g = 0; g < 3; ++g)
+        std::memcpy(&packed[k * n + g * np], w + k * gates + g * hid + lo, nu * sizeof(float));
+    for (int64_t s = 0; s < steps; ++s) {
+      const int64_t t = t0 + s;
+      const float* h_prev = s ? hs->typed_data() + (s - 1) * batch * hid : h0.typed_data();
+      const float* gx_s = gx.typed_data() + s * batch * gates;
+      for (int64_t b = 0; b < batch; ++b)
+        for (int g = 0; g < 3; ++g) {
+          float* dst = &zh[b * n + g * np];
+          std::memcpy(dst, bias + g * hid + lo, nu * sizeof(float));
+          std::fill(dst + nu, dst + np, 0.0f);
+        }
+      if (nu) gemm_acc(h_prev, hid, packed.data(), n, zh.data(), n, batch, hid);
+      float* h_out = hs->typed_data() + s * batch * hid;
+      float* rz_out = rzs->typed_data() + s * batch * 2 * hid;
+      float* n_out = ns->typed_data() + s * batch * hid;
+      float* zn_out = zns->typed_data() + s * batch * hid;
+      for (int64_t b = 0; b < batch; ++b) {
+        const float* zb = &zh[b * n];
+        for (int64_t u = 0; u < nu; u += kLanes) {
+          const int64_t j = lo + u, row = b * hid + j;
+          const int64_t m = std::min<int64_t>(kLanes, nu - u);
+          auto get = [m](const float* src) { return load_n(src, m); };
+          auto put = [m](float* dst, vf v) { store_n(dst, v, m); };
+          const vf hp = get(h_prev + row);
+          const vf r = vsigmoid(get(gx_s + b * gates + j) + load(zb + u));
+          const vf z = vsigmoid(get(gx_s + b * gates + hid + j) + load(zb + np + u));
+          const vf zn = load(zb + 2 * np + u);
+          const vf nn = vtanh(get(gx_s + b * gates + 2 * hid + j) + r * zn);
+          put(rz_out + b * 2 * hid + j, r);
+          put(rz_out + b * 2 * hid + hid + j, z);
+          put(n_out + row, nn);
+          put(zn_out + row, zn);
+          put(h_out + row, t < len[b] ? nn + z * (hp - nn) : hp);
+        }
+      }
+      if (threads > 1) barrier.wait();  // step s + 1 reads all of h_s
+    }
+  });
+  return ffi::Error::Success();
+}
+
+ffi::Error GruBackward(ffi::Buffer<ffi::F32> dhs, ffi::Buffer<ffi::F32> rzs,
+                       ffi::Buffer<ffi::F32> ns, ffi::Buffer<ffi::F32> zns,
+                       ffi::Buffer<ffi::F32> h_prevs, ffi::Buffer<ffi::F32> w_h,
+                       ffi::Buffer<ffi::F32> dh_last, ffi::Buffer<ffi::S32> t0_buf,
+                       ffi::Buffer<ffi::S32> lengths, int64_t requested_threads,
+                       ffi::ResultBuffer<ffi::F32> dgx, ffi::ResultBuffer<ffi::F32> dh0) {
+  const auto dims = dhs.dimensions();
+  if (dims.size() != 3) return ffi::Error::InvalidArgument("dhs must be [K, B, H]");
+  const int64_t steps = dims[0], batch = dims[1], hid = dims[2], gates = 3 * hid;
+  const int32_t t0 = t0_buf.typed_data()[0];
+  const int32_t* len = lengths.typed_data();
+  const float* w = w_h.typed_data();
+  float* dh = dh0->typed_data();  // the running carry cotangent, in place: own units only
+  std::memcpy(dh, dh_last.typed_data(), batch * hid * sizeof(float));
+  // [dpre_r, dpre_u, dpre_n * r], the matmul's input, twice: step s writes dz[s % 2] while
+  // another thread may still read the other (one barrier per step suffices)
+  std::vector<float> dz_buf(2 * batch * gates);
+  const int requested = threads_for(requested_threads, hid);
+  Barrier barrier(requested);
+
+  run_parallel(requested, [&](int p, int threads) {
+    int64_t lo, hi;
+    unit_range(hid, p, threads, &lo, &hi);
+    const int64_t nu = hi - lo, np = round_up(nu, kLanes);
+    thread_local std::vector<float> packed, acc, dh_own;
+    packed.assign(gates * np, 0.0f);  // packed[g, u] = w_h[lo + u, g]
+    acc.resize(batch * np);
+    dh_own.resize(batch * np);
+    for (int64_t u = 0; u < nu; ++u)
+      for (int64_t g = 0; g < gates; ++g) packed[g * np + u] = w[(lo + u) * gates + g];
+    for (int64_t s = steps - 1; s >= 0; --s) {
+      const int64_t t = t0 + s;
+      const float* rz_s = rzs.typed_data() + s * batch * 2 * hid;
+      const float* n_s = ns.typed_data() + s * batch * hid;
+      const float* zn_s = zns.typed_data() + s * batch * hid;
+      const float* hp_s = h_prevs.typed_data() + s * batch * hid;
+      const float* dh_s = dhs.typed_data() + s * batch * hid;
+      float* dgx_s = dgx->typed_data() + s * batch * gates;
+      float* dz = dz_buf.data() + (s % 2) * batch * gates;
+      for (int64_t b = 0; b < batch; ++b) {
+        const bool live = t < len[b];
+        for (int64_t u = 0; u < nu; u += kLanes) {
+          const int64_t j = lo + u, row = b * hid + j;
+          const int64_t m = std::min<int64_t>(kLanes, nu - u);
+          auto get = [m](const float* src) { return load_n(src, m); };
+          auto put = [m](float* dst, vf v) { store_n(dst, v, m); };
+          if (!live) {  // the carry passes through; no gate gradient
+            for (int q = 0; q < 3; ++q) {
+              std::memset(dgx_s + b * gates + q * hid + j, 0, m * sizeof(float));
+              std::memset(&dz[b * gates + q * hid + j], 0, m * sizeof(float));
+            }
+            continue;
+          }
+          const vf r = get(rz_s + b * 2 * hid + j), z = get(rz_s + b * 2 * hid + hid + j);
+          const vf nn = get(n_s + row), zn = get(zn_s + row), hp = get(hp_s + row);
+          const vf dhv = get(dh + row) + get(dh_s + row);
+          const vf dn = dhv * (1.0f - z) * (1.0f - nn * nn);
+          const vf du = dhv * (hp - nn) * z * (1.0f - z);
+          const vf dr = dn * zn * r * (1.0f - r);
+          put(dgx_s + b * gates + j, dr);
+          put(dgx_s + b * gates + hid + j, du);
+          put(dgx_s + b * gates + 2 * hid + j, dn);
+          put(&dz[b * gates + j], dr);
+          put(&dz[b * gates + hid + j], du);
+          put(&dz[b * gates + 2 * hid + j], dn * r);
+          put(&dh_own[b * np + u], dhv * z);
+        }
+      }
+      if (threads > 1) barrier.wait();  // the matmul reads every unit's dz
+      if (nu) {
+        std::fill(acc.begin(), acc.end(), 0.0f);
+        gemm_acc(dz, gates, packed.data(), np, acc.data(), np, batch, gates);
+        for (int64_t b = 0; b < batch; ++b)
+          if (t < len[b])
+            for (int64_t u = 0; u < nu; ++u)
+              dh[b * hid + lo + u] = dh_own[b * np + u] + acc[b * np + u];
+      }
+    }
+  });
+  return ffi::Error::Success();
+}
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SeqjaxLstmForward, LstmForward,
@@ -447,4 +600,35 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(SeqjaxLstmBackward, LstmBackward,
                                   .Ret<ffi::Buffer<ffi::F32>>()  // dgx
                                   .Ret<ffi::Buffer<ffi::F32>>()  // dh0
                                   .Ret<ffi::Buffer<ffi::F32>>()  // dc0
+);
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SeqjaxGruForward, GruForward,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // gx
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // w_h
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // b_h
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // h0
+                                  .Arg<ffi::Buffer<ffi::S32>>()  // t0
+                                  .Arg<ffi::Buffer<ffi::S32>>()  // lengths
+                                  .Attr<int64_t>("threads")
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // hs
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // rz
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // n
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // zn
+);
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SeqjaxGruBackward, GruBackward,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // dhs
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // rz
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // n
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // zn
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // h_prev
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // w_h
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // dh
+                                  .Arg<ffi::Buffer<ffi::S32>>()  // t0
+                                  .Arg<ffi::Buffer<ffi::S32>>()  // lengths
+                                  .Attr<int64_t>("threads")
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // dgx
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // dh0
 );
