@@ -344,7 +344,8 @@ CASES = [
      r"unknown cell kind 'transformer'"),
     ("make_cell-kind-not-str", lambda: make_cell(["lstm"], D, H), TypeError,
      r"kind=\['lstm'\] must be a str"),
-    ("LSTM-hidden-size", lambda: LSTM(D, 0), ValueError, r"hidden_size must be a positive int"),
+    ("LSTM-hidden-size", lambda: LSTM(D, 0), ValueError,
+     r"LSTM.hidden_size=0 must be a positive int"),
     ("glorot_uniform-rank1", lambda: glorot_uniform(KEY, (3,)), ValueError, r"1-dimensional"),
     ("orthogonal-rank1", lambda: orthogonal(KEY, (3,)), ValueError, r"at least a 2D shape"),
     # ---- length_mask / reverse_padded / check_lengths --------------------------------------

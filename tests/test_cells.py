@@ -297,7 +297,7 @@ def test_bad_param_shape_and_cell_config():
     cell, p, xs = _setup()
     with pytest.raises(ValueError, match=r"params\['w_h'\].shape=\(4, 12\) must be \(4, 16\)"):
         rnn(cell, dict(p, w_h=jnp.zeros((4, 12))), xs)
-    with pytest.raises(ValueError, match="hidden_size must be a positive int"):
+    with pytest.raises(ValueError, match="hidden_size=0 must be a positive int"):
         LSTM(3, 0)
     with pytest.raises(ValueError, match="reset must be 'after' or 'before'"):
         GRU(3, 4, reset="middle")

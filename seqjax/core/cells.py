@@ -80,13 +80,17 @@ def _sigmoid_tanh(x: Array) -> Array:
     return 0.5 + 0.5 * jnp.tanh(0.5 * x)
 
 
+def check_positive_int(name: str, value: Any) -> int:
+    """``int(value)``, or a ``ValueError`` naming ``name`` unless ``value`` is an integer
+    (Python or numpy; not a bool) ``>= 1``. The one positive-integer check of seqjax."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name}={value!r} must be a positive int")
+    return int(value)
+
+
 def _check_positive(cell: Any, *names: str) -> None:
     for name in names:
-        value = getattr(cell, name)
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise ValueError(
-                f"{type(cell).__name__}.{name} must be a positive int, got {value!r}"
-            )
+        check_positive_int(f"{type(cell).__name__}.{name}", getattr(cell, name))
 
 
 def _recurrent_init(init: Initializer, key: Array, hidden: int, gates: int, dtype: Any) -> Array:

@@ -51,6 +51,7 @@ from seqjax.core.cells import (
     _sigmoid_tanh,
     check_batch,
     check_key,
+    check_positive_int,
     glorot_uniform,
     register_cell,
 )
@@ -294,9 +295,8 @@ def linear_recurrence(cell: Cell, params: Params, xs_tm: Array, carry0: Any,
                          "(linear_recurrence is not True)")
     if mode not in PARALLEL_MODES:
         raise ValueError(f"mode={mode!r} must be one of {PARALLEL_MODES}")
-    if time_block is not None and (isinstance(time_block, bool)
-                                   or not isinstance(time_block, int) or time_block < 1):
-        raise ValueError(f"time_block={time_block!r} must be a positive int or None")
+    if time_block is not None:
+        time_block = check_positive_int("time_block", time_block)
     steps = xs_tm.shape[0]
     h0 = cell.carry_state(carry0)
     if time_block is None or steps <= time_block:

@@ -40,6 +40,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from seqjax.core.cells import check_key, check_tree, dtype_of, shape_of
+from seqjax.core.cells import check_positive_int as _check_positive_int
 from seqjax.core.layers import dropout as _dropout
 from seqjax.core.recurrent import check_lengths
 
@@ -48,11 +49,6 @@ __all__ = ["TCN", "causal_conv1d", "receptive_field", "weight_norm"]
 Params = dict[str, Any]
 
 _DIMENSION_NUMBERS = ("NWC", "WIO", "NWC")
-
-
-def _check_positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name}={value!r} must be a positive int")
 
 
 def receptive_field(kernel_size: int, levels: int) -> int:

@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from seqjax.core.cells import check_positive_int as _check_positive
 from seqjax.data.base import classification_terms
 
 Array = jax.Array
@@ -79,12 +80,6 @@ def _check_ids(ids: Any, name: str = "ids") -> np.ndarray:
         raise ValueError(f"{name} must be a 1-D integer token stream, got shape {ids.shape} "
                          f"dtype {ids.dtype}")
     return ids
-
-
-def _check_positive(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-        raise ValueError(f"{name}={value!r} must be a positive int")
-    return int(value)
 
 
 class TokenStreams:
