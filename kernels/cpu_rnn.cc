@@ -32,6 +32,8 @@
 #include <thread>
 #include <vector>
 
+#include <unistd.h>
+
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -235,8 +237,17 @@ class Pool {
   std::atomic<int64_t> generation_{0};
 };
 
+// The process's pool (leaked on purpose: workers outlive static destructors). A forked child
+// has none of its parent's workers, so it starts a pool of its own.
 Pool& pool() {
-  static Pool* instance = new Pool();  // leaked on purpose: workers outlive static destructors
+  static std::mutex mutex;
+  static Pool* instance = nullptr;
+  static pid_t owner = -1;
+  std::lock_guard<std::mutex> lock(mutex);
+  if (instance == nullptr || owner != getpid()) {
+    instance = new Pool();
+    owner = getpid();
+  }
   return *instance;
 }
 
