@@ -18,8 +18,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from seqjax.core.cells import check_positive_int
-
 #: Environment variable holding the default data directory.
 DATA_DIR_ENV = "SEQJAX_DATA"
 
@@ -135,8 +133,14 @@ class Task(abc.ABC):
 # ---------------------------------------------------------------------------------------------
 
 
-#: ``int(value)`` or a ``ValueError`` unless it is a positive integer (the one check of seqjax).
-check_positive = check_positive_int
+def check_positive(name: str, value: int) -> int:
+    """Returns ``int(value)`` or raises ``ValueError`` unless it is a positive integer.
+
+    The data layer's own copy of ``seqjax.core.cells.check_positive_int``: ``seqjax.data``
+    imports nothing else of seqjax (``tests/test_layout.py``)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name}={value!r} must be a positive integer")
+    return int(value)
 
 
 def check_non_negative(name: str, value: int) -> int:
