@@ -154,21 +154,21 @@ def _t0(t0) -> jax.Array:
     return jnp.asarray(t0, jnp.int32).reshape(())
 
 
-def lstm_forward(gx, w_h, h0, c0, t0, lengths):
-    """One chunk of the LSTM loop: ``gx [K, B, 4H]`` (the input projection with bias),
-    ``w_h [H, 4H]``, carry ``h0, c0 [B, H]``, ``t0`` the chunk's first step and ``lengths
-    [B]`` int32 (steps ``t0 + s >= lengths[b]`` keep row ``b``'s carry).
+def lstm_forward(xs, w_x, b, w_h, h0, c0, t0, lengths):
+    """One chunk of the LSTM loop, input projection included: ``xs [K, B, D]``, ``w_x [D, 4H]``,
+    ``b [4H]``, ``w_h [H, 4H]``, carry ``h0, c0 [B, H]``, ``t0`` the chunk's first step and
+    ``lengths [B]`` int32 (steps ``t0 + s >= lengths[b]`` keep row ``b``'s carry).
 
     Returns ``(hs, cs, acts, tc)``: the carry after each step ``[K, B, H]`` twice, the
     activated gates ``[K, B, 4H]`` and ``tanh(c) [K, B, H]`` (all float32)."""
     _check_ready()
-    k, b, g = gx.shape
-    h = g // 4
+    k, b_, _ = xs.shape
+    h, g = w_h.shape
     f32 = jnp.float32
-    out = (jax.ShapeDtypeStruct((k, b, h), f32), jax.ShapeDtypeStruct((k, b, h), f32),
-           jax.ShapeDtypeStruct((k, b, g), f32), jax.ShapeDtypeStruct((k, b, h), f32))
+    out = (jax.ShapeDtypeStruct((k, b_, h), f32), jax.ShapeDtypeStruct((k, b_, h), f32),
+           jax.ShapeDtypeStruct((k, b_, g), f32), jax.ShapeDtypeStruct((k, b_, h), f32))
     call = jax.ffi.ffi_call("seqjax_lstm_forward", out, vmap_method="sequential")
-    return call(gx.astype(f32), w_h.astype(f32), h0.astype(f32), c0.astype(f32), _t0(t0),
+    return call(*(a.astype(f32) for a in (xs, w_x, b, w_h, h0, c0)), _t0(t0),
                 lengths.astype(jnp.int32), threads=np.int64(threads()))
 
 
@@ -185,7 +185,9 @@ def lstm_backward(dhs, acts, tc, c_prev, w_h, dh, dc, t0, lengths):
     f32 = jnp.float32
     out = (jax.ShapeDtypeStruct((k, b, g), f32), jax.ShapeDtypeStruct((b, h), f32),
            jax.ShapeDtypeStruct((b, h), f32))
-    call = jax.ffi.ffi_call("seqjax_lstm_backward", out, vmap_method="sequential")
+    # dgx overwrites acts (dead after this call): no fresh [K, B, 4H] buffer per call
+    call = jax.ffi.ffi_call("seqjax_lstm_backward", out, vmap_method="sequential",
+                            input_output_aliases={1: 0})
     return call(dhs.astype(f32), acts, tc, c_prev, w_h.astype(f32), dh.astype(f32),
                 dc.astype(f32), _t0(t0), lengths.astype(jnp.int32), threads=np.int64(threads()))
 
@@ -194,14 +196,16 @@ def _lengths(lengths, batch: int, steps: int) -> jax.Array:
     return jnp.full((batch,), steps, jnp.int32) if lengths is None else lengths
 
 
-def lstm_chunk(rp, carry, t0, gx_c, lengths, steps: int):
+def lstm_chunk(cell, params, carry, t0, x_c, lengths, steps: int):
     """The scan backend's forward chunk loop for an LSTM (``seqjax.core.recurrent``): carry
-    ``(h, c)``, ``gx_c [K, B, 4H]``, ``lengths [B]`` or ``None`` (``steps``: the padded length).
+    ``(h, c)``, the chunk's inputs ``x_c [K, B, D]`` (projected here, with ``params["w_x"]``
+    and ``params["b"]``, as ``cell.input_projection`` does), ``lengths [B]`` or ``None``
+    (``steps``: the padded length).
 
     Returns ``(carry after the chunk, ((hs, cs), (acts, tc)))``: every step's carry and the
     residuals of :meth:`seqjax.core.cells.LSTM.step_with_residuals`."""
     h0, c0 = carry
-    hs, cs, acts, tc = lstm_forward(gx_c, rp["w_h"], h0, c0, t0,
+    hs, cs, acts, tc = lstm_forward(x_c, params["w_x"], params["b"], params["w_h"], h0, c0, t0,
                                     _lengths(lengths, h0.shape[0], steps))
     return (hs[-1], cs[-1]), ((hs, cs), (acts, tc))
 
@@ -245,10 +249,11 @@ def gru_backward(dhs, rz, n, zn, h_prev, w_h, dh, t0, lengths):
                 lengths.astype(jnp.int32), threads=np.int64(threads()))
 
 
-def gru_chunk(rp, h0, t0, gx_c, lengths, steps: int):
-    """The scan backend's forward chunk loop for a GRU (``reset="after"``); returns ``(h
-    after the chunk, (hs, (rz, n, zn)))`` as :func:`lstm_chunk` does."""
-    hs, rz, n, zn = gru_forward(gx_c, rp["w_h"], rp["b_h"], h0, t0,
+def gru_chunk(cell, params, h0, t0, x_c, lengths, steps: int):
+    """The scan backend's forward chunk loop for a GRU (``reset="after"``): ``x_c [K, B, D]``
+    projected by ``cell.project``; returns ``(h after the chunk, (hs, (rz, n, zn)))`` as
+    :func:`lstm_chunk` does."""
+    hs, rz, n, zn = gru_forward(cell.project(params, x_c), params["w_h"], params["b_h"], h0, t0,
                                 _lengths(lengths, h0.shape[0], steps))
     return hs[-1], (hs, (rz, n, zn))
 

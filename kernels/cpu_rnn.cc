@@ -8,16 +8,20 @@
 // the threads meet at one barrier per step (the next step needs all of h).
 //
 // The LSTM's maths is that of seqjax.core.cells.LSTM (PyTorch layout, gates i, f, g, o):
-//   pre = gx_t + h_{t-1} W_h; i, f, o = sigmoid; g = tanh; c_t = f c_{t-1} + i g;
+//   pre = x_t W_x + b + h_{t-1} W_h; i, f, o = sigmoid; g = tanh; c_t = f c_{t-1} + i g;
 //   h_t = o tanh(c_t); a step t >= lengths[b] keeps row b's carry (h, c) unchanged.
-// Each handler computes exactly what the scan backend's loops compute for one chunk of K steps
-// (seqjax.core.recurrent._scan_forward / _scan_bwd), so the rest of that backend (the hoisted
-// input projection, its VJP, dW_h) is shared:
-//   forward:  gx [K,B,4H], w_h [H,4H], h0 [B,H], c0 [B,H], t0 [], lengths [B]
-//             -> hs [K,B,H] (the carry's h after each step), cs [K,B,H], acts [K,B,4H] (the
-//                activated gates), tc [K,B,H] (tanh(c_t))
+// Each handler computes what the scan backend's loops compute for one chunk of K steps
+// (seqjax.core.recurrent._scan_forward / _scan_bwd), so the rest of that backend (the input
+// projection's VJP, dW_h) is shared. The forward computes the input projection itself, each
+// thread for its own units' columns, the next step's part before the barrier (it does not
+// depend on h): the [K, B, 4H] projection is then never written to memory and read back,
+// which cost more than its matmul (issue #19, benchmarks/README.md).
+//   forward:  xs [K,B,D], w_x [D,4H], b [4H], w_h [H,4H], h0 [B,H], c0 [B,H], t0 [],
+//             lengths [B] -> hs [K,B,H] (the carry's h after each step), cs [K,B,H],
+//             acts [K,B,4H] (the activated gates), tc [K,B,H] (tanh(c_t))
 //   backward: dhs [K,B,H], acts, tc, c_prev [K,B,H] (c before each step), w_h, dh [B,H],
-//             dc [B,H], t0, lengths -> dgx [K,B,4H], dh0 [B,H], dc0 [B,H]
+//             dc [B,H], t0, lengths -> dgx [K,B,4H], dh0 [B,H], dc0 [B,H]; dgx may alias
+//             acts (each thread reads a step's gates of its units before it writes them)
 // The GRU (reset="after") is described above GruForward.
 // sigmoid(x) = (1 + tanh(x/2)) / 2 and tanh is the rational approximation XLA:CPU uses for
 // float32, so results match the scan backend to float32 rounding.
@@ -272,19 +276,25 @@ int threads_for(int64_t requested, int64_t hid) {
   return static_cast<int>(std::max<int64_t>(1, std::min(requested, most)));
 }
 
-ffi::Error LstmForward(ffi::Buffer<ffi::F32> gx, ffi::Buffer<ffi::F32> w_h,
+ffi::Error LstmForward(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_x,
+                       ffi::Buffer<ffi::F32> b, ffi::Buffer<ffi::F32> w_h,
                        ffi::Buffer<ffi::F32> h0, ffi::Buffer<ffi::F32> c0,
                        ffi::Buffer<ffi::S32> t0_buf, ffi::Buffer<ffi::S32> lengths,
                        int64_t requested_threads, ffi::ResultBuffer<ffi::F32> hs,
                        ffi::ResultBuffer<ffi::F32> cs, ffi::ResultBuffer<ffi::F32> acts,
                        ffi::ResultBuffer<ffi::F32> tcs) {
-  const auto dims = gx.dimensions();
-  if (dims.size() != 3) return ffi::Error::InvalidArgument("gx must be [K, B, 4H]");
-  const int64_t steps = dims[0], batch = dims[1], gates = dims[2], hid = gates / 4;
+  const auto dims = xs.dimensions();
+  const auto wdims = w_h.dimensions();
+  if (dims.size() != 3 || wdims.size() != 2)
+    return ffi::Error::InvalidArgument("xs must be [K, B, D] and w_h [H, 4H]");
+  const int64_t steps = dims[0], batch = dims[1], in = dims[2];
+  const int64_t hid = wdims[0], gates = wdims[1];
   const int32_t t0 = t0_buf.typed_data()[0];
   const int32_t* len = lengths.typed_data();
-  const float* gxp = gx.typed_data();
+  const float* xp = xs.typed_data();
+  const float* wx = w_x.typed_data();
   const float* w = w_h.typed_data();
+  const float* bias = b.typed_data();
   float* hsp = hs->typed_data();
   float* csp = cs->typed_data();
   float* actp = acts->typed_data();
@@ -296,34 +306,40 @@ ffi::Error LstmForward(ffi::Buffer<ffi::F32> gx, ffi::Buffer<ffi::F32> w_h,
     int64_t lo, hi;
     unit_range(hid, p, threads, &lo, &hi);
     const int64_t nu = hi - lo, np = round_up(nu, kLanes), n = 4 * np;
-    // this thread's columns of W_h, gate-major: packed[k, g * np + u] = w_h[k, g * H + lo + u]
-    thread_local std::vector<float> packed, pre;  // reused: no page faults per call
-    packed.assign(hid * n, 0.0f);
-    pre.resize(batch * n);
-    for (int64_t k = 0; k < hid; ++k)
-      for (int g = 0; g < 4; ++g)
-        std::memcpy(&packed[k * n + g * np], w + k * gates + g * hid + lo, nu * sizeof(float));
+    // This thread's columns of [W_x; W_h] and b, gate-major: packed[k, q * np + u] is column
+    // q * H + lo + u of W_x (k < D) or W_h (row k - D); two pre-activation buffers, so that
+    // the next step's input part (b + x W_x, independent of h) is computed before the barrier.
+    thread_local std::vector<float> packed, bp, pre[2];  // reused: no page faults per call
+    packed.assign((in + hid) * n, 0.0f);
+    bp.assign(n, 0.0f);
+    for (auto& v : pre) v.resize(batch * n);
+    for (int64_t k = 0; k < in + hid; ++k) {
+      const float* src = k < in ? wx + k * gates : w + (k - in) * gates;
+      for (int q = 0; q < 4; ++q)
+        std::memcpy(&packed[k * n + q * np], src + q * hid + lo, nu * sizeof(float));
+    }
+    for (int q = 0; q < 4; ++q) std::memcpy(&bp[q * np], bias + q * hid + lo, nu * sizeof(float));
+    const float* packed_h = packed.data() + in * n;
+    auto input_part = [&](int64_t s, float* dst) {  // dst[B, n] = b + x_s W_x (own columns)
+      for (int64_t r = 0; r < batch; ++r) std::memcpy(dst + r * n, bp.data(), n * sizeof(float));
+      if (nu) gemm_acc(xp + s * batch * in, in, packed.data(), n, dst, n, batch, in);
+    };
+    input_part(0, pre[0].data());
     for (int64_t s = 0; s < steps; ++s) {
       const int64_t t = t0 + s;
       const float* h_prev = s ? hsp + (s - 1) * batch * hid : h0.typed_data();
       const float* c_prev = s ? csp + (s - 1) * batch * hid : c0.typed_data();
-      const float* gx_s = gxp + s * batch * gates;
-      for (int64_t b = 0; b < batch; ++b)
-        for (int g = 0; g < 4; ++g) {
-          float* dst = &pre[b * n + g * np];
-          std::memcpy(dst, gx_s + b * gates + g * hid + lo, nu * sizeof(float));
-          std::fill(dst + nu, dst + np, 0.0f);
-        }
-      if (nu) gemm_acc(h_prev, hid, packed.data(), n, pre.data(), n, batch, hid);
+      float* pre_s = pre[s & 1].data();
+      if (nu) gemm_acc(h_prev, hid, packed_h, n, pre_s, n, batch, hid);
       float* h_out = hsp + s * batch * hid;
       float* c_out = csp + s * batch * hid;
       float* a_out = actp + s * batch * gates;
       float* tc_out = tcp + s * batch * hid;
-      for (int64_t b = 0; b < batch; ++b) {
-        const bool live = t < len[b];
-        const float* pb = &pre[b * n];
+      for (int64_t r = 0; r < batch; ++r) {
+        const bool live = t < len[r];
+        const float* pb = pre_s + r * n;
         for (int64_t u = 0; u < nu; u += kLanes) {
-          const int64_t j = lo + u, row = b * hid + j;
+          const int64_t j = lo + u, row = r * hid + j;
           const int64_t m = std::min<int64_t>(kLanes, nu - u);
           const vf cp = load_n(c_prev + row, m);
           const vf i = vsigmoid(load(pb + u)), f = vsigmoid(load(pb + np + u));
@@ -332,7 +348,7 @@ ffi::Error LstmForward(ffi::Buffer<ffi::F32> gx, ffi::Buffer<ffi::F32> w_h,
           const vf tc = vtanh(c);
           const vf h = o * tc;
           const vf gate[4] = {i, f, g, o};
-          for (int q = 0; q < 4; ++q) store_n(a_out + b * gates + q * hid + j, gate[q], m);
+          for (int q = 0; q < 4; ++q) store_n(a_out + r * gates + q * hid + j, gate[q], m);
           store_n(tc_out + row, tc, m);
           if (live) {
             store_n(h_out + row, h, m);
@@ -343,6 +359,7 @@ ffi::Error LstmForward(ffi::Buffer<ffi::F32> gx, ffi::Buffer<ffi::F32> w_h,
           }
         }
       }
+      if (s + 1 < steps) input_part(s + 1, pre[(s + 1) & 1].data());
       if (threads > 1) barrier.wait();  // step s + 1 reads all of h_s
     }
   });
@@ -583,7 +600,9 @@ ffi::Error GruBackward(ffi::Buffer<ffi::F32> dhs, ffi::Buffer<ffi::F32> rzs,
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SeqjaxLstmForward, LstmForward,
                               ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // gx
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // xs
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // w_x
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // b
                                   .Arg<ffi::Buffer<ffi::F32>>()  // w_h
                                   .Arg<ffi::Buffer<ffi::F32>>()  // h0
                                   .Arg<ffi::Buffer<ffi::F32>>()  // c0

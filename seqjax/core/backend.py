@@ -147,17 +147,23 @@ def _warn_once(message: str) -> None:
     warnings.warn(message, RuntimeWarning, stacklevel=4)
 
 
+#: Besides the step and its VJP, what a native loop computes itself (so a subclass must not
+#: change it): the LSTM loop projects its inputs (``seqjax.kernels.cpu.lstm_forward``).
+_NATIVE_COMPUTES = {"lstm": ("input_projection",)}
+
+
 def native_unsupported_reason(cell: Any, dtype: Any, platform: str) -> str | None:
     """Why the ``"native"`` backend cannot run ``cell`` here, or ``None``: it needs a cell that
-    declares a native loop (``Cell.native``) whose step and step VJP are those of the class
-    that declared it (a subclass changing the maths must set ``native = None`` or its own),
-    float32 inputs, the CPU, and the library built (:mod:`seqjax.kernels.cpu`)."""
+    declares a native loop (``Cell.native``) whose step and step VJP (and, for the LSTM, input
+    projection) are those of the class that declared it (a subclass changing the maths must
+    set ``native = None`` or its own), float32 inputs, the CPU, and the library built
+    (:mod:`seqjax.kernels.cpu`)."""
     cls = type(cell)
     family = getattr(cell, "native", None)
     if family is None:
         return f"{cls.__name__} has no native loop (Cell.native is None)"
     owner = next(c for c in cls.__mro__ if "native" in vars(c))
-    for method in ("step_with_residuals", "step_vjp"):
+    for method in _NATIVE_COMPUTES.get(family, ()) + ("step_with_residuals", "step_vjp"):
         if getattr(cls, method) is not getattr(owner, method, None):
             return (f"{cls.__name__} overrides {method} of {owner.__name__}, whose native "
                     f"{family} loop would not compute it")

@@ -220,8 +220,7 @@ def _scan_forward(cell: Cell, unroll: int, native: bool, params, xs, carry0, len
     def block(carry, inp):
         ts, x_c = inp
         if loops is not None:
-            carry, (new, res) = loops[0](rp, carry, ts[0], cell.project(params, x_c), lengths,
-                                         padded)
+            carry, (new, res) = loops[0](cell, params, carry, ts[0], x_c, lengths, padded)
             return carry, ((new, res) if save else cell.carry_hidden(new))
         gx_c = _gate_blocks(cell, cell.project(params, x_c))
         return jax.lax.scan(step, carry, (ts, gx_c), unroll=unroll)

@@ -62,13 +62,17 @@ def test_native_matches_scan(kind, B, T, H, lengths, reverse, shift, threads, mo
 def test_chunk_loops_match_the_step():
     """One chunk straight through ``lstm_forward``/``lstm_backward`` against a Python loop over
     ``LSTM.step_with_residuals``/``step_vjp`` (the slide equations), from a chunk start t0 > 0."""
-    K, B, H, t0 = 6, 4, 20, 3
-    cell = LSTM(3, H)
-    rp = cell.recurrent_params(cell.init(jax.random.PRNGKey(0)))
+    K, B, D, H, t0 = 6, 4, 3, 20, 3
+    cell = LSTM(D, H)
+    params = cell.init(jax.random.PRNGKey(0))
+    params = dict(params, b=params["b"] + 0.5)  # a non-zero bias, added inside the loop
+    rp = cell.recurrent_params(params)
     r = np.random.default_rng(0)
     f32 = lambda *s: jnp.asarray(r.normal(size=s), jnp.float32)  # noqa: E731
-    gx, h0, c0, lengths = f32(K, B, 4 * H), f32(B, H), f32(B, H), jnp.array([9, 5, 0, 3])
-    hs, cs, acts, tc = cpu.lstm_forward(gx, rp["w_h"], h0, c0, t0, lengths)
+    xs, h0, c0, lengths = f32(K, B, D), f32(B, H), f32(B, H), jnp.array([9, 5, 0, 3])
+    hs, cs, acts, tc = cpu.lstm_forward(xs, params["w_x"], params["b"], rp["w_h"], h0, c0, t0,
+                                        lengths)
+    gx = cell.project(params, xs)
     carry, want = (h0, c0), []
     for s in range(K):
         new, res = cell.step_with_residuals(rp, carry, gx[s])
@@ -101,6 +105,14 @@ class _OtherStep(LSTM):
         return super().step_with_residuals(rp, carry, 2.0 * gx_t)
 
 
+@dataclasses.dataclass(frozen=True)
+class _OtherProjection(LSTM):
+    """Changes the input projection, which the native LSTM loop computes itself."""
+
+    def input_projection(self, params, xs):
+        return super().input_projection(params, 2.0 * xs)
+
+
 def test_backend_switch():
     pick = lambda cell, backend="auto", dtype=jnp.float32, platform="cpu": (  # noqa: E731
         seqjax.resolve_backend(cell, backend, dtype=dtype, batch=4, steps=9, platform=platform))
@@ -116,6 +128,8 @@ def test_backend_switch():
     assert pick(_OtherStep(3, 8)).name == "scan"
     with pytest.warns(RuntimeWarning, match="overrides step_with_residuals"):
         assert pick(_OtherStep(3, 8), "native").name == "scan"
+    with pytest.warns(RuntimeWarning, match="overrides input_projection"):
+        assert pick(_OtherProjection(3, 8), "native").name == "scan"
     with pytest.warns(RuntimeWarning, match="GRU has no native loop"):
         assert pick(seqjax.GRU(3, 7, reset="before"), "native").name == "scan"
 
