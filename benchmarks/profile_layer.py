@@ -53,14 +53,16 @@ def _op_table(hlo: str) -> dict[str, tuple[str, int]]:
     for m in re.finditer(r"^%?([\w.\-]+) \(.*?\) -> .*? \{\n(.*?)\n\}", hlo, re.S | re.M):
         computations[m.group(1)] = m.group(2)
     ops = {}
-    for m in re.finditer(r"^\s*(?:ROOT )?%([\w.\-]+) = (\w+)\[([\d,]*)\].*?$", hlo, re.M):
+    # array-valued instructions, and custom calls (the native loops), whose value is a tuple
+    for m in re.finditer(r"^\s*(?:ROOT )?%([\w.\-]+) = (?:(\w+)\[([\d,]*)\]|\(.*?\) "
+                         r"custom-call\().*?$", hlo, re.M):
         name, line = m.group(1), m.group(0)
         part = "bwd" if "transpose(" in line else "fwd"
         flops = 0
         called = re.search(r"calls=%([\w.\-]+)", line)
         body = computations.get(called.group(1), "") if called else ""
         dot = re.search(r"dot\((.*?)\), lhs_contracting_dims=\{([\d,]*)\}", body + line)
-        if dot and ("ynn" in name or name.startswith("dot")):
+        if dot and m.group(3) is not None and ("ynn" in name or name.startswith("dot")):
             out = [int(d) for d in m.group(3).split(",") if d]
             lhs = re.search(r"%([\w.\-]+)", dot.group(1)).group(1)
             shape = re.search(rf"%{re.escape(lhs)} = \w+\[([\d,]*)\]", body + hlo)

@@ -154,19 +154,21 @@ def _t0(t0) -> jax.Array:
     return jnp.asarray(t0, jnp.int32).reshape(())
 
 
-def lstm_forward(xs, w_x, b, w_h, h0, c0, t0, lengths):
+def lstm_forward(xs, w_x, b, w_h, h0, c0, t0, lengths, residuals: bool = True):
     """One chunk of the LSTM loop, input projection included: ``xs [K, B, D]``, ``w_x [D, 4H]``,
     ``b [4H]``, ``w_h [H, 4H]``, carry ``h0, c0 [B, H]``, ``t0`` the chunk's first step and
     ``lengths [B]`` int32 (steps ``t0 + s >= lengths[b]`` keep row ``b``'s carry).
 
     Returns ``(hs, cs, acts, tc)``: the carry after each step ``[K, B, H]`` twice, the
-    activated gates ``[K, B, 4H]`` and ``tanh(c) [K, B, H]`` (all float32)."""
+    activated gates ``[K, B, 4H]`` and ``tanh(c) [K, B, H]`` (all float32); with ``residuals=
+    False`` (a pass not differentiated) ``acts`` and ``tc`` are empty (``[0]``), not computed."""
     _check_ready()
     k, b_, _ = xs.shape
     h, g = w_h.shape
     f32 = jnp.float32
+    res = ((k, b_, g), (k, b_, h)) if residuals else ((0,), (0,))
     out = (jax.ShapeDtypeStruct((k, b_, h), f32), jax.ShapeDtypeStruct((k, b_, h), f32),
-           jax.ShapeDtypeStruct((k, b_, g), f32), jax.ShapeDtypeStruct((k, b_, h), f32))
+           jax.ShapeDtypeStruct(res[0], f32), jax.ShapeDtypeStruct(res[1], f32))
     call = jax.ffi.ffi_call("seqjax_lstm_forward", out, vmap_method="sequential")
     return call(*(a.astype(f32) for a in (xs, w_x, b, w_h, h0, c0)), _t0(t0),
                 lengths.astype(jnp.int32), threads=np.int64(threads()))
@@ -196,17 +198,18 @@ def _lengths(lengths, batch: int, steps: int) -> jax.Array:
     return jnp.full((batch,), steps, jnp.int32) if lengths is None else lengths
 
 
-def lstm_chunk(cell, params, carry, t0, x_c, lengths, steps: int):
+def lstm_chunk(cell, params, carry, t0, x_c, lengths, steps: int, residuals: bool = True):
     """The scan backend's forward chunk loop for an LSTM (``seqjax.core.recurrent``): carry
     ``(h, c)``, the chunk's inputs ``x_c [K, B, D]`` (projected here, with ``params["w_x"]``
     and ``params["b"]``, as ``cell.input_projection`` does), ``lengths [B]`` or ``None``
     (``steps``: the padded length).
 
     Returns ``(carry after the chunk, ((hs, cs), (acts, tc)))``: every step's carry and the
-    residuals of :meth:`seqjax.core.cells.LSTM.step_with_residuals`."""
+    residuals of :meth:`seqjax.core.cells.LSTM.step_with_residuals` (empty if not
+    ``residuals``)."""
     h0, c0 = carry
     hs, cs, acts, tc = lstm_forward(x_c, params["w_x"], params["b"], params["w_h"], h0, c0, t0,
-                                    _lengths(lengths, h0.shape[0], steps))
+                                    _lengths(lengths, h0.shape[0], steps), residuals)
     return (hs[-1], cs[-1]), ((hs, cs), (acts, tc))
 
 
@@ -249,10 +252,10 @@ def gru_backward(dhs, rz, n, zn, h_prev, w_h, dh, t0, lengths):
                 lengths.astype(jnp.int32), threads=np.int64(threads()))
 
 
-def gru_chunk(cell, params, h0, t0, x_c, lengths, steps: int):
+def gru_chunk(cell, params, h0, t0, x_c, lengths, steps: int, residuals: bool = True):
     """The scan backend's forward chunk loop for a GRU (``reset="after"``): ``x_c [K, B, D]``
     projected by ``cell.project``; returns ``(h after the chunk, (hs, (rz, n, zn)))`` as
-    :func:`lstm_chunk` does."""
+    :func:`lstm_chunk` does (the residuals are computed whatever ``residuals`` says)."""
     hs, rz, n, zn = gru_forward(cell.project(params, x_c), params["w_h"], params["b_h"], h0, t0,
                                 _lengths(lengths, h0.shape[0], steps))
     return hs[-1], (hs, (rz, n, zn))

@@ -299,6 +299,7 @@ ffi::Error LstmForward(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_x,
   float* csp = cs->typed_data();
   float* actp = acts->typed_data();
   float* tcp = tcs->typed_data();
+  const bool save = acts->element_count() != 0;  // empty acts and tc: a pass not differentiated
   const int requested = threads_for(requested_threads, hid);
   Barrier barrier(requested);
 
@@ -347,9 +348,11 @@ ffi::Error LstmForward(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_x,
           const vf c = f * cp + i * g;
           const vf tc = vtanh(c);
           const vf h = o * tc;
-          const vf gate[4] = {i, f, g, o};
-          for (int q = 0; q < 4; ++q) store_n(a_out + r * gates + q * hid + j, gate[q], m);
-          store_n(tc_out + row, tc, m);
+          if (save) {
+            const vf gate[4] = {i, f, g, o};
+            for (int q = 0; q < 4; ++q) store_n(a_out + r * gates + q * hid + j, gate[q], m);
+            store_n(tc_out + row, tc, m);
+          }
           if (live) {
             store_n(h_out + row, h, m);
             store_n(c_out + row, c, m);

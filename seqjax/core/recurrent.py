@@ -220,7 +220,8 @@ def _scan_forward(cell: Cell, unroll: int, native: bool, params, xs, carry0, len
     def block(carry, inp):
         ts, x_c = inp
         if loops is not None:
-            carry, (new, res) = loops[0](cell, params, carry, ts[0], x_c, lengths, padded)
+            carry, (new, res) = loops[0](cell, params, carry, ts[0], x_c, lengths, padded,
+                                         residuals=save)
             return carry, ((new, res) if save else cell.carry_hidden(new))
         gx_c = _gate_blocks(cell, cell.project(params, x_c))
         return jax.lax.scan(step, carry, (ts, gx_c), unroll=unroll)
@@ -243,19 +244,13 @@ def _scan(cell: Cell, unroll: int, chunk: int, native: bool, params, xs, carry0,
     backend); everything else (projection, weight gradients) is the same."""
     steps = xs.shape[0]
     xs_p, lengths_p = _pad_time(xs, lengths, chunk)
-    # Not differentiated, even the native backend runs the scan's loop: with no residuals to
-    # keep it was measured faster on a 2-core CPU (benchmarks/rnn_cpu.py: LSTM forward 29-33
-    # ms against 44 for the native loop in the same chunks), as XLA's own threads and the
-    # native loop's contend for the cores between chunks.
-    hs, carry, _ = _scan_forward(cell, unroll, False, params, _chunked(xs_p, chunk), carry0,
+    hs, carry, _ = _scan_forward(cell, unroll, native, params, _chunked(xs_p, chunk), carry0,
                                  lengths_p, save=False)
     return _unchunked(hs)[:steps], carry
 
 
 def _scan_fwd(cell, unroll, chunk, native, params, xs, carry0, lengths):
     steps = xs.shape[0]
-    if native:  # one chunk: see _run_loop
-        chunk = steps
     xs_p, lengths_p = _pad_time(xs, lengths, chunk)
     xs_c = _chunked(xs_p, chunk)
     hs, carry, (carries, res) = _scan_forward(cell, unroll, native, params, xs_c, carry0,
@@ -545,10 +540,12 @@ def _run_loop(cell, backend: str, params, xs_tm, carry0, lengths, unroll: int, r
                                  if backend == "parallel" else "linear",
                                  time_block=time_block)
     if backend == "native":
-        # Differentiated, the native loop runs the whole sequence as one chunk (_scan_fwd): a
-        # scan over chunks would copy every chunk's inputs and residuals once more. A forward
-        # pass alone runs the scan's chunks (_scan).
-        return _scan(cell, 1, min(CHUNK, steps), True, params, xs_tm, carry0, lengths)
+        # The native loop runs the whole sequence as one chunk: a scan over chunks would copy
+        # every chunk's inputs and residuals once more (LSTM fwd+bwd, T=128, B=32, H=256: 25 ms
+        # in 16-step chunks against 18 ms in one), and the LSTM's loop projects its inputs
+        # itself. Not differentiated, it keeps no residuals (forward 20 ms against the scan's
+        # 30 there; benchmarks/README.md, issue #19).
+        return _scan(cell, 1, steps, True, params, xs_tm, carry0, lengths)
     if backend == "scan" and not remat and cell.hand_written_vjp:
         return _scan(cell, unroll, min(CHUNK, steps), False, params, xs_tm, carry0, lengths)
     gx = cell.project(params, xs_tm)  # [T, B, G]: the input projection of all steps at once
