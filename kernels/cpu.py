@@ -174,24 +174,32 @@ def lstm_forward(xs, w_x, b, w_h, h0, c0, t0, lengths, residuals: bool = True):
                 lengths.astype(jnp.int32), threads=np.int64(threads()))
 
 
-def lstm_backward(dhs, acts, tc, c_prev, w_h, dh, dc, t0, lengths):
+def lstm_backward(dhs, acts, tc, c_prev, w_h, dh, dc, t0, lengths, xs=None):
     """The reverse of :func:`lstm_forward` for one chunk: ``dhs [K, B, H]`` the cotangents of
     the outputs, the forward's ``acts`` and ``tc``, ``c_prev [K, B, H]`` the cell state before
-    each step, and the carry cotangent ``(dh, dc)`` after the chunk.
+    each step, and the carry cotangent ``(dh, dc)`` after the chunk; ``xs [K, B, D]``, the
+    chunk's inputs, to have the projection's weight gradients summed in the loop as well.
 
-    Returns ``(dgx [K, B, 4H], dh0, dc0)``: the gate pre-activations' cotangents (zero at
-    steps past a length) and the carry cotangent before the chunk."""
+    Returns ``(dgx [K, B, 4H], dh0, dc0, dw_x, db)``: the gate pre-activations' cotangents
+    (zero at steps past a length), the carry cotangent before the chunk, and ``dW_x [D, 4H]``,
+    ``db [4H]`` summed over the chunk (``None`` without ``xs``). ``dgx`` is written over
+    ``acts`` where XLA can give up that buffer."""
     _check_ready()
     k, b, g = acts.shape
     h = g // 4
     f32 = jnp.float32
+    with_grads = xs is not None
+    grads = ((xs.shape[-1], g), (g,)) if with_grads else ((0,), (0,))
     out = (jax.ShapeDtypeStruct((k, b, g), f32), jax.ShapeDtypeStruct((b, h), f32),
-           jax.ShapeDtypeStruct((b, h), f32))
-    # dgx overwrites acts (dead after this call): no fresh [K, B, 4H] buffer per call
+           jax.ShapeDtypeStruct((b, h), f32), jax.ShapeDtypeStruct(grads[0], f32),
+           jax.ShapeDtypeStruct(grads[1], f32))
     call = jax.ffi.ffi_call("seqjax_lstm_backward", out, vmap_method="sequential",
                             input_output_aliases={1: 0})
-    return call(dhs.astype(f32), acts, tc, c_prev, w_h.astype(f32), dh.astype(f32),
-                dc.astype(f32), _t0(t0), lengths.astype(jnp.int32), threads=np.int64(threads()))
+    xs = xs.astype(f32) if with_grads else jnp.zeros((0,), f32)
+    dgx, dh0, dc0, dw_x, db = call(dhs.astype(f32), acts, tc, c_prev, w_h.astype(f32),
+                                   dh.astype(f32), dc.astype(f32), _t0(t0),
+                                   lengths.astype(jnp.int32), xs, threads=np.int64(threads()))
+    return (dgx, dh0, dc0) + ((dw_x, db) if with_grads else (None, None))
 
 
 def _lengths(lengths, batch: int, steps: int) -> jax.Array:
@@ -213,16 +221,20 @@ def lstm_chunk(cell, params, carry, t0, x_c, lengths, steps: int, residuals: boo
     return (hs[-1], cs[-1]), ((hs, cs), (acts, tc))
 
 
-def lstm_chunk_vjp(rp, res_c, prev_c, dh_c, dcarry, t0, lengths, steps: int):
+def lstm_chunk_vjp(cell, params, res_c, prev_c, dh_c, dcarry, t0, x_c, lengths, steps: int):
     """The scan backend's reverse chunk loop for an LSTM: ``res_c`` the chunk's ``(acts, tc)``,
     ``prev_c`` the carry before each step, ``dh_c [K, B, H]`` the outputs' cotangents,
-    ``dcarry`` the carry's cotangent after the chunk. Returns ``(dcarry before the chunk,
-    dgx_c [K, B, 4H])``."""
+    ``dcarry`` the carry's cotangent after the chunk, ``x_c [K, B, D]`` its inputs.
+
+    Returns ``(dcarry before the chunk, dgx_c [K, B, 4H], {"w_x": dW_x, "b": db})``: the
+    projection's weight gradients over the chunk come from the loop (see
+    :func:`lstm_backward`); ``dx_c`` is left to ``dgx_c``'s matmul (not computed at all where
+    the inputs need no gradient)."""
     acts, tc = res_c
     dh, dc = dcarry
-    dgx, dh0, dc0 = lstm_backward(dh_c, acts, tc, prev_c[1], rp["w_h"], dh, dc, t0,
-                                  _lengths(lengths, dh.shape[0], steps))
-    return (dh0, dc0), dgx
+    dgx, dh0, dc0, dw_x, db = lstm_backward(dh_c, acts, tc, prev_c[1], params["w_h"], dh, dc,
+                                            t0, _lengths(lengths, dh.shape[0], steps), x_c)
+    return (dh0, dc0), dgx, {"w_x": dw_x, "b": db}
 
 
 def gru_forward(gx, w_h, b_h, h0, t0, lengths):
@@ -261,13 +273,13 @@ def gru_chunk(cell, params, h0, t0, x_c, lengths, steps: int, residuals: bool = 
     return hs[-1], (hs, (rz, n, zn))
 
 
-def gru_chunk_vjp(rp, res_c, prev_c, dh_c, dh, t0, lengths, steps: int):
+def gru_chunk_vjp(cell, params, res_c, prev_c, dh_c, dh, t0, x_c, lengths, steps: int):
     """The scan backend's reverse chunk loop for a GRU: returns ``(dh before the chunk,
-    dgx_c [K, B, 3H])``."""
+    dgx_c [K, B, 3H], {})`` (the projection's gradients are left to ``dgx_c``'s matmuls)."""
     rz, n, zn = res_c
-    dgx, dh0 = gru_backward(dh_c, rz, n, zn, prev_c, rp["w_h"], dh, t0,
+    dgx, dh0 = gru_backward(dh_c, rz, n, zn, prev_c, params["w_h"], dh, t0,
                             _lengths(lengths, dh.shape[0], steps))
-    return dh0, dgx
+    return dh0, dgx, {}
 
 
 #: ``Cell.native`` -> the forward and reverse chunk loops of that family.

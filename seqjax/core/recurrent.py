@@ -304,13 +304,15 @@ def _scan_bwd(cell, unroll, chunk, native, saved, cts):
     def block(state, inp):
         dcarry, dparams = state
         ts, x_c, res_c, prev_c, dh_c = inp
+        looped = {}  # projection gradients the native loop summed itself
         if loops is not None:
-            dcarry, dgx_c = loops[1](rp, res_c, prev_c, dh_c, dcarry, ts[0], lengths, n * k)
+            dcarry, dgx_c, looped = loops[1](cell, params, res_c, prev_c, dh_c, dcarry, ts[0],
+                                             x_c, lengths, n * k)
         else:
             dcarry, dgx_c = jax.lax.scan(step, dcarry, (ts, res_c, prev_c, dh_c), reverse=True,
                                          unroll=unroll)
         dp, dx_c = project_vjp(params, x_c, dgx_c)
-        dp = dict(dp)
+        dp = dict(dp, **looped)  # the replaced sums are dead code: XLA drops them
         for name, g in cell.recurrent_grads(rp, res_c, prev_c, dgx_c).items():
             dp[name] = dp[name] + g
         dparams = jax.tree.map(lambda a, g: a + g.astype(acc_dtype), dparams, dp)

@@ -84,7 +84,8 @@ def test_chunk_loops_match_the_step():
     dhs, dh, dc = f32(K, B, H), f32(B, H), f32(B, H)
     c_prev = jnp.concatenate([c0[None], cs[:-1]])
     h_prev = jnp.concatenate([h0[None], hs[:-1]])
-    dgx, dh0, dc0 = cpu.lstm_backward(dhs, acts, tc, c_prev, rp["w_h"], dh, dc, t0, lengths)
+    dgx, dh0, dc0, dw_x, db = cpu.lstm_backward(dhs, acts, tc, c_prev, rp["w_h"], dh, dc, t0,
+                                                lengths, xs)
     dcarry, want = (dh, dc), [None] * K
     for s in reversed(range(K)):
         dprev, dg = cell.step_vjp(rp, (acts[s], tc[s]), (h_prev[s], c_prev[s]),
@@ -95,6 +96,11 @@ def test_chunk_loops_match_the_step():
     np.testing.assert_allclose(dgx, jnp.stack(want), atol=2e-6)
     np.testing.assert_allclose(dh0, dcarry[0], atol=2e-6)
     np.testing.assert_allclose(dc0, dcarry[1], atol=2e-6)
+    # the projection's weight gradients summed in the loop: those of gx = xs W_x + b
+    dp, _ = cell.project_vjp(params, xs, dgx)
+    np.testing.assert_allclose(dw_x, dp["w_x"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(db, dp["b"], rtol=1e-5, atol=1e-5)
+    assert cpu.lstm_backward(dhs, acts, tc, c_prev, rp["w_h"], dh, dc, t0, lengths)[3] is None
 
 
 @dataclasses.dataclass(frozen=True)
