@@ -174,32 +174,35 @@ def lstm_forward(xs, w_x, b, w_h, h0, c0, t0, lengths, residuals: bool = True):
                 lengths.astype(jnp.int32), threads=np.int64(threads()))
 
 
-def lstm_backward(dhs, acts, tc, c_prev, w_h, dh, dc, t0, lengths, xs=None):
+def lstm_backward(dhs, acts, tc, c_prev, w_h, dh, dc, t0, lengths, xs=None, h_prev=None):
     """The reverse of :func:`lstm_forward` for one chunk: ``dhs [K, B, H]`` the cotangents of
     the outputs, the forward's ``acts`` and ``tc``, ``c_prev [K, B, H]`` the cell state before
-    each step, and the carry cotangent ``(dh, dc)`` after the chunk; ``xs [K, B, D]``, the
-    chunk's inputs, to have the projection's weight gradients summed in the loop as well.
+    each step, and the carry cotangent ``(dh, dc)`` after the chunk. Given the chunk's inputs
+    ``xs [K, B, D]`` and/or ``h_prev [K, B, H]`` (h before each step), the weight gradients
+    are summed in the loop as well, while each step's gate gradients are in cache.
 
-    Returns ``(dgx [K, B, 4H], dh0, dc0, dw_x, db)``: the gate pre-activations' cotangents
-    (zero at steps past a length), the carry cotangent before the chunk, and ``dW_x [D, 4H]``,
-    ``db [4H]`` summed over the chunk (``None`` without ``xs``). ``dgx`` is written over
-    ``acts`` where XLA can give up that buffer."""
+    Returns ``(dgx [K, B, 4H], dh0, dc0, grads)``: the gate pre-activations' cotangents (zero
+    at steps past a length), the carry cotangent before the chunk, and ``grads``, the chunk's
+    sums ``{"w_x": [D, 4H], "b": [4H]}`` (given ``xs``) and ``{"w_h": [H, 4H]}`` (given
+    ``h_prev``). ``dgx`` is written over ``acts`` where XLA can give up that buffer."""
     _check_ready()
     k, b, g = acts.shape
     h = g // 4
     f32 = jnp.float32
-    with_grads = xs is not None
-    grads = ((xs.shape[-1], g), (g,)) if with_grads else ((0,), (0,))
-    out = (jax.ShapeDtypeStruct((k, b, g), f32), jax.ShapeDtypeStruct((b, h), f32),
-           jax.ShapeDtypeStruct((b, h), f32), jax.ShapeDtypeStruct(grads[0], f32),
-           jax.ShapeDtypeStruct(grads[1], f32))
+    empty = jnp.zeros((0,), f32)
+    shapes = ((k, b, g), (b, h), (b, h),
+              (xs.shape[-1], g) if xs is not None else (0,), (g,) if xs is not None else (0,),
+              (h, g) if h_prev is not None else (0,))
+    out = tuple(jax.ShapeDtypeStruct(shape, f32) for shape in shapes)
     call = jax.ffi.ffi_call("seqjax_lstm_backward", out, vmap_method="sequential",
                             input_output_aliases={1: 0})
-    xs = xs.astype(f32) if with_grads else jnp.zeros((0,), f32)
-    dgx, dh0, dc0, dw_x, db = call(dhs.astype(f32), acts, tc, c_prev, w_h.astype(f32),
-                                   dh.astype(f32), dc.astype(f32), _t0(t0),
-                                   lengths.astype(jnp.int32), xs, threads=np.int64(threads()))
-    return (dgx, dh0, dc0) + ((dw_x, db) if with_grads else (None, None))
+    dgx, dh0, dc0, dw_x, db, dw_h = call(
+        dhs.astype(f32), acts, tc, c_prev, w_h.astype(f32), dh.astype(f32), dc.astype(f32),
+        _t0(t0), lengths.astype(jnp.int32), empty if xs is None else xs.astype(f32),
+        empty if h_prev is None else h_prev.astype(f32), threads=np.int64(threads()))
+    grads = ({} if xs is None else {"w_x": dw_x, "b": db}) | (
+        {} if h_prev is None else {"w_h": dw_h})
+    return dgx, dh0, dc0, grads
 
 
 def _lengths(lengths, batch: int, steps: int) -> jax.Array:
@@ -221,20 +224,30 @@ def lstm_chunk(cell, params, carry, t0, x_c, lengths, steps: int, residuals: boo
     return (hs[-1], cs[-1]), ((hs, cs), (acts, tc))
 
 
+#: ``dW_h`` is summed in the backward loop (each thread its units' columns, ``H x 4H/P`` floats,
+#: kept in cache across steps) for ``W_h`` up to this size, else left to one XLA matmul over
+#: the sequence. Measured (grad of an LSTM layer, B=32, 2 threads, interleaved medians): H=88
+#: 27 vs 31 ms, H=130 (T=600) 131 vs 148 in the loop; H=256 96 vs 91 (a 512 KiB accumulator
+#: per thread no longer stays in L2 beside the packed weights).
+LOOP_DW_H_BYTES = 512 * 1024
+
+
 def lstm_chunk_vjp(cell, params, res_c, prev_c, dh_c, dcarry, t0, x_c, lengths, steps: int):
     """The scan backend's reverse chunk loop for an LSTM: ``res_c`` the chunk's ``(acts, tc)``,
     ``prev_c`` the carry before each step, ``dh_c [K, B, H]`` the outputs' cotangents,
     ``dcarry`` the carry's cotangent after the chunk, ``x_c [K, B, D]`` its inputs.
 
-    Returns ``(dcarry before the chunk, dgx_c [K, B, 4H], {"w_x": dW_x, "b": db})``: the
-    projection's weight gradients over the chunk come from the loop (see
-    :func:`lstm_backward`); ``dx_c`` is left to ``dgx_c``'s matmul (not computed at all where
-    the inputs need no gradient)."""
+    Returns ``(dcarry before the chunk, dgx_c [K, B, 4H], {"w_x": dW_x, "b": db, "w_h":
+    dW_h})``: the weight gradients over the chunk come from the loop (see
+    :func:`lstm_backward`; ``dW_h`` up to :data:`LOOP_DW_H_BYTES`); ``dx_c`` is left to
+    ``dgx_c``'s matmul (not computed at all where the inputs need no gradient)."""
     acts, tc = res_c
     dh, dc = dcarry
-    dgx, dh0, dc0, dw_x, db = lstm_backward(dh_c, acts, tc, prev_c[1], params["w_h"], dh, dc,
-                                            t0, _lengths(lengths, dh.shape[0], steps), x_c)
-    return (dh0, dc0), dgx, {"w_x": dw_x, "b": db}
+    w_h = params["w_h"]
+    h_prev = prev_c[0] if w_h.size * 4 <= LOOP_DW_H_BYTES else None
+    dgx, dh0, dc0, grads = lstm_backward(dh_c, acts, tc, prev_c[1], w_h, dh, dc, t0,
+                                         _lengths(lengths, dh.shape[0], steps), x_c, h_prev)
+    return (dh0, dc0), dgx, grads
 
 
 def gru_forward(gx, w_h, b_h, h0, t0, lengths):

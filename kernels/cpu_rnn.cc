@@ -20,9 +20,9 @@
 //             lengths [B] -> hs [K,B,H] (the carry's h after each step), cs [K,B,H],
 //             acts [K,B,4H] (the activated gates), tc [K,B,H] (tanh(c_t))
 //   backward: dhs [K,B,H], acts, tc, c_prev [K,B,H] (c before each step), w_h, dh [B,H],
-//             dc [B,H], t0, lengths, xs [K,B,D] or [0] -> dgx [K,B,4H], dh0 [B,H],
-//             dc0 [B,H], dW_x [D,4H] and db [4H] (the chunk's sums; [0] if xs is); dgx may
-//             alias acts (each thread reads a step's gates of its units before it writes them)
+//             dc [B,H], t0, lengths, xs [K,B,D] or [0], h_prev [K,B,H] or [0] -> dgx [K,B,4H],
+//             dh0 [B,H], dc0 [B,H], dW_x [D,4H] and db [4H] ([0] if xs is), dW_h [H,4H] ([0]
+//             if h_prev is), the chunk's sums; dgx may alias acts (each thread reads a step's gates of its units before it writes them)
 // The GRU (reset="after") is described above GruForward.
 // sigmoid(x) = (1 + tanh(x/2)) / 2 and tanh is the rational approximation XLA:CPU uses for
 // float32, so results match the scan backend to float32 rounding.
@@ -375,18 +375,21 @@ ffi::Error LstmBackward(ffi::Buffer<ffi::F32> dhs, ffi::Buffer<ffi::F32> acts,
                         ffi::Buffer<ffi::F32> w_h, ffi::Buffer<ffi::F32> dh_last,
                         ffi::Buffer<ffi::F32> dc_last, ffi::Buffer<ffi::S32> t0_buf,
                         ffi::Buffer<ffi::S32> lengths, ffi::Buffer<ffi::F32> xs,
-                        int64_t requested_threads, ffi::ResultBuffer<ffi::F32> dgx,
-                        ffi::ResultBuffer<ffi::F32> dh0, ffi::ResultBuffer<ffi::F32> dc0,
-                        ffi::ResultBuffer<ffi::F32> dwx_out, ffi::ResultBuffer<ffi::F32> db_out) {
+                        ffi::Buffer<ffi::F32> h_prev, int64_t requested_threads,
+                        ffi::ResultBuffer<ffi::F32> dgx, ffi::ResultBuffer<ffi::F32> dh0,
+                        ffi::ResultBuffer<ffi::F32> dc0, ffi::ResultBuffer<ffi::F32> dwx_out,
+                        ffi::ResultBuffer<ffi::F32> db_out, ffi::ResultBuffer<ffi::F32> dwh_out) {
   const auto dims = acts.dimensions();
   if (dims.size() != 3) return ffi::Error::InvalidArgument("acts must be [K, B, 4H]");
   const int64_t steps = dims[0], batch = dims[1], gates = dims[2], hid = gates / 4;
-  // With xs [K, B, D] (not empty) the projection's weight gradients are summed here too:
-  // dW_x += x_t^T dpre_t and db += sum_b dpre_t, each thread for its own units' columns,
-  // while dpre_t is in cache (XLA:CPU reads the [K, B, 4H] dgx twice more for them otherwise,
-  // a pass over memory each where D is small).
+  // With xs [K, B, D] and h_prev [K, B, H] (h before each step; either may be empty) the
+  // weight gradients are summed here too: dW_x += x_t^T dpre_t, db += sum_b dpre_t and
+  // dW_h += h_{t-1}^T dpre_t, each thread for its own units' columns, while dpre_t is in
+  // cache (XLA:CPU reads the [K, B, 4H] dgx once more for each otherwise, and transposes h).
   const bool proj = xs.element_count() != 0;
   const int64_t in = proj ? xs.dimensions()[2] : 0;
+  const int64_t hin = h_prev.element_count() != 0 ? hid : 0;
+  const int64_t rows = in + hin;  // of [x_t | h_{t-1}]^T and of the stacked [dW_x; dW_h]
   const int32_t t0 = t0_buf.typed_data()[0];
   const int32_t* len = lengths.typed_data();
   const float* w = w_h.typed_data();
@@ -403,13 +406,13 @@ ffi::Error LstmBackward(ffi::Buffer<ffi::F32> dhs, ffi::Buffer<ffi::F32> acts,
     unit_range(hid, p, threads, &lo, &hi);
     const int64_t nu = hi - lo, np = round_up(nu, kLanes), n4 = 4 * np;
     // rows lo..hi of W_h, transposed: packed[g, u] = w_h[lo + u, g] (dh_prev = dpre @ W_h^T)
-    thread_local std::vector<float> packed, acc, dpk, xt, dwx, db;
+    thread_local std::vector<float> packed, acc, dpk, xt, dw, db;
     packed.assign(gates * np, 0.0f);
     acc.resize(batch * np);
-    if (proj) {  // dpk [B, 4np]: a step's dpre of own units, gate-major; xt [D, B]: x_t^T
+    if (rows) {  // dpk [B, 4np]: a step's dpre of own units, gate-major; xt [D + H, B]
       dpk.assign(batch * n4, 0.0f);
-      xt.resize(in * batch);
-      dwx.assign(in * n4, 0.0f);
+      xt.resize(rows * batch);
+      dw.assign(rows * n4, 0.0f);
       db.assign(n4, 0.0f);
     }
     for (int64_t u = 0; u < nu; ++u)
@@ -429,7 +432,7 @@ ffi::Error LstmBackward(ffi::Buffer<ffi::F32> dhs, ffi::Buffer<ffi::F32> acts,
           if (!live) {  // the carry passes through; no gate gradient
             for (int q = 0; q < 4; ++q) {
               std::memset(dgx_s + b * gates + q * hid + j, 0, m * sizeof(float));
-              if (proj) store(&dpk[b * n4 + q * np + u], vf{});
+              if (rows) store(&dpk[b * n4 + q * np + u], vf{});
             }
             continue;
           }
@@ -444,7 +447,7 @@ ffi::Error LstmBackward(ffi::Buffer<ffi::F32> dhs, ffi::Buffer<ffi::F32> acts,
                            dcv * i * (1.0f - g * g), dhv * tc * o * (1.0f - o)};
           for (int q = 0; q < 4; ++q) {
             store_n(dgx_s + b * gates + q * hid + j, d[q], m);
-            if (proj) store(&dpk[b * n4 + q * np + u], d[q]);  // lanes past m hold 0
+            if (rows) store(&dpk[b * n4 + q * np + u], d[q]);  // lanes past m hold 0
           }
           store_n(dc + row, dcv * f, m);
         }
@@ -456,25 +459,30 @@ ffi::Error LstmBackward(ffi::Buffer<ffi::F32> dhs, ffi::Buffer<ffi::F32> acts,
         for (int64_t b = 0; b < batch; ++b)
           if (t < len[b]) std::memcpy(dh + b * hid + lo, &acc[b * np], nu * sizeof(float));
       }
-      if (proj && nu) {
-        const float* x_s = xs.typed_data() + s * batch * in;
-        for (int64_t b = 0; b < batch; ++b)
+      if (rows && nu) {
+        const float* x_s = proj ? xs.typed_data() + s * batch * in : nullptr;
+        const float* hp_s = hin ? h_prev.typed_data() + s * batch * hid : nullptr;
+        for (int64_t b = 0; b < batch; ++b) {
           for (int64_t k = 0; k < in; ++k) xt[k * batch + b] = x_s[b * in + k];
-        gemm_acc(xt.data(), batch, dpk.data(), n4, dwx.data(), n4, in, batch);
-        for (int64_t b = 0; b < batch; ++b)
-          for (int64_t v = 0; v < n4; v += kLanes)
-            store(&db[v], load(&db[v]) + load(&dpk[b * n4 + v]));
+          for (int64_t k = 0; k < hin; ++k) xt[(in + k) * batch + b] = hp_s[b * hid + k];
+        }
+        gemm_acc(xt.data(), batch, dpk.data(), n4, dw.data(), n4, rows, batch);
+        if (proj)
+          for (int64_t b = 0; b < batch; ++b)
+            for (int64_t v = 0; v < n4; v += kLanes)
+              store(&db[v], load(&db[v]) + load(&dpk[b * n4 + v]));
       }
       // no second barrier: the next step's first phase writes other rows of dgx and reads
       // only this thread's units of dh and dc
     }
-    if (proj)  // own columns q * H + lo + u of dW_x and db
-      for (int q = 0; q < 4; ++q) {
-        for (int64_t k = 0; k < in; ++k)
-          std::memcpy(dwx_out->typed_data() + k * gates + q * hid + lo, &dwx[k * n4 + q * np],
-                      nu * sizeof(float));
-        std::memcpy(db_out->typed_data() + q * hid + lo, &db[q * np], nu * sizeof(float));
+    for (int q = 0; q < 4; ++q) {  // own columns q * H + lo + u of dW_x, db and dW_h
+      for (int64_t k = 0; k < rows; ++k) {
+        float* dst = k < in ? dwx_out->typed_data() + k * gates
+                            : dwh_out->typed_data() + (k - in) * gates;
+        std::memcpy(dst + q * hid + lo, &dw[k * n4 + q * np], nu * sizeof(float));
       }
+      if (proj) std::memcpy(db_out->typed_data() + q * hid + lo, &db[q * np], nu * sizeof(float));
+    }
   });
   return ffi::Error::Success();
 }
@@ -665,12 +673,14 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(SeqjaxLstmBackward, LstmBackward,
                                   .Arg<ffi::Buffer<ffi::S32>>()  // t0
                                   .Arg<ffi::Buffer<ffi::S32>>()  // lengths
                                   .Arg<ffi::Buffer<ffi::F32>>()  // xs (or empty)
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // h_prev (or empty)
                                   .Attr<int64_t>("threads")
                                   .Ret<ffi::Buffer<ffi::F32>>()  // dgx
                                   .Ret<ffi::Buffer<ffi::F32>>()  // dh0
                                   .Ret<ffi::Buffer<ffi::F32>>()  // dc0
                                   .Ret<ffi::Buffer<ffi::F32>>()  // dW_x (or empty)
                                   .Ret<ffi::Buffer<ffi::F32>>()  // db (or empty)
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // dW_h (or empty)
 );
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SeqjaxGruForward, GruForward,

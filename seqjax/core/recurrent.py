@@ -312,9 +312,10 @@ def _scan_bwd(cell, unroll, chunk, native, saved, cts):
             dcarry, dgx_c = jax.lax.scan(step, dcarry, (ts, res_c, prev_c, dh_c), reverse=True,
                                          unroll=unroll)
         dp, dx_c = project_vjp(params, x_c, dgx_c)
-        dp = dict(dp, **looped)  # the replaced sums are dead code: XLA drops them
+        dp = dict(dp)
         for name, g in cell.recurrent_grads(rp, res_c, prev_c, dgx_c).items():
             dp[name] = dp[name] + g
+        dp.update(looped)  # the sums it replaces are dead code: XLA drops them
         dparams = jax.tree.map(lambda a, g: a + g.astype(acc_dtype), dparams, dp)
         return (dcarry, dparams), dx_c
 

@@ -30,16 +30,19 @@ def _value_and_grads(cell, params, xs, lengths, carry0, reverse, backend):
     return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))(params, xs, carry0)
 
 
-@pytest.mark.parametrize("kind,B,T,H,lengths,reverse,shift,threads", [
-    ("lstm", 3, 21, 7, [21, 9, 0], False, 0.0, "1"),
-    ("lstm", 3, 21, 7, [21, 9, 0], True, 0.0, "2"),
-    ("lstm", 4, 40, 37, None, False, 0.1, "3"),  # w + 0.1: saturated gates, chaotic over 40 steps
-    ("lstm", 2, 33, 64, [33, 1], True, 0.0, "2"),
-    ("gru", 3, 21, 7, [21, 9, 0], True, 0.0, "1"),
-    ("gru", 4, 40, 37, None, False, 0.1, "3"),
+@pytest.mark.parametrize("kind,B,T,H,lengths,reverse,shift,threads,dw_h_in_loop", [
+    ("lstm", 3, 21, 7, [21, 9, 0], False, 0.0, "1", True),
+    ("lstm", 3, 21, 7, [21, 9, 0], True, 0.0, "2", False),
+    ("lstm", 4, 40, 37, None, False, 0.1, "3", True),  # w + 0.1: saturated gates, chaotic
+    ("lstm", 2, 33, 64, [33, 1], True, 0.0, "2", True),
+    ("gru", 3, 21, 7, [21, 9, 0], True, 0.0, "1", True),
+    ("gru", 4, 40, 37, None, False, 0.1, "3", True),
 ])
-def test_native_matches_scan(kind, B, T, H, lengths, reverse, shift, threads, monkeypatch):
+def test_native_matches_scan(kind, B, T, H, lengths, reverse, shift, threads, dw_h_in_loop,
+                             monkeypatch):
     monkeypatch.setenv("SEQJAX_CPU_THREADS", threads)
+    if not dw_h_in_loop:  # dW_h left to XLA's matmul, as for a large W_h
+        monkeypatch.setattr(cpu, "LOOP_DW_H_BYTES", 0)
     cell = seqjax.make_cell(kind, 5, H)
     params = jax.tree.map(lambda p: p + shift, cell.init(jax.random.PRNGKey(0)))
     if kind == "gru":  # non-zero recurrent biases (r multiplies h W_hn + b_hn)
@@ -84,8 +87,8 @@ def test_chunk_loops_match_the_step():
     dhs, dh, dc = f32(K, B, H), f32(B, H), f32(B, H)
     c_prev = jnp.concatenate([c0[None], cs[:-1]])
     h_prev = jnp.concatenate([h0[None], hs[:-1]])
-    dgx, dh0, dc0, dw_x, db = cpu.lstm_backward(dhs, acts, tc, c_prev, rp["w_h"], dh, dc, t0,
-                                                lengths, xs)
+    dgx, dh0, dc0, grads = cpu.lstm_backward(dhs, acts, tc, c_prev, rp["w_h"], dh, dc, t0,
+                                             lengths, xs, h_prev)
     dcarry, want = (dh, dc), [None] * K
     for s in reversed(range(K)):
         dprev, dg = cell.step_vjp(rp, (acts[s], tc[s]), (h_prev[s], c_prev[s]),
@@ -96,11 +99,15 @@ def test_chunk_loops_match_the_step():
     np.testing.assert_allclose(dgx, jnp.stack(want), atol=2e-6)
     np.testing.assert_allclose(dh0, dcarry[0], atol=2e-6)
     np.testing.assert_allclose(dc0, dcarry[1], atol=2e-6)
-    # the projection's weight gradients summed in the loop: those of gx = xs W_x + b
+    # the weight gradients summed in the loop: those of pre = xs W_x + b + h_prev W_h
     dp, _ = cell.project_vjp(params, xs, dgx)
-    np.testing.assert_allclose(dw_x, dp["w_x"], rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(db, dp["b"], rtol=1e-5, atol=1e-5)
-    assert cpu.lstm_backward(dhs, acts, tc, c_prev, rp["w_h"], dh, dc, t0, lengths)[3] is None
+    dp["w_h"] = jnp.einsum("kbh,kbg->hg", h_prev, dgx)
+    assert sorted(grads) == ["b", "w_h", "w_x"]
+    for name, g in grads.items():
+        np.testing.assert_allclose(g, dp[name], rtol=1e-5, atol=1e-5)
+    assert cpu.lstm_backward(dhs, acts, tc, c_prev, rp["w_h"], dh, dc, t0, lengths)[3] == {}
+    assert list(cpu.lstm_backward(dhs, acts, tc, c_prev, rp["w_h"], dh, dc, t0, lengths,
+                                  h_prev=h_prev)[3]) == ["w_h"]
 
 
 @dataclasses.dataclass(frozen=True)
