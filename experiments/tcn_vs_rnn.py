@@ -49,6 +49,7 @@ from seqjax.cli import (
     non_negative_int,
     positive_int,
     run_main,
+    tune_allocator,
 )
 from seqjax.cli import read_run as cli_read_run
 from seqjax.core.cells import cell_accepts, cell_class
@@ -382,6 +383,7 @@ def _one_thread() -> None:
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen="
                                "false intra_op_parallelism_threads=1").strip()
     os.environ["SEQJAX_CPU_THREADS"] = "1"  # the native LSTM loop too (seqjax.kernels.cpu)
+    tune_allocator()  # as run_main did in the parent: a spawned worker starts a fresh libc
 
 
 def run_models(models, task, preset, args, run_root: Path, resume: bool):

@@ -52,9 +52,11 @@ __all__ = [
     "read_json",
     "read_run",
     "run_main",
+    "tune_allocator",
 ]
 
 DEBUG_ENV = "SEQJAX_DEBUG"
+TUNE_MALLOC_ENV = "SEQJAX_TUNE_MALLOC"
 EXIT_USER_ERROR = 2
 EXIT_NON_FINITE = 1
 
@@ -304,18 +306,62 @@ def _debug_requested(argv: Sequence[str]) -> bool:
     return "--debug" in argv or os.environ.get(DEBUG_ENV, "").strip() not in ("", "0")
 
 
+# glibc's mallopt parameters
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8
+
+
+def tune_allocator() -> bool:
+    """Have glibc's ``malloc`` keep freed memory for reuse instead of returning it to the OS.
+
+    XLA:CPU allocates a program's buffers afresh on every call; glibc hands allocations of
+    32 MiB and more (and, on threads other than the main one, anything its 64 MiB per-thread
+    heaps cannot hold) straight from ``mmap`` and unmaps them when freed, so every call
+    touches new pages, and each first touch is a page fault (microseconds in a VM). One
+    arena, no ``mmap`` below 1 GiB and no trimming of the heap's top remove most of them: on a
+    2-core VM, the adding task's paper-size LSTM trained at 9.2 steps/s against 7.3 and the
+    TCN at 7.0 against 6.0, with identical results (issue #19, ``benchmarks/README.md``). The
+    cost: the process keeps its peak heap, as a training process does anyway.
+
+    :func:`run_main` calls it for every script of ``experiments/`` before anything is
+    computed (``mallopt`` settings apply to allocations made after them, and one arena only to
+    threads that have not allocated yet). Skipped, returning ``False``, with
+    ``SEQJAX_TUNE_MALLOC=0``, where the user set glibc's own ``MALLOC_*`` variables (or its
+    ``glibc.malloc`` tunables), or on a C library other than glibc; ``True`` once applied.
+    """
+    if os.environ.get(TUNE_MALLOC_ENV, "1") == "0":
+        return False
+    if (any(k.startswith("MALLOC_") for k in os.environ)
+            or "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", "")):
+        return False  # the user tuned glibc's malloc themselves
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError, TypeError):
+        return False
+    if not hasattr(libc, "gnu_get_libc_version"):
+        return False
+    return all(mallopt(param, value) == 1 for param, value in (
+        (_M_ARENA_MAX, 1), (_M_MMAP_THRESHOLD, 1 << 30), (_M_TRIM_THRESHOLD, 2**31 - 1)))
+
+
 def run_main(main: Callable[[list[str]], T], argv: Sequence[str] | None = None) -> T:
     """Runs ``main(argv)`` for a script's command line; user errors become one line.
 
-    ``argv`` defaults to ``sys.argv[1:]``; ``--debug`` is removed from it before ``main`` sees
-    it. On one of :data:`USER_ERRORS` it prints ``error: <message>`` (one line) to stderr and
-    raises ``SystemExit(2)``; on a :class:`~seqjax.train.NonFiniteLossError` the same with
-    status 1. With ``--debug`` or ``SEQJAX_DEBUG=1`` the exception propagates with its
-    traceback. Argparse errors (``SystemExit`` from ``ap.error``) pass through unchanged.
+    First :func:`tune_allocator`. ``argv`` defaults to ``sys.argv[1:]``; ``--debug`` is
+    removed from it before ``main`` sees it. On one of :data:`USER_ERRORS` it prints
+    ``error: <message>`` (one line) to stderr and raises ``SystemExit(2)``; on a
+    :class:`~seqjax.train.NonFiniteLossError` the same with status 1. With ``--debug`` or
+    ``SEQJAX_DEBUG=1`` the exception propagates with its traceback. Argparse errors
+    (``SystemExit`` from ``ap.error``) pass through unchanged.
 
     Returns:
       What ``main`` returns.
     """
+    tune_allocator()
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = _debug_requested(argv)
     argv = [a for a in argv if a != "--debug"]

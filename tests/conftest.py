@@ -11,6 +11,9 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# run_main (called in-process by the script tests) would tune the test process's malloc
+# (seqjax.cli.tune_allocator); its own test runs it in a subprocess
+os.environ["SEQJAX_TUNE_MALLOC"] = "0"
 
 REPO_DATA = Path(__file__).resolve().parents[1] / "data"
 DATA_DIR = Path(os.environ.get("SEQJAX_DATA") or REPO_DATA)

@@ -604,3 +604,20 @@ def test_command_line_debug_shows_the_traceback(paths):
     res = _python(str(EXPERIMENTS / "word2vec.py"), "--text", str(paths["missing"]), "--debug")
     assert res.returncode == 1 and "Traceback" in res.stderr
     assert f"FileNotFoundError: --text {paths['missing']}: no such file" in res.stderr
+
+
+def test_tune_allocator_applies_once_and_respects_opt_outs():
+    """``run_main``'s malloc tuning (``seqjax.cli.tune_allocator``), in fresh processes: applied
+    on glibc, skipped with ``SEQJAX_TUNE_MALLOC=0`` or where the user set ``MALLOC_*``."""
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        pytest.skip("glibc only")
+    code = "from seqjax.cli import tune_allocator; print(tune_allocator())"
+    base = {k: v for k, v in os.environ.items()
+            if not k.startswith("MALLOC_") and k != "SEQJAX_TUNE_MALLOC"}
+    for extra, want in (({}, "True"), ({"SEQJAX_TUNE_MALLOC": "0"}, "False"),
+                        ({"MALLOC_ARENA_MAX": "4"}, "False")):
+        out = subprocess.run([sys.executable, "-c", code], env={**base, **extra},
+                             capture_output=True, text=True, check=True).stdout.strip()
+        assert out == want, (extra, out)
