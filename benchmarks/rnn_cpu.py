@@ -24,6 +24,7 @@ import torch
 from flax import nnx
 
 import seqjax
+from seqjax.cli import tune_allocator
 from seqjax.core.backend import native_unsupported_reason
 
 
@@ -89,7 +90,13 @@ def main(argv=None):
     ap.add_argument("--H", type=int, default=256)
     ap.add_argument("--kinds", default="lstm,gru")
     ap.add_argument("--json", default="results/bench_rnn_cpu.json")
+    ap.add_argument("--tune-malloc", action="store_true",
+                    help="glibc malloc as the experiment scripts set it (seqjax.cli."
+                         "tune_allocator), for every contender of this process")
     args = ap.parse_args(argv)
+    if args.tune_malloc and not tune_allocator():
+        raise SystemExit("--tune-malloc: not applied (not glibc, SEQJAX_TUNE_MALLOC=0 or "
+                         "MALLOC_* set)")
     torch.set_num_threads(args.threads)
     T, B, D, H = args.T, args.B, args.D, args.H
     xs = jax.random.normal(jax.random.PRNGKey(1), (B, T, D))

@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
 
 import tcn_vs_rnn  # noqa: E402  (the main job's presets and model builder)
 
+from seqjax.cli import tune_allocator  # noqa: E402
 from seqjax.data import get_task  # noqa: E402
 from seqjax.train import TrainState, make_train_step  # noqa: E402
 from seqjax.train.tasks import task_loss_fn  # noqa: E402
@@ -191,7 +192,13 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=min(2, len(os.sched_getaffinity(0))),
                     help="PyTorch intra-op threads (default: the cores this process may use, <= 2)")
     ap.add_argument("--json", default="results/bench_train_step.json")
+    ap.add_argument("--tune-malloc", action="store_true",
+                    help="glibc malloc as the experiment scripts set it (seqjax.cli."
+                         "tune_allocator), for every contender of this process")
     args = ap.parse_args(argv)
+    if args.tune_malloc and not tune_allocator():
+        raise SystemExit("--tune-malloc: not applied (not glibc, SEQJAX_TUNE_MALLOC=0 or "
+                         "MALLOC_* set)")
     torch.set_num_threads(args.threads)
     sizes = (args.sizes or ("quick" if args.quick else "quick,paper")).split(",")
     reps = args.reps or 3
