@@ -56,11 +56,13 @@ inline vf splat(float x) { return vf{} + x; }
 // The first m <= kLanes floats at src as a vector (the rest zero), and the inverse: a hidden
 // unit range need not fill its last vector.
 inline vf load_n(const float* src, int64_t m) {
+  if (m == kLanes) return load(src);  // the common case: no copy through the stack
   alignas(64) float buf[kLanes] = {};
   std::memcpy(buf, src, m * sizeof(float));
   return load(buf);
 }
 inline void store_n(float* dst, vf v, int64_t m) {
+  if (m == kLanes) return store(dst, v);
   alignas(64) float buf[kLanes];
   store(buf, v);
   std::memcpy(dst, buf, m * sizeof(float));
