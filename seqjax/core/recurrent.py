@@ -241,7 +241,8 @@ def _scan(cell: Cell, unroll: int, chunk: int, native: bool, params, xs, carry0,
     """``xs [T, B, D]`` (time-major, already reversed if need be) -> ``(hs [T, B, H], carry)``.
 
     ``native``: the steps of each chunk run in the cell's native CPU loop (the ``"native"``
-    backend); everything else (projection, weight gradients) is the same."""
+    backend, :data:`seqjax.kernels.cpu.LOOPS`), which may also take over the input projection
+    and weight gradients (the LSTM's does); the rest is the same."""
     steps = xs.shape[0]
     xs_p, lengths_p = _pad_time(xs, lengths, chunk)
     hs, carry, _ = _scan_forward(cell, unroll, native, params, _chunked(xs_p, chunk), carry0,
@@ -304,7 +305,7 @@ def _scan_bwd(cell, unroll, chunk, native, saved, cts):
     def block(state, inp):
         dcarry, dparams = state
         ts, x_c, res_c, prev_c, dh_c = inp
-        looped = {}  # projection gradients the native loop summed itself
+        looped = {}  # weight gradients the native loop summed itself
         if loops is not None:
             dcarry, dgx_c, looped = loops[1](cell, params, res_c, prev_c, dh_c, dcarry, ts[0],
                                              x_c, lengths, n * k)
