@@ -154,6 +154,19 @@ def _t0(t0) -> jax.Array:
     return jnp.asarray(t0, jnp.int32).reshape(())
 
 
+def _call(target: str, shapes, *args, aliases=None):
+    """Run the FFI handler ``target`` (built and registered on first use) on ``args`` (floating
+    ones as float32; the step ``t0`` and ``lengths`` given as int32 by the caller) with
+    :func:`threads` threads; ``shapes``: its float32 results' shapes; ``aliases``: results that
+    may be written over an input (``{input index: result index}``)."""
+    _check_ready()
+    f32 = jnp.float32
+    call = jax.ffi.ffi_call(target, tuple(jax.ShapeDtypeStruct(s, f32) for s in shapes),
+                            vmap_method="sequential", input_output_aliases=aliases)
+    args = [a.astype(f32) if jnp.issubdtype(a.dtype, jnp.floating) else a for a in args]
+    return call(*args, threads=np.int64(threads()))
+
+
 def lstm_forward(xs, w_x, b, w_h, h0, c0, t0, lengths, residuals: bool = True):
     """One chunk of the LSTM loop, input projection included: ``xs [K, B, D]``, ``w_x [D, 4H]``,
     ``b [4H]``, ``w_h [H, 4H]``, carry ``h0, c0 [B, H]``, ``t0`` the chunk's first step and
@@ -162,16 +175,11 @@ def lstm_forward(xs, w_x, b, w_h, h0, c0, t0, lengths, residuals: bool = True):
     Returns ``(hs, cs, acts, tc)``: the carry after each step ``[K, B, H]`` twice, the
     activated gates ``[K, B, 4H]`` and ``tanh(c) [K, B, H]`` (all float32); with ``residuals=
     False`` (a pass not differentiated) ``acts`` and ``tc`` are empty (``[0]``), not computed."""
-    _check_ready()
     k, b_, _ = xs.shape
     h, g = w_h.shape
-    f32 = jnp.float32
     res = ((k, b_, g), (k, b_, h)) if residuals else ((0,), (0,))
-    out = (jax.ShapeDtypeStruct((k, b_, h), f32), jax.ShapeDtypeStruct((k, b_, h), f32),
-           jax.ShapeDtypeStruct(res[0], f32), jax.ShapeDtypeStruct(res[1], f32))
-    call = jax.ffi.ffi_call("seqjax_lstm_forward", out, vmap_method="sequential")
-    return call(*(a.astype(f32) for a in (xs, w_x, b, w_h, h0, c0)), _t0(t0),
-                lengths.astype(jnp.int32), threads=np.int64(threads()))
+    return _call("seqjax_lstm_forward", ((k, b_, h), (k, b_, h)) + res, xs, w_x, b, w_h, h0, c0,
+                 _t0(t0), lengths.astype(jnp.int32))
 
 
 def lstm_backward(dhs, acts, tc, c_prev, w_h, dh, dc, t0, lengths, xs=None, h_prev=None):
@@ -185,21 +193,16 @@ def lstm_backward(dhs, acts, tc, c_prev, w_h, dh, dc, t0, lengths, xs=None, h_pr
     at steps past a length), the carry cotangent before the chunk, and ``grads``, the chunk's
     sums ``{"w_x": [D, 4H], "b": [4H]}`` (given ``xs``) and ``{"w_h": [H, 4H]}`` (given
     ``h_prev``). ``dgx`` is written over ``acts`` where XLA can give up that buffer."""
-    _check_ready()
     k, b, g = acts.shape
     h = g // 4
-    f32 = jnp.float32
-    empty = jnp.zeros((0,), f32)
+    empty = jnp.zeros((0,), jnp.float32)
     shapes = ((k, b, g), (b, h), (b, h),
               (xs.shape[-1], g) if xs is not None else (0,), (g,) if xs is not None else (0,),
               (h, g) if h_prev is not None else (0,))
-    out = tuple(jax.ShapeDtypeStruct(shape, f32) for shape in shapes)
-    call = jax.ffi.ffi_call("seqjax_lstm_backward", out, vmap_method="sequential",
-                            input_output_aliases={1: 0})
-    dgx, dh0, dc0, dw_x, db, dw_h = call(
-        dhs.astype(f32), acts, tc, c_prev, w_h.astype(f32), dh.astype(f32), dc.astype(f32),
-        _t0(t0), lengths.astype(jnp.int32), empty if xs is None else xs.astype(f32),
-        empty if h_prev is None else h_prev.astype(f32), threads=np.int64(threads()))
+    dgx, dh0, dc0, dw_x, db, dw_h = _call(
+        "seqjax_lstm_backward", shapes, dhs, acts, tc, c_prev, w_h, dh, dc, _t0(t0),
+        lengths.astype(jnp.int32), empty if xs is None else xs,
+        empty if h_prev is None else h_prev, aliases={1: 0})
     grads = ({} if xs is None else {"w_x": dw_x, "b": db}) | (
         {} if h_prev is None else {"w_h": dw_h})
     return dgx, dh0, dc0, grads
@@ -255,26 +258,17 @@ def gru_forward(gx, w_h, b_h, h0, t0, lengths):
     with ``b_x``), ``w_h [H, 3H]``, ``b_h [3H]``, ``h0 [B, H]``, ``t0`` and ``lengths`` as in
     :func:`lstm_forward`. Returns ``(hs, rz, n, zn)``: the carry after each step ``[K, B, H]``,
     the gates ``r, z`` ``[K, B, 2H]``, ``n`` and ``h W_hn + b_hn`` ``[K, B, H]``."""
-    _check_ready()
     k, b, g = gx.shape
     h = g // 3
-    f32 = jnp.float32
-    out = (jax.ShapeDtypeStruct((k, b, h), f32), jax.ShapeDtypeStruct((k, b, 2 * h), f32),
-           jax.ShapeDtypeStruct((k, b, h), f32), jax.ShapeDtypeStruct((k, b, h), f32))
-    call = jax.ffi.ffi_call("seqjax_gru_forward", out, vmap_method="sequential")
-    return call(gx.astype(f32), w_h.astype(f32), b_h.astype(f32), h0.astype(f32), _t0(t0),
-                lengths.astype(jnp.int32), threads=np.int64(threads()))
+    return _call("seqjax_gru_forward", ((k, b, h), (k, b, 2 * h), (k, b, h), (k, b, h)), gx,
+                 w_h, b_h, h0, _t0(t0), lengths.astype(jnp.int32))
 
 
 def gru_backward(dhs, rz, n, zn, h_prev, w_h, dh, t0, lengths):
     """The reverse of :func:`gru_forward` for one chunk: returns ``(dgx [K, B, 3H], dh0)``."""
-    _check_ready()
     k, b, h = dhs.shape
-    f32 = jnp.float32
-    out = (jax.ShapeDtypeStruct((k, b, 3 * h), f32), jax.ShapeDtypeStruct((b, h), f32))
-    call = jax.ffi.ffi_call("seqjax_gru_backward", out, vmap_method="sequential")
-    return call(dhs.astype(f32), rz, n, zn, h_prev, w_h.astype(f32), dh.astype(f32), _t0(t0),
-                lengths.astype(jnp.int32), threads=np.int64(threads()))
+    return _call("seqjax_gru_backward", ((k, b, 3 * h), (b, h)), dhs, rz, n, zn, h_prev, w_h,
+                 dh, _t0(t0), lengths.astype(jnp.int32))
 
 
 def gru_chunk(cell, params, h0, t0, x_c, lengths, steps: int, residuals: bool = True):

@@ -11,18 +11,19 @@
 //   pre = x_t W_x + b + h_{t-1} W_h; i, f, o = sigmoid; g = tanh; c_t = f c_{t-1} + i g;
 //   h_t = o tanh(c_t); a step t >= lengths[b] keeps row b's carry (h, c) unchanged.
 // Each handler computes what the scan backend's loops compute for one chunk of K steps
-// (seqjax.core.recurrent._scan_forward / _scan_bwd), so the rest of that backend (the input
-// projection's VJP, dW_h) is shared. The forward computes the input projection itself, each
-// thread for its own units' columns, the next step's part before the barrier (it does not
-// depend on h): the [K, B, 4H] projection is then never written to memory and read back,
-// which cost more than its matmul (issue #19, benchmarks/README.md).
+// (seqjax.core.recurrent._scan_forward / _scan_bwd), and the rest of that backend is shared.
+// The forward computes the input projection itself, each thread for its own units' columns,
+// the next step's part before the barrier (it does not depend on h): the [K, B, 4H]
+// projection is then never written to memory and read back, which cost more than its matmul;
+// the backward can sum the weight gradients too (issue #19, benchmarks/README.md).
 //   forward:  xs [K,B,D], w_x [D,4H], b [4H], w_h [H,4H], h0 [B,H], c0 [B,H], t0 [],
 //             lengths [B] -> hs [K,B,H] (the carry's h after each step), cs [K,B,H],
 //             acts [K,B,4H] (the activated gates), tc [K,B,H] (tanh(c_t))
 //   backward: dhs [K,B,H], acts, tc, c_prev [K,B,H] (c before each step), w_h, dh [B,H],
 //             dc [B,H], t0, lengths, xs [K,B,D] or [0], h_prev [K,B,H] or [0] -> dgx [K,B,4H],
 //             dh0 [B,H], dc0 [B,H], dW_x [D,4H] and db [4H] ([0] if xs is), dW_h [H,4H] ([0]
-//             if h_prev is), the chunk's sums; dgx may alias acts (each thread reads a step's gates of its units before it writes them)
+//             if h_prev is), the chunk's sums; dgx may alias acts (each thread reads a
+//             step's gates of its units before it writes them)
 // The GRU (reset="after") is described above GruForward.
 // sigmoid(x) = (1 + tanh(x/2)) / 2 and tanh is the rational approximation XLA:CPU uses for
 // float32, so results match the scan backend to float32 rounding.
@@ -279,6 +280,25 @@ int threads_for(int64_t requested, int64_t hid) {
   return static_cast<int>(std::max<int64_t>(1, std::min(requested, most)));
 }
 
+// This thread's units' columns of a weight src [rows, Q * H] (Q gate blocks of H columns),
+// gate-major and padded: dst[k, q * np + u] = src[k, q * H + lo + u] for u < nu (dst zeroed,
+// rows x Q * np floats). The forward loops' layout: one matmul gives all gates of own units.
+void pack_gate_columns(float* dst, const float* src, int64_t rows, int q_count, int64_t hid,
+                       int64_t lo, int64_t nu, int64_t np) {
+  for (int64_t k = 0; k < rows; ++k)
+    for (int q = 0; q < q_count; ++q)
+      std::memcpy(dst + (k * q_count + q) * np, src + (k * q_count + q) * hid + lo,
+                  nu * sizeof(float));
+}
+
+// Rows lo..lo + nu of w [H, G], transposed and padded: dst[g, u] = w[lo + u, g] (dst zeroed,
+// G x np floats). The backward loops' layout for dh_prev[:, own units] = dpre @ W_h^T.
+void pack_rows_transposed(float* dst, const float* w, int64_t gates, int64_t lo, int64_t nu,
+                          int64_t np) {
+  for (int64_t u = 0; u < nu; ++u)
+    for (int64_t g = 0; g < gates; ++g) dst[g * np + u] = w[(lo + u) * gates + g];
+}
+
 ffi::Error LstmForward(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_x,
                        ffi::Buffer<ffi::F32> b, ffi::Buffer<ffi::F32> w_h,
                        ffi::Buffer<ffi::F32> h0, ffi::Buffer<ffi::F32> c0,
@@ -317,12 +337,9 @@ ffi::Error LstmForward(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_x,
     packed.assign((in + hid) * n, 0.0f);
     bp.assign(n, 0.0f);
     for (auto& v : pre) v.resize(batch * n);
-    for (int64_t k = 0; k < in + hid; ++k) {
-      const float* src = k < in ? wx + k * gates : w + (k - in) * gates;
-      for (int q = 0; q < 4; ++q)
-        std::memcpy(&packed[k * n + q * np], src + q * hid + lo, nu * sizeof(float));
-    }
-    for (int q = 0; q < 4; ++q) std::memcpy(&bp[q * np], bias + q * hid + lo, nu * sizeof(float));
+    pack_gate_columns(packed.data(), wx, in, 4, hid, lo, nu, np);
+    pack_gate_columns(packed.data() + in * n, w, hid, 4, hid, lo, nu, np);
+    pack_gate_columns(bp.data(), bias, 1, 4, hid, lo, nu, np);
     const float* packed_h = packed.data() + in * n;
     auto input_part = [&](int64_t s, float* dst) {  // dst[B, n] = b + x_s W_x (own columns)
       for (int64_t r = 0; r < batch; ++r) std::memcpy(dst + r * n, bp.data(), n * sizeof(float));
@@ -417,8 +434,7 @@ ffi::Error LstmBackward(ffi::Buffer<ffi::F32> dhs, ffi::Buffer<ffi::F32> acts,
       dw.assign(rows * n4, 0.0f);
       db.assign(n4, 0.0f);
     }
-    for (int64_t u = 0; u < nu; ++u)
-      for (int64_t g = 0; g < gates; ++g) packed[g * np + u] = w[(lo + u) * gates + g];
+    pack_rows_transposed(packed.data(), w, gates, lo, nu, np);
     for (int64_t s = steps - 1; s >= 0; --s) {
       const int64_t t = t0 + s;
       const float* a_s = acts.typed_data() + s * batch * gates;
@@ -520,9 +536,7 @@ ffi::Error GruForward(ffi::Buffer<ffi::F32> gx, ffi::Buffer<ffi::F32> w_h,
     thread_local std::vector<float> packed, zh;
     packed.assign(hid * n, 0.0f);
     zh.resize(batch * n);
-    for (int64_t k = 0; k < hid; ++k)
-      for (int g = 0; g < 3; ++g)
-        std::memcpy(&packed[k * n + g * np], w + k * gates + g * hid + lo, nu * sizeof(float));
+    pack_gate_columns(packed.data(), w, hid, 3, hid, lo, nu, np);
     for (int64_t s = 0; s < steps; ++s) {
       const int64_t t = t0 + s;
       const float* h_prev = s ? hs->typed_data() + (s - 1) * batch * hid : h0.typed_data();
@@ -591,8 +605,7 @@ ffi::Error GruBackward(ffi::Buffer<ffi::F32> dhs, ffi::Buffer<ffi::F32> rzs,
     packed.assign(gates * np, 0.0f);  // packed[g, u] = w_h[lo + u, g]
     acc.resize(batch * np);
     dh_own.resize(batch * np);
-    for (int64_t u = 0; u < nu; ++u)
-      for (int64_t g = 0; g < gates; ++g) packed[g * np + u] = w[(lo + u) * gates + g];
+    pack_rows_transposed(packed.data(), w, gates, lo, nu, np);
     for (int64_t s = steps - 1; s >= 0; --s) {
       const int64_t t = t0 + s;
       const float* rz_s = rzs.typed_data() + s * batch * 2 * hid;
