@@ -228,11 +228,12 @@ def lstm_chunk(cell, params, carry, t0, x_c, lengths, steps: int, residuals: boo
 
 
 #: ``dW_h`` is summed in the backward loop (each thread its units' columns, ``H x 4H/P`` floats,
-#: kept in cache across steps) for ``W_h`` up to this size, else left to one XLA matmul over
-#: the sequence. Measured (grad of an LSTM layer, B=32, 2 threads, interleaved medians): H=88
-#: 27 vs 31 ms, H=130 (T=600) 131 vs 148 in the loop; H=256 96 vs 91 (a 512 KiB accumulator
-#: per thread no longer stays in L2 beside the packed weights).
-LOOP_DW_H_BYTES = 512 * 1024
+#: added to once per block of steps, ``cpu_rnn.cc``'s ``kDwRows``) for ``W_h`` up to this size,
+#: else left to one XLA matmul over the sequence. Measured (grad of an LSTM layer, B=32,
+#: 2 threads, interleaved medians in one process, loop vs XLA): H=130 (T=600) 118-124 vs 129
+#: ms; H=256 88 vs 94; H=512 237 vs 234; H=700 (B=16, T=80) 226 vs 216. Before the blocking
+#: (one pass over the accumulator per step) H=256 was 96 vs 91.
+LOOP_DW_H_BYTES = 2 * 1024 * 1024
 
 
 def lstm_chunk_vjp(cell, params, res_c, prev_c, dh_c, dcarry, t0, x_c, lengths, steps: int):

@@ -140,6 +140,13 @@ inline void column_strip(const float* a, int64_t lda, const float* bp, int64_t n
 // while every row tile uses it (64 and 1024 rows measured no better, 32 worse).
 constexpr int64_t kKC = 128;
 
+// Rows of dpre per weight-gradient matmul in the LSTM backward (steps x batch, rounded down to
+// whole steps): one pass over the accumulator per kDwRows rows.
+#ifndef SEQJAX_DW_ROWS
+#define SEQJAX_DW_ROWS 128
+#endif
+constexpr int64_t kDwRows = SEQJAX_DW_ROWS;
+
 void gemm_acc(const float* a, int64_t lda, const float* bp, int64_t n, float* c, int64_t ldc,
               int64_t m, int64_t kd) {
   for (int64_t k0 = 0; k0 < kd; k0 += kKC) {
@@ -428,12 +435,19 @@ ffi::Error LstmBackward(ffi::Buffer<ffi::F32> dhs, ffi::Buffer<ffi::F32> acts,
     thread_local std::vector<float> packed, acc, dpk, xt, dw, db;
     packed.assign(gates * np, 0.0f);
     acc.resize(batch * np);
-    if (rows) {  // dpk [B, 4np]: a step's dpre of own units, gate-major; xt [D + H, B]
-      dpk.assign(batch * n4, 0.0f);
-      xt.resize(rows * batch);
+    // The weight gradients are summed over blocks of `span` steps: dpk [span * B, 4np] holds
+    // their dpre of own units (gate-major), xt [D + H, span * B] their [x_t | h_{t-1}]^T, and
+    // one matmul per block adds xt @ dpk to dw: the accumulator dw [D + H, 4np] then streams
+    // through the cache once per block, not once per step (it need not fit L2 beside W_h^T).
+    const int64_t span = std::max<int64_t>(1, kDwRows / std::max<int64_t>(batch, 1));
+    const int64_t kb = span * batch;  // the block's rows of dpk (columns of xt)
+    if (rows) {
+      dpk.assign(kb * n4, 0.0f);
+      xt.resize(rows * kb);
       dw.assign(rows * n4, 0.0f);
       db.assign(n4, 0.0f);
     }
+    int64_t filled = 0;  // steps in the current block
     pack_rows_transposed(packed.data(), w, gates, lo, nu, np);
     for (int64_t s = steps - 1; s >= 0; --s) {
       const int64_t t = t0 + s;
@@ -442,6 +456,7 @@ ffi::Error LstmBackward(ffi::Buffer<ffi::F32> dhs, ffi::Buffer<ffi::F32> acts,
       const float* cp_s = c_prev.typed_data() + s * batch * hid;
       const float* dh_s = dhs.typed_data() + s * batch * hid;
       float* dgx_s = dgxp + s * batch * gates;
+      float* dpk_s = rows ? dpk.data() + filled * batch * n4 : nullptr;
       for (int64_t b = 0; b < batch; ++b) {
         const bool live = t < len[b];
         for (int64_t u = 0; u < nu; u += kLanes) {
@@ -450,7 +465,7 @@ ffi::Error LstmBackward(ffi::Buffer<ffi::F32> dhs, ffi::Buffer<ffi::F32> acts,
           if (!live) {  // the carry passes through; no gate gradient
             for (int q = 0; q < 4; ++q) {
               std::memset(dgx_s + b * gates + q * hid + j, 0, m * sizeof(float));
-              if (rows) store(&dpk[b * n4 + q * np + u], vf{});
+              if (rows) store(&dpk_s[b * n4 + q * np + u], vf{});
             }
             continue;
           }
@@ -465,7 +480,7 @@ ffi::Error LstmBackward(ffi::Buffer<ffi::F32> dhs, ffi::Buffer<ffi::F32> acts,
                            dcv * i * (1.0f - g * g), dhv * tc * o * (1.0f - o)};
           for (int q = 0; q < 4; ++q) {
             store_n(dgx_s + b * gates + q * hid + j, d[q], m);
-            if (rows) store(&dpk[b * n4 + q * np + u], d[q]);  // lanes past m hold 0
+            if (rows) store(&dpk_s[b * n4 + q * np + u], d[q]);  // lanes past m hold 0
           }
           store_n(dc + row, dcv * f, m);
         }
@@ -480,15 +495,19 @@ ffi::Error LstmBackward(ffi::Buffer<ffi::F32> dhs, ffi::Buffer<ffi::F32> acts,
       if (rows && nu) {
         const float* x_s = proj ? xs.typed_data() + s * batch * in : nullptr;
         const float* hp_s = hin ? h_prev.typed_data() + s * batch * hid : nullptr;
+        float* xt_s = xt.data() + filled * batch;
         for (int64_t b = 0; b < batch; ++b) {
-          for (int64_t k = 0; k < in; ++k) xt[k * batch + b] = x_s[b * in + k];
-          for (int64_t k = 0; k < hin; ++k) xt[(in + k) * batch + b] = hp_s[b * hid + k];
+          for (int64_t k = 0; k < in; ++k) xt_s[k * kb + b] = x_s[b * in + k];
+          for (int64_t k = 0; k < hin; ++k) xt_s[(in + k) * kb + b] = hp_s[b * hid + k];
         }
-        gemm_acc(xt.data(), batch, dpk.data(), n4, dw.data(), n4, rows, batch);
         if (proj)
           for (int64_t b = 0; b < batch; ++b)
             for (int64_t v = 0; v < n4; v += kLanes)
-              store(&db[v], load(&db[v]) + load(&dpk[b * n4 + v]));
+              store(&db[v], load(&db[v]) + load(&dpk_s[b * n4 + v]));
+        if (++filled == span || s == 0) {
+          gemm_acc(xt.data(), kb, dpk.data(), n4, dw.data(), n4, rows, filled * batch);
+          filled = 0;
+        }
       }
       // no second barrier: the next step's first phase writes other rows of dgx and reads
       // only this thread's units of dh and dc
