@@ -1,0 +1,127 @@
+"""A/B of the native CPU loops: the working tree's ``kernels/cpu_rnn.cc`` against another version,
+both in ONE process, interleaved.
+
+The 2-core VMs this project is measured on vary by up to 30% in speed between processes (and
+within one, from minute to minute), so two separate benchmark runs cannot resolve a 5-10%
+change. This script compiles the old source too (``git show REV:kernels/cpu_rnn.cc``, or a
+file), registers its FFI targets under other names, compiles the same jitted function against
+each library, and times them alternately; it prints each one's min / q25 / median and the median
+of the per-repetition ratio new / old with its q25-q75 spread (< 1: the working tree is faster).
+
+    python benchmarks/ab_native.py                       # against HEAD, LSTM grad, rnn_cpu shape
+    python benchmarks/ab_native.py --old HEAD~3 --kind gru --mode fwd --T 600 --D 2 --H 130
+    python benchmarks/ab_native.py --old-source /tmp/variant.cc --reps 31
+
+``--mode grad``: ``jax.grad`` of one ``seqjax.rnn`` layer (params and inputs, as ``rnn_cpu.py``);
+``fwd``: the layer's forward alone. Pause other work on the machine while it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from seqjax.kernels import cpu
+
+import seqjax
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def old_library(source: Path) -> None:
+    """Compile ``source`` as :mod:`seqjax.kernels.cpu` would and register its targets as
+    ``<target>_old``."""
+    new_source = cpu.SOURCE
+    cpu.SOURCE = source
+    try:
+        path, why = cpu._build(cpu._compiler())
+    finally:
+        cpu.SOURCE = new_source
+    if path is None:
+        sys.exit(f"ab_native.py: cannot build the old source: {why}")
+    lib = ctypes.cdll.LoadLibrary(str(path))
+    for target, symbol in cpu._TARGETS.items():
+        jax.ffi.register_ffi_target(target + "_old", jax.ffi.pycapsule(getattr(lib, symbol)),
+                                    platform="cpu")
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--old", default="HEAD", help="git revision of the old cpu_rnn.cc")
+    ap.add_argument("--old-source", type=Path, help="a file instead of --old")
+    ap.add_argument("--kind", default="lstm", choices=("lstm", "gru"))
+    ap.add_argument("--mode", default="grad", choices=("grad", "fwd"))
+    ap.add_argument("--T", type=int, default=128)
+    ap.add_argument("--B", type=int, default=32)
+    ap.add_argument("--D", type=int, default=128)
+    ap.add_argument("--H", type=int, default=256)
+    ap.add_argument("--reps", type=int, default=21)
+    args = ap.parse_args(argv)
+    if cpu.unavailable_reason():
+        sys.exit(f"ab_native.py: the native library is unavailable: {cpu.unavailable_reason()}")
+    with tempfile.TemporaryDirectory() as tmp:
+        source = args.old_source
+        if source is None:
+            text = subprocess.run(["git", "show", f"{args.old}:kernels/cpu_rnn.cc"], cwd=REPO,
+                                  capture_output=True, text=True)
+            if text.returncode != 0:
+                sys.exit(f"ab_native.py: --old {args.old}: {text.stderr.strip()}")
+            source = Path(tmp) / "cpu_rnn_old.cc"
+            source.write_text(text.stdout)
+        old_library(source)
+
+    cell = seqjax.make_cell(args.kind, args.D, args.H)
+    params = cell.init(jax.random.PRNGKey(0))
+    xs = jax.random.normal(jax.random.PRNGKey(1), (args.B, args.T, args.D))
+
+    def layer(p, x):
+        return seqjax.rnn(cell, p, x, backend="native")[0]
+
+    if args.mode == "grad":
+        def fn(p, x):
+            return jax.grad(lambda p, x: jnp.sum(layer(p, x) ** 2), argnums=(0, 1))(p, x)
+    else:
+        fn = layer
+
+    call = cpu._call
+    fns = {}
+    for name in ("old", "new"):
+        if name == "old":
+            cpu._call = lambda target, *a, **k: call(target + "_old", *a, **k)
+        jax.clear_caches()  # trace again: the cached jaxpr names the other library's targets
+        try:
+            fns[name] = jax.jit(fn).lower(params, xs).compile()
+        finally:
+            cpu._call = call
+        jax.block_until_ready(fns[name](params, xs))
+    assert "_old" in fns["old"].as_text() and "_old" not in fns["new"].as_text()
+    outs = [jax.tree.leaves(fns[name](params, xs)) for name in ("old", "new")]
+    diff = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(*outs))
+
+    times = {name: [] for name in fns}
+    for _ in range(args.reps):
+        for name, f in fns.items():
+            t = time.perf_counter()
+            jax.block_until_ready(f(params, xs))
+            times[name].append(time.perf_counter() - t)
+    print(f"{args.kind} {args.mode} T={args.T} B={args.B} D={args.D} H={args.H}, {args.reps} reps "
+          f"interleaved, old = {args.old_source or args.old}; max |new - old| = {diff:.2e}")
+    for name, v in times.items():
+        ms = 1e3 * np.asarray(v)
+        print(f"  {name}: min {ms.min():.1f} q25 {np.percentile(ms, 25):.1f} "
+              f"median {np.median(ms):.1f} ms")
+    r = np.asarray(times["new"]) / np.asarray(times["old"])
+    print(f"  new / old per repetition: median {np.median(r):.3f} "
+          f"(q25 {np.percentile(r, 25):.3f}, q75 {np.percentile(r, 75):.3f})")
+
+
+if __name__ == "__main__":
+    main()
