@@ -90,7 +90,11 @@ def _paper_rows() -> dict:
 
 
 def _fmt(x: float) -> str:
-    return f"{x:.2e}" if abs(x) < 1e-2 else f"{x:.4g}" if abs(x) < 10 else f"{x:.2f}"
+    """Three or four significant figures; exponent notation below 0.01 and from 1e6 (a diverged
+    perplexity)."""
+    if abs(x) < 1e-2 or abs(x) >= 1e6:
+        return f"{x:.2e}"
+    return f"{x:.4g}" if abs(x) < 10 else f"{x:.2f}"
 
 
 def _mean_std(values: list[float]) -> str:

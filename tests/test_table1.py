@@ -122,3 +122,10 @@ def test_seeds_table_shows_each_seed_and_the_spread(tmp_path):
         assert "seed 1 is not the same comparison as seed 0" in str(e)
     else:
         raise AssertionError("runs of different comparisons were tabled as seeds")
+
+
+def test_numbers_keep_a_few_significant_figures():
+    """A diverged perplexity (1e27) reads as one, not 28 digits; small losses in exponent form."""
+    fmt = results_table._fmt
+    assert [fmt(x) for x in (5.4999e27, 3.5e-5, 8.123, 268.98)] == [
+        "5.50e+27", "3.50e-05", "8.123", "268.98"]
