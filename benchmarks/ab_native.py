@@ -19,7 +19,6 @@ of the per-repetition ratio new / old with its q25-q75 spread (< 1: the working 
 from __future__ import annotations
 
 import argparse
-import ctypes
 import subprocess
 import sys
 import tempfile
@@ -47,10 +46,7 @@ def old_library(source: Path) -> None:
         cpu.SOURCE = new_source
     if path is None:
         sys.exit(f"ab_native.py: cannot build the old source: {why}")
-    lib = ctypes.cdll.LoadLibrary(str(path))
-    for target, symbol in cpu._TARGETS.items():
-        jax.ffi.register_ffi_target(target + "_old", jax.ffi.pycapsule(getattr(lib, symbol)),
-                                    platform="cpu")
+    cpu.register_library(path, suffix="_old")
 
 
 def main(argv=None) -> None:

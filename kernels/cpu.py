@@ -125,13 +125,19 @@ def _register() -> str | None:
     if path is None:
         return why
     try:
-        lib = ctypes.cdll.LoadLibrary(str(path))
+        register_library(path)
     except OSError as err:
         return f"cannot load {path}: {err}"
-    for target, symbol in _TARGETS.items():
-        jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)),
-                                    platform="cpu")
     return None
+
+
+def register_library(path: Path, suffix: str = "") -> None:
+    """Load a compiled ``cpu_rnn.cc`` and register its handlers as ``<target><suffix>``
+    (``benchmarks/ab_native.py`` registers an older version beside the current one)."""
+    lib = ctypes.cdll.LoadLibrary(str(path))
+    for target, symbol in _TARGETS.items():
+        jax.ffi.register_ffi_target(target + suffix, jax.ffi.pycapsule(getattr(lib, symbol)),
+                                    platform="cpu")
 
 
 def unavailable_reason() -> str | None:
