@@ -37,15 +37,15 @@ REPO = Path(__file__).resolve().parents[1]
 
 def old_library(source: Path) -> None:
     """Compile ``source`` as :mod:`seqjax.kernels.cpu` would and register its targets as
-    ``<target>_old``."""
-    new_source = cpu.SOURCE
-    cpu.SOURCE = source
-    try:
-        path, why = cpu._build(cpu._compiler())
-    finally:
-        cpu.SOURCE = new_source
+    ``<target>_old`` (the working tree's library is built and registered first)."""
+    why = cpu.unavailable_reason()
+    if why is not None:
+        sys.exit(f"ab_native.py: the native loop is unavailable: {why}")
+    path, why = cpu._build(cpu._compiler(), source)
     if path is None:
         sys.exit(f"ab_native.py: cannot build the old source: {why}")
+    if path == cpu.library_path():
+        print("ab_native.py: the old source is the working tree's: both sides run the same code")
     cpu.register_library(path, suffix="_old")
 
 

@@ -87,14 +87,14 @@ def _compiler() -> str:
 
 
 @functools.lru_cache(maxsize=None)
-def _build(cxx: str) -> tuple[Path | None, str | None]:
-    """Compile ``cpu_rnn.cc`` with ``cxx`` once per machine; ``(path, None)`` or ``(None, why
-    not)``."""
+def _build(cxx: str, source: Path = SOURCE) -> tuple[Path | None, str | None]:
+    """Compile ``source`` (``cpu_rnn.cc``, or another version of it: ``benchmarks/
+    ab_native.py``) with ``cxx`` once per machine; ``(path, None)`` or ``(None, why not)``."""
     if shutil.which(cxx) is None:
         return None, f"no C++ compiler ({cxx!r} not found; set $CXX)"
     include = jax.ffi.include_dir()
     key = hashlib.sha256("\0".join(
-        [SOURCE.read_text(), cxx, " ".join(FLAGS), jax.__version__,
+        [source.read_text(), cxx, " ".join(FLAGS), jax.__version__,
          getattr(jax.lib, "__version__", "") or "", _cpu_id()]).encode()).hexdigest()[:16]
     for folder in (_cache_dir(), Path(tempfile.gettempdir()) / f"seqjax-{os.getuid()}"):
         out = folder / f"cpu_rnn-{key}.so"
@@ -109,11 +109,11 @@ def _build(cxx: str) -> tuple[Path | None, str | None]:
             why = f"cannot write the compiled library to {folder}: {err}"
     else:
         return None, why
-    cmd = [cxx, *FLAGS, "-isystem", include, str(SOURCE), "-o", tmp]
+    cmd = [cxx, *FLAGS, "-isystem", include, str(source), "-o", tmp]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         os.unlink(tmp)
-        return None, f"compiling {SOURCE.name} failed ({' '.join(cmd)}): {proc.stderr[-2000:]}"
+        return None, f"compiling {source.name} failed ({' '.join(cmd)}): {proc.stderr[-2000:]}"
     os.replace(tmp, out)  # atomic: concurrent first uses (pytest-xdist workers) all succeed
     return out, None
 
@@ -178,20 +178,20 @@ def lstm_forward(xs, w_x, b, w_h, h0, c0, t0, lengths, residuals: bool = True):
     ``b [4H]``, ``w_h [H, 4H]``, carry ``h0, c0 [B, H]``, ``t0`` the chunk's first step and
     ``lengths [B]`` int32 (steps ``t0 + s >= lengths[b]`` keep row ``b``'s carry).
 
-    Returns ``(hs, cs, acts, tc)``: the carry after each step ``[K, B, H]`` twice, the
-    activated gates ``[K, B, 4H]`` and ``tanh(c) [K, B, H]`` (all float32); with ``residuals=
-    False`` (a pass not differentiated) ``acts`` and ``tc`` are empty (``[0]``), not computed."""
+    Returns ``(hs, cs, acts)``: the carry after each step ``[K, B, H]`` twice and the
+    activated gates ``[K, B, 4H]`` (all float32); with ``residuals=False`` (a pass not
+    differentiated) ``acts`` is empty (``[0]``), not computed."""
     k, b_, _ = xs.shape
     h, g = w_h.shape
-    res = ((k, b_, g), (k, b_, h)) if residuals else ((0,), (0,))
-    return _call("seqjax_lstm_forward", ((k, b_, h), (k, b_, h)) + res, xs, w_x, b, w_h, h0, c0,
-                 _t0(t0), lengths.astype(jnp.int32))
+    return _call("seqjax_lstm_forward", ((k, b_, h), (k, b_, h), (k, b_, g) if residuals else (0,)),
+                 xs, w_x, b, w_h, h0, c0, _t0(t0), lengths.astype(jnp.int32))
 
 
-def lstm_backward(dhs, acts, tc, c_prev, w_h, dh, dc, t0, lengths, xs=None, h_prev=None):
+def lstm_backward(dhs, acts, c_prev, w_h, dh, dc, t0, lengths, xs=None, h_prev=None):
     """The reverse of :func:`lstm_forward` for one chunk: ``dhs [K, B, H]`` the cotangents of
-    the outputs, the forward's ``acts`` and ``tc``, ``c_prev [K, B, H]`` the cell state before
-    each step, and the carry cotangent ``(dh, dc)`` after the chunk. Given the chunk's inputs
+    the outputs, the forward's ``acts``, ``c_prev [K, B, H]`` the cell state before each step
+    (``tanh(c_t)`` is recomputed from them), and the carry cotangent ``(dh, dc)`` after the
+    chunk. Given the chunk's inputs
     ``xs [K, B, D]`` and/or ``h_prev [K, B, H]`` (h before each step), the weight gradients
     are summed in the loop as well, while each step's gate gradients are in cache.
 
@@ -206,7 +206,7 @@ def lstm_backward(dhs, acts, tc, c_prev, w_h, dh, dc, t0, lengths, xs=None, h_pr
               (xs.shape[-1], g) if xs is not None else (0,), (g,) if xs is not None else (0,),
               (h, g) if h_prev is not None else (0,))
     dgx, dh0, dc0, dw_x, db, dw_h = _call(
-        "seqjax_lstm_backward", shapes, dhs, acts, tc, c_prev, w_h, dh, dc, _t0(t0),
+        "seqjax_lstm_backward", shapes, dhs, acts, c_prev, w_h, dh, dc, _t0(t0),
         lengths.astype(jnp.int32), empty if xs is None else xs,
         empty if h_prev is None else h_prev, aliases={1: 0})
     grads = ({} if xs is None else {"w_x": dw_x, "b": db}) | (
@@ -224,13 +224,12 @@ def lstm_chunk(cell, params, carry, t0, x_c, lengths, steps: int, residuals: boo
     and ``params["b"]``, as ``cell.input_projection`` does), ``lengths [B]`` or ``None``
     (``steps``: the padded length).
 
-    Returns ``(carry after the chunk, ((hs, cs), (acts, tc)))``: every step's carry and the
-    residuals of :meth:`seqjax.core.cells.LSTM.step_with_residuals` (empty if not
-    ``residuals``)."""
+    Returns ``(carry after the chunk, ((hs, cs), (acts,)))``: every step's carry and the
+    activated gates (empty if not ``residuals``), all :func:`lstm_chunk_vjp` needs."""
     h0, c0 = carry
-    hs, cs, acts, tc = lstm_forward(x_c, params["w_x"], params["b"], params["w_h"], h0, c0, t0,
-                                    _lengths(lengths, h0.shape[0], steps), residuals)
-    return (hs[-1], cs[-1]), ((hs, cs), (acts, tc))
+    hs, cs, acts = lstm_forward(x_c, params["w_x"], params["b"], params["w_h"], h0, c0, t0,
+                                _lengths(lengths, h0.shape[0], steps), residuals)
+    return (hs[-1], cs[-1]), ((hs, cs), (acts,))
 
 
 #: ``dW_h`` is summed in the backward loop (each thread its units' columns, ``H x 4H/P`` floats,
@@ -243,7 +242,7 @@ LOOP_DW_H_BYTES = 2 * 1024 * 1024
 
 
 def lstm_chunk_vjp(cell, params, res_c, prev_c, dh_c, dcarry, t0, x_c, lengths, steps: int):
-    """The scan backend's reverse chunk loop for an LSTM: ``res_c`` the chunk's ``(acts, tc)``,
+    """The scan backend's reverse chunk loop for an LSTM: ``res_c`` the chunk's ``(acts,)``,
     ``prev_c`` the carry before each step, ``dh_c [K, B, H]`` the outputs' cotangents,
     ``dcarry`` the carry's cotangent after the chunk, ``x_c [K, B, D]`` its inputs.
 
@@ -251,11 +250,11 @@ def lstm_chunk_vjp(cell, params, res_c, prev_c, dh_c, dcarry, t0, x_c, lengths, 
     dW_h})``: the weight gradients over the chunk come from the loop (see
     :func:`lstm_backward`; ``dW_h`` up to :data:`LOOP_DW_H_BYTES`); ``dx_c`` is left to
     ``dgx_c``'s matmul (not computed at all where the inputs need no gradient)."""
-    acts, tc = res_c
+    (acts,) = res_c
     dh, dc = dcarry
     w_h = params["w_h"]
     h_prev = prev_c[0] if w_h.size * 4 <= LOOP_DW_H_BYTES else None
-    dgx, dh0, dc0, grads = lstm_backward(dh_c, acts, tc, prev_c[1], w_h, dh, dc, t0,
+    dgx, dh0, dc0, grads = lstm_backward(dh_c, acts, prev_c[1], w_h, dh, dc, t0,
                                          _lengths(lengths, dh.shape[0], steps), x_c, h_prev)
     return (dh0, dc0), dgx, grads
 

@@ -18,8 +18,8 @@
 // the backward can sum the weight gradients too (issue #19, benchmarks/README.md).
 //   forward:  xs [K,B,D], w_x [D,4H], b [4H], w_h [H,4H], h0 [B,H], c0 [B,H], t0 [],
 //             lengths [B] -> hs [K,B,H] (the carry's h after each step), cs [K,B,H],
-//             acts [K,B,4H] (the activated gates), tc [K,B,H] (tanh(c_t))
-//   backward: dhs [K,B,H], acts, tc, c_prev [K,B,H] (c before each step), w_h, dh [B,H],
+//             acts [K,B,4H] (the activated gates; tanh(c_t) is recomputed from them and c)
+//   backward: dhs [K,B,H], acts, c_prev [K,B,H] (c before each step), w_h, dh [B,H],
 //             dc [B,H], t0, lengths, xs [K,B,D] or [0], h_prev [K,B,H] or [0] -> dgx [K,B,4H],
 //             dh0 [B,H], dc0 [B,H], dW_x [D,4H] and db [4H] ([0] if xs is), dW_h [H,4H] ([0]
 //             if h_prev is), the chunk's sums; dgx may alias acts (each thread reads a
@@ -308,8 +308,7 @@ ffi::Error LstmForward(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_x,
                        ffi::Buffer<ffi::F32> h0, ffi::Buffer<ffi::F32> c0,
                        ffi::Buffer<ffi::S32> t0_buf, ffi::Buffer<ffi::S32> lengths,
                        int64_t requested_threads, ffi::ResultBuffer<ffi::F32> hs,
-                       ffi::ResultBuffer<ffi::F32> cs, ffi::ResultBuffer<ffi::F32> acts,
-                       ffi::ResultBuffer<ffi::F32> tcs) {
+                       ffi::ResultBuffer<ffi::F32> cs, ffi::ResultBuffer<ffi::F32> acts) {
   const auto dims = xs.dimensions();
   const auto wdims = w_h.dimensions();
   if (dims.size() != 3 || wdims.size() != 2)
@@ -325,8 +324,7 @@ ffi::Error LstmForward(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_x,
   float* hsp = hs->typed_data();
   float* csp = cs->typed_data();
   float* actp = acts->typed_data();
-  float* tcp = tcs->typed_data();
-  const bool save = acts->element_count() != 0;  // empty acts and tc: a pass not differentiated
+  const bool save = acts->element_count() != 0;  // empty acts: a pass not differentiated
   const int requested = threads_for(requested_threads, hid);
   Barrier barrier(requested);
 
@@ -359,7 +357,6 @@ ffi::Error LstmForward(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_x,
       float* h_out = hsp + s * batch * hid;
       float* c_out = csp + s * batch * hid;
       float* a_out = actp + s * batch * gates;
-      float* tc_out = tcp + s * batch * hid;
       for (int64_t r = 0; r < batch; ++r) {
         const bool live = t < len[r];
         const float* pb = pre_s + r * n;
@@ -375,7 +372,6 @@ ffi::Error LstmForward(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_x,
           if (save) {
             const vf gate[4] = {i, f, g, o};
             for (int q = 0; q < 4; ++q) store_n(a_out + r * gates + q * hid + j, gate[q], m);
-            store_n(tc_out + row, tc, m);
           }
           if (live) {
             store_n(h_out + row, h, m);
@@ -394,8 +390,7 @@ ffi::Error LstmForward(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_x,
 }
 
 ffi::Error LstmBackward(ffi::Buffer<ffi::F32> dhs, ffi::Buffer<ffi::F32> acts,
-                        ffi::Buffer<ffi::F32> tcs, ffi::Buffer<ffi::F32> c_prev,
-                        ffi::Buffer<ffi::F32> w_h, ffi::Buffer<ffi::F32> dh_last,
+                        ffi::Buffer<ffi::F32> c_prev, ffi::Buffer<ffi::F32> w_h, ffi::Buffer<ffi::F32> dh_last,
                         ffi::Buffer<ffi::F32> dc_last, ffi::Buffer<ffi::S32> t0_buf,
                         ffi::Buffer<ffi::S32> lengths, ffi::Buffer<ffi::F32> xs,
                         ffi::Buffer<ffi::F32> h_prev, int64_t requested_threads,
@@ -449,7 +444,6 @@ ffi::Error LstmBackward(ffi::Buffer<ffi::F32> dhs, ffi::Buffer<ffi::F32> acts,
     for (int64_t s = steps - 1; s >= 0; --s) {
       const int64_t t = t0 + s;
       const float* a_s = acts.typed_data() + s * batch * gates;
-      const float* tc_s = tcs.typed_data() + s * batch * hid;
       const float* cp_s = c_prev.typed_data() + s * batch * hid;
       const float* dh_s = dhs.typed_data() + s * batch * hid;
       float* dgx_s = dgxp + s * batch * gates;
@@ -470,7 +464,8 @@ ffi::Error LstmBackward(ffi::Buffer<ffi::F32> dhs, ffi::Buffer<ffi::F32> acts,
           const vf i = get(a_s + b * gates + j), f = get(a_s + b * gates + hid + j);
           const vf g = get(a_s + b * gates + 2 * hid + j);
           const vf o = get(a_s + b * gates + 3 * hid + j);
-          const vf tc = get(tc_s + row), cp = get(cp_s + row);
+          const vf cp = get(cp_s + row);
+          const vf tc = vtanh(f * cp + i * g);  // tanh(c_t), as the forward computed it
           const vf dhv = get(dh + row) + get(dh_s + row);
           const vf dcv = get(dc + row) + dhv * o * (1.0f - tc * tc);
           const vf d[4] = {dcv * g * i * (1.0f - i), dcv * cp * f * (1.0f - f),
@@ -689,14 +684,12 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(SeqjaxLstmForward, LstmForward,
                                   .Ret<ffi::Buffer<ffi::F32>>()  // hs
                                   .Ret<ffi::Buffer<ffi::F32>>()  // cs
                                   .Ret<ffi::Buffer<ffi::F32>>()  // acts
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // tc
 );
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SeqjaxLstmBackward, LstmBackward,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::Buffer<ffi::F32>>()  // dhs
                                   .Arg<ffi::Buffer<ffi::F32>>()  // acts
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // tc
                                   .Arg<ffi::Buffer<ffi::F32>>()  // c_prev
                                   .Arg<ffi::Buffer<ffi::F32>>()  // w_h
                                   .Arg<ffi::Buffer<ffi::F32>>()  // dh
