@@ -390,10 +390,11 @@ ffi::Error LstmForward(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_x,
 }
 
 ffi::Error LstmBackward(ffi::Buffer<ffi::F32> dhs, ffi::Buffer<ffi::F32> acts,
-                        ffi::Buffer<ffi::F32> c_prev, ffi::Buffer<ffi::F32> w_h, ffi::Buffer<ffi::F32> dh_last,
-                        ffi::Buffer<ffi::F32> dc_last, ffi::Buffer<ffi::S32> t0_buf,
-                        ffi::Buffer<ffi::S32> lengths, ffi::Buffer<ffi::F32> xs,
-                        ffi::Buffer<ffi::F32> h_prev, int64_t requested_threads,
+                        ffi::Buffer<ffi::F32> c_prev, ffi::Buffer<ffi::F32> w_h,
+                        ffi::Buffer<ffi::F32> dh_last, ffi::Buffer<ffi::F32> dc_last,
+                        ffi::Buffer<ffi::S32> t0_buf, ffi::Buffer<ffi::S32> lengths,
+                        ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> h_prev,
+                        int64_t requested_threads,
                         ffi::ResultBuffer<ffi::F32> dgx, ffi::ResultBuffer<ffi::F32> dh0,
                         ffi::ResultBuffer<ffi::F32> dc0, ffi::ResultBuffer<ffi::F32> dwx_out,
                         ffi::ResultBuffer<ffi::F32> db_out, ffi::ResultBuffer<ffi::F32> dwh_out) {
