@@ -160,17 +160,18 @@ def _t0(t0) -> jax.Array:
     return jnp.asarray(t0, jnp.int32).reshape(())
 
 
-def _call(target: str, shapes, *args, aliases=None):
+def _call(target: str, shapes, *args, aliases=None, **attrs):
     """Run the FFI handler ``target`` (built and registered on first use) on ``args`` (floating
     ones as float32; the step ``t0`` and ``lengths`` given as int32 by the caller) with
-    :func:`threads` threads; ``shapes``: its float32 results' shapes; ``aliases``: results that
-    may be written over an input (``{input index: result index}``)."""
+    :func:`threads` threads and the attributes ``attrs``; ``shapes``: its float32 results'
+    shapes; ``aliases``: results that may be written over an input (``{input index: result
+    index}``)."""
     _check_ready()
     f32 = jnp.float32
     call = jax.ffi.ffi_call(target, tuple(jax.ShapeDtypeStruct(s, f32) for s in shapes),
                             vmap_method="sequential", input_output_aliases=aliases)
     args = [a.astype(f32) if jnp.issubdtype(a.dtype, jnp.floating) else a for a in args]
-    return call(*args, threads=np.int64(threads()))
+    return call(*args, threads=np.int64(threads()), **attrs)
 
 
 def lstm_forward(xs, w_x, b, w_h, h0, c0, t0, lengths, residuals: bool = True):
@@ -270,11 +271,27 @@ def gru_forward(gx, w_h, b_h, h0, t0, lengths):
                  w_h, b_h, h0, _t0(t0), lengths.astype(jnp.int32))
 
 
-def gru_backward(dhs, rz, n, zn, h_prev, w_h, dh, t0, lengths):
-    """The reverse of :func:`gru_forward` for one chunk: returns ``(dgx [K, B, 3H], dh0)``."""
+def gru_backward(dhs, rz, n, zn, h_prev, w_h, dh, t0, lengths, xs=None,
+                 recurrent: bool = False):
+    """The reverse of :func:`gru_forward` for one chunk: ``h_prev [K, B, H]`` the carry before
+    each step. Given the chunk's inputs ``xs [K, B, D]`` the input projection's weight
+    gradients are summed in the loop as well, and with ``recurrent`` those of ``h W_h + b_h``.
+
+    Returns ``(dgx [K, B, 3H], dh0, grads)``: the gate pre-activations' cotangents, the carry
+    cotangent before the chunk and the chunk's sums ``{"w_x": [D, 3H], "b_x": [3H]}`` (given
+    ``xs``) and ``{"w_h": [H, 3H], "b_h": [3H]}`` (if ``recurrent``)."""
     k, b, h = dhs.shape
-    return _call("seqjax_gru_backward", ((k, b, 3 * h), (b, h)), dhs, rz, n, zn, h_prev, w_h,
-                 dh, _t0(t0), lengths.astype(jnp.int32))
+    g = 3 * h
+    proj = xs is not None
+    shapes = ((k, b, g), (b, h), (xs.shape[-1], g) if proj else (0,), (g,) if proj else (0,),
+              (h, g) if recurrent else (0,), (g,) if recurrent else (0,))
+    dgx, dh0, dw_x, db_x, dw_h, db_h = _call(
+        "seqjax_gru_backward", shapes, dhs, rz, n, zn, h_prev, w_h, dh, _t0(t0),
+        lengths.astype(jnp.int32), xs if proj else jnp.zeros((0,), jnp.float32),
+        weights=np.bool_(recurrent))
+    grads = ({"w_x": dw_x, "b_x": db_x} if proj else {}) | (
+        {"w_h": dw_h, "b_h": db_h} if recurrent else {})
+    return dgx, dh0, grads
 
 
 def gru_chunk(cell, params, h0, t0, x_c, lengths, steps: int, residuals: bool = True):
@@ -288,11 +305,14 @@ def gru_chunk(cell, params, h0, t0, x_c, lengths, steps: int, residuals: bool = 
 
 def gru_chunk_vjp(cell, params, res_c, prev_c, dh_c, dh, t0, x_c, lengths, steps: int):
     """The scan backend's reverse chunk loop for a GRU: returns ``(dh before the chunk,
-    dgx_c [K, B, 3H], {})`` (the projection's gradients are left to ``dgx_c``'s matmuls)."""
+    dgx_c [K, B, 3H], grads)``: the weight gradients summed in the loop (``W_h``'s and ``b_h``'s
+    up to :data:`LOOP_DW_H_BYTES`), ``dx_c`` left to ``dgx_c``'s matmul."""
     rz, n, zn = res_c
-    dgx, dh0 = gru_backward(dh_c, rz, n, zn, prev_c, params["w_h"], dh, t0,
-                            _lengths(lengths, dh.shape[0], steps))
-    return dh0, dgx, {}
+    w_h = params["w_h"]
+    dgx, dh0, grads = gru_backward(dh_c, rz, n, zn, prev_c, w_h, dh, t0,
+                                   _lengths(lengths, dh.shape[0], steps), x_c,
+                                   recurrent=w_h.size * 4 <= LOOP_DW_H_BYTES)
+    return dh0, dgx, grads
 
 
 #: ``Cell.native`` -> the forward and reverse chunk loops of that family.

@@ -523,8 +523,11 @@ ffi::Error LstmBackward(ffi::Buffer<ffi::F32> dhs, ffi::Buffer<ffi::F32> acts,
 //   n = tanh(gx_n + r zh_n); h_t = n + u (h_{t-1} - n).
 //   forward:  gx [K,B,3H], w_h [H,3H], b_h [3H], h0 [B,H], t0, lengths
 //             -> hs [K,B,H], rz [K,B,2H] (r, u), n [K,B,H], zn [K,B,H] (zh_n)
-//   backward: dhs [K,B,H], rz, n, zn, h_prev [K,B,H], w_h, dh [B,H], t0, lengths
-//             -> dgx [K,B,3H], dh0 [B,H]
+//   backward: dhs [K,B,H], rz, n, zn, h_prev [K,B,H], w_h, dh [B,H], t0, lengths, xs [K,B,D]
+//             or [0], attribute weights (sum dW_h and db_h) -> dgx [K,B,3H], dh0 [B,H], dW_x
+//             [D,3H] and db_x [3H] ([0] if xs is), dW_h [H,3H] and db_h [3H] ([0] unless
+//             weights), the chunk's sums, as the LSTM's backward sums them (per block of steps):
+//             dW_x += x_t^T dgx_t, dW_h += h_{t-1}^T dz_t with dz = [dpre_r, dpre_u, dpre_n r]
 ffi::Error GruForward(ffi::Buffer<ffi::F32> gx, ffi::Buffer<ffi::F32> w_h,
                       ffi::Buffer<ffi::F32> b_h, ffi::Buffer<ffi::F32> h0,
                       ffi::Buffer<ffi::S32> t0_buf, ffi::Buffer<ffi::S32> lengths,
@@ -593,11 +596,18 @@ ffi::Error GruBackward(ffi::Buffer<ffi::F32> dhs, ffi::Buffer<ffi::F32> rzs,
                        ffi::Buffer<ffi::F32> ns, ffi::Buffer<ffi::F32> zns,
                        ffi::Buffer<ffi::F32> h_prevs, ffi::Buffer<ffi::F32> w_h,
                        ffi::Buffer<ffi::F32> dh_last, ffi::Buffer<ffi::S32> t0_buf,
-                       ffi::Buffer<ffi::S32> lengths, int64_t requested_threads,
-                       ffi::ResultBuffer<ffi::F32> dgx, ffi::ResultBuffer<ffi::F32> dh0) {
+                       ffi::Buffer<ffi::S32> lengths, ffi::Buffer<ffi::F32> xs,
+                       int64_t requested_threads, bool weights,
+                       ffi::ResultBuffer<ffi::F32> dgx, ffi::ResultBuffer<ffi::F32> dh0,
+                       ffi::ResultBuffer<ffi::F32> dwx_out, ffi::ResultBuffer<ffi::F32> dbx_out,
+                       ffi::ResultBuffer<ffi::F32> dwh_out, ffi::ResultBuffer<ffi::F32> dbh_out) {
   const auto dims = dhs.dimensions();
   if (dims.size() != 3) return ffi::Error::InvalidArgument("dhs must be [K, B, H]");
   const int64_t steps = dims[0], batch = dims[1], hid = dims[2], gates = 3 * hid;
+  const bool proj = xs.element_count() != 0;
+  const int64_t in = proj ? xs.dimensions()[2] : 0;
+  const int64_t hin = weights ? hid : 0;
+  const bool blocked = proj || weights;
   const int32_t t0 = t0_buf.typed_data()[0];
   const int32_t* len = lengths.typed_data();
   const float* w = w_h.typed_data();
@@ -613,11 +623,30 @@ ffi::Error GruBackward(ffi::Buffer<ffi::F32> dhs, ffi::Buffer<ffi::F32> rzs,
     int64_t lo, hi;
     unit_range(hid, p, threads, &lo, &hi);
     const int64_t nu = hi - lo, np = round_up(nu, kLanes);
-    thread_local std::vector<float> packed, acc, dh_own;
+    const int64_t n3 = 3 * np;
+    thread_local std::vector<float> packed, acc, dh_own, dgk, dzk, xt, ht, dwx, dwh, dbx, dbh;
     packed.assign(gates * np, 0.0f);  // packed[g, u] = w_h[lo + u, g]
     acc.resize(batch * np);
     dh_own.resize(batch * np);
     pack_rows_transposed(packed.data(), w, gates, lo, nu, np);
+    // The weight gradients per block of `span` steps, as in LstmBackward: dgk and dzk [span * B,
+    // 3np] hold the block's dgx and dz of own units (gate-major), xt [D, span * B] and ht [H,
+    // span * B] its x^T and h_{t-1}^T.
+    const int64_t span = std::max<int64_t>(1, kDwRows / std::max<int64_t>(batch, 1));
+    const int64_t kb = span * batch;
+    if (proj) {
+      dgk.assign(kb * n3, 0.0f);
+      xt.resize(in * kb);
+      dwx.assign(in * n3, 0.0f);
+      dbx.assign(n3, 0.0f);
+    }
+    if (weights) {
+      dzk.assign(kb * n3, 0.0f);
+      ht.resize(hid * kb);
+      dwh.assign(hid * n3, 0.0f);
+      dbh.assign(n3, 0.0f);
+    }
+    int64_t filled = 0;  // steps in the current block
     for (int64_t s = steps - 1; s >= 0; --s) {
       const int64_t t = t0 + s;
       const float* rz_s = rzs.typed_data() + s * batch * 2 * hid;
@@ -627,6 +656,8 @@ ffi::Error GruBackward(ffi::Buffer<ffi::F32> dhs, ffi::Buffer<ffi::F32> rzs,
       const float* dh_s = dhs.typed_data() + s * batch * hid;
       float* dgx_s = dgx->typed_data() + s * batch * gates;
       float* dz = dz_buf.data() + (s % 2) * batch * gates;
+      float* dgk_s = proj ? dgk.data() + filled * batch * n3 : nullptr;
+      float* dzk_s = weights ? dzk.data() + filled * batch * n3 : nullptr;
       for (int64_t b = 0; b < batch; ++b) {
         const bool live = t < len[b];
         for (int64_t u = 0; u < nu; u += kLanes) {
@@ -638,6 +669,8 @@ ffi::Error GruBackward(ffi::Buffer<ffi::F32> dhs, ffi::Buffer<ffi::F32> rzs,
             for (int q = 0; q < 3; ++q) {
               std::memset(dgx_s + b * gates + q * hid + j, 0, m * sizeof(float));
               std::memset(&dz[b * gates + q * hid + j], 0, m * sizeof(float));
+              if (dgk_s) store(&dgk_s[b * n3 + q * np + u], vf{});
+              if (dzk_s) store(&dzk_s[b * n3 + q * np + u], vf{});
             }
             continue;
           }
@@ -654,6 +687,16 @@ ffi::Error GruBackward(ffi::Buffer<ffi::F32> dhs, ffi::Buffer<ffi::F32> rzs,
           put(&dz[b * gates + hid + j], du);
           put(&dz[b * gates + 2 * hid + j], dn * r);
           put(&dh_own[b * np + u], dhv * z);
+          if (dgk_s) {  // lanes past m hold 0 (dhv is 0 there)
+            store(&dgk_s[b * n3 + u], dr);
+            store(&dgk_s[b * n3 + np + u], du);
+            store(&dgk_s[b * n3 + 2 * np + u], dn);
+          }
+          if (dzk_s) {
+            store(&dzk_s[b * n3 + u], dr);
+            store(&dzk_s[b * n3 + np + u], du);
+            store(&dzk_s[b * n3 + 2 * np + u], dn * r);
+          }
         }
       }
       if (threads > 1) barrier.wait();  // the matmul reads every unit's dz
@@ -665,6 +708,37 @@ ffi::Error GruBackward(ffi::Buffer<ffi::F32> dhs, ffi::Buffer<ffi::F32> rzs,
             for (int64_t u = 0; u < nu; ++u)
               dh[b * hid + lo + u] = dh_own[b * np + u] + acc[b * np + u];
       }
+      if (blocked && nu) {
+        float* xt_s = xt.data() + filled * batch;
+        float* ht_s = ht.data() + filled * batch;
+        const float* x_s = proj ? xs.typed_data() + s * batch * in : nullptr;
+        for (int64_t b = 0; b < batch; ++b) {
+          for (int64_t k = 0; k < in; ++k) xt_s[k * kb + b] = x_s[b * in + k];
+          for (int64_t k = 0; k < hin; ++k) ht_s[k * kb + b] = hp_s[b * hid + k];
+        }
+        for (int64_t b = 0; b < batch; ++b)
+          for (int64_t v = 0; v < n3; v += kLanes) {
+            if (proj) store(&dbx[v], load(&dbx[v]) + load(&dgk_s[b * n3 + v]));
+            if (weights) store(&dbh[v], load(&dbh[v]) + load(&dzk_s[b * n3 + v]));
+          }
+        if (++filled == span || s == 0) {
+          if (proj) gemm_acc(xt.data(), kb, dgk.data(), n3, dwx.data(), n3, in, filled * batch);
+          if (weights)
+            gemm_acc(ht.data(), kb, dzk.data(), n3, dwh.data(), n3, hid, filled * batch);
+          filled = 0;
+        }
+      }
+    }
+    for (int q = 0; q < 3; ++q) {  // own columns q * H + lo + u of dW_x, db_x, dW_h, db_h
+      for (int64_t k = 0; k < in; ++k)
+        std::memcpy(dwx_out->typed_data() + k * gates + q * hid + lo, &dwx[k * n3 + q * np],
+                    nu * sizeof(float));
+      for (int64_t k = 0; k < hin; ++k)
+        std::memcpy(dwh_out->typed_data() + k * gates + q * hid + lo, &dwh[k * n3 + q * np],
+                    nu * sizeof(float));
+      if (proj) std::memcpy(dbx_out->typed_data() + q * hid + lo, &dbx[q * np], nu * sizeof(float));
+      if (weights)
+        std::memcpy(dbh_out->typed_data() + q * hid + lo, &dbh[q * np], nu * sizeof(float));
     }
   });
   return ffi::Error::Success();
@@ -734,7 +808,13 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(SeqjaxGruBackward, GruBackward,
                                   .Arg<ffi::Buffer<ffi::F32>>()  // dh
                                   .Arg<ffi::Buffer<ffi::S32>>()  // t0
                                   .Arg<ffi::Buffer<ffi::S32>>()  // lengths
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // xs (or empty)
                                   .Attr<int64_t>("threads")
+                                  .Attr<bool>("weights")
                                   .Ret<ffi::Buffer<ffi::F32>>()  // dgx
                                   .Ret<ffi::Buffer<ffi::F32>>()  // dh0
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // dW_x (or empty)
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // db_x (or empty)
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // dW_h (or empty)
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // db_h (or empty)
 );

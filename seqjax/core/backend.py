@@ -148,14 +148,16 @@ def _warn_once(message: str) -> None:
 
 
 #: Besides the step and its VJP, what a native loop computes itself (so a subclass must not
-#: change it): the LSTM loop projects its inputs (``seqjax.kernels.cpu.lstm_forward``).
-_NATIVE_COMPUTES = {"lstm": ("input_projection",)}
+#: change it): the LSTM loop projects its inputs (``seqjax.kernels.cpu.lstm_forward``), and
+#: both loops sum the gradients of the projection's and the recurrent weights.
+_NATIVE_COMPUTES = {"lstm": ("input_projection", "recurrent_grads"),
+                    "gru": ("input_projection", "recurrent_grads")}
 
 
 def native_unsupported_reason(cell: Any, dtype: Any, platform: str) -> str | None:
     """Why the ``"native"`` backend cannot run ``cell`` here, or ``None``: it needs a cell that
-    declares a native loop (``Cell.native``) whose step and step VJP (and, for the LSTM, input
-    projection) are those of the class that declared it (a subclass changing the maths must
+    declares a native loop (``Cell.native``) whose step and step VJP (and input projection and
+    weight gradients) are those of the class that declared it (a subclass changing the maths must
     set ``native = None`` or its own), float32 inputs, the CPU, and the library built
     (:mod:`seqjax.kernels.cpu`)."""
     cls = type(cell)

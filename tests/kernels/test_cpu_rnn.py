@@ -37,6 +37,7 @@ def _value_and_grads(cell, params, xs, lengths, carry0, reverse, backend):
     ("lstm", 4, 40, 37, None, False, 0.1, "3", True),
     ("lstm", 2, 33, 64, [33, 1], True, 0.0, "2", True),
     ("gru", 3, 21, 7, [21, 9, 0], True, 0.0, "1", True),
+    ("gru", 3, 21, 7, [21, 9, 0], False, 0.0, "2", False),
     ("gru", 4, 40, 37, None, False, 0.1, "3", True),
 ])
 def test_native_matches_scan(kind, B, T, H, lengths, reverse, shift, threads, dw_h_in_loop,
