@@ -709,8 +709,8 @@ ffi::Error GruBackward(ffi::Buffer<ffi::F32> dhs, ffi::Buffer<ffi::F32> rzs,
               dh[b * hid + lo + u] = dh_own[b * np + u] + acc[b * np + u];
       }
       if (blocked && nu) {
-        float* xt_s = xt.data() + filled * batch;
-        float* ht_s = ht.data() + filled * batch;
+        float* xt_s = proj ? xt.data() + filled * batch : nullptr;  // (empty vectors otherwise)
+        float* ht_s = weights ? ht.data() + filled * batch : nullptr;
         const float* x_s = proj ? xs.typed_data() + s * batch * in : nullptr;
         for (int64_t b = 0; b < batch; ++b) {
           for (int64_t k = 0; k < in; ++k) xt_s[k * kb + b] = x_s[b * in + k];
