@@ -140,8 +140,9 @@ inline void column_strip(const float* a, int64_t lda, const float* bp, int64_t n
 // while every row tile uses it (64 and 1024 rows measured no better, 32 worse).
 constexpr int64_t kKC = 128;
 
-// Rows of dpre per weight-gradient matmul in the LSTM backward (steps x batch, rounded down to
-// whole steps): one pass over the accumulator per kDwRows rows (32, 256 measured no better).
+// Rows of dpre per weight-gradient matmul in the backward loops (BlockSums; steps x batch,
+// rounded down to whole steps): one pass over the accumulator per kDwRows rows (32, 256
+// measured no better).
 constexpr int64_t kDwRows = 128;
 
 void gemm_acc(const float* a, int64_t lda, const float* bp, int64_t n, float* c, int64_t ldc,
@@ -303,6 +304,70 @@ void pack_rows_transposed(float* dst, const float* w, int64_t gates, int64_t lo,
     for (int64_t g = 0; g < gates; ++g) dst[g * np + u] = w[(lo + u) * gates + g];
 }
 
+// One thread's share of a weight gradient dW [R, Q * H] += A^T dP (and optionally db += sum of
+// dP's rows) over a backward loop's steps, summed per block of `span` steps: dp [span * B,
+// Q * np] holds the block's gradients of own units (gate-major, padded; lanes past nu hold 0),
+// at [R, span * B] the block's inputs transposed, and one matmul per block adds at @ dp to dw
+// [R, Q * np]: the accumulator then streams through the cache once per block, not once per
+// step (it need not fit L2 beside W_h^T), while XLA:CPU would read the whole [K, B, QH]
+// gradient once more and transpose the inputs. Empty (rows == 0) when not asked for.
+struct BlockSums {
+  int64_t rows = 0, width = 0, batch = 0, kb = 0, span = 1, filled = 0;
+  bool bias = false;
+  std::vector<float> dp, at, dw, db;
+
+  void init(int64_t rows_, int64_t width_, int64_t batch_, bool bias_) {
+    rows = rows_;
+    width = width_;
+    batch = batch_;
+    bias = bias_ && rows_ > 0;
+    span = std::max<int64_t>(1, kDwRows / std::max<int64_t>(batch, 1));
+    kb = span * batch;  // the block's rows of dp (columns of at)
+    filled = 0;
+    if (!rows) return;
+    dp.assign(kb * width, 0.0f);
+    at.resize(rows * kb);
+    dw.assign(rows * width, 0.0f);
+    if (bias) db.assign(width, 0.0f);
+  }
+  bool on() const { return rows > 0; }
+  // This step's rows of dp ([B, Q * np]; null when off).
+  float* step_dp() { return on() ? dp.data() + filled * batch * width : nullptr; }
+  // Rows row0.. of at for this step: at[row0 + k, filled * B + b] = src[b, k], k < n.
+  void put_inputs(const float* src, int64_t n, int64_t row0) {
+    float* at_s = at.data() + filled * batch;
+    for (int64_t b = 0; b < batch; ++b)
+      for (int64_t k = 0; k < n; ++k) at_s[(row0 + k) * kb + b] = src[b * n + k];
+  }
+  // After this step's dp and inputs are written: the bias sum, and the block's matmul once
+  // `span` steps are in (or at the loop's last step).
+  void end_step(bool last) {
+    if (bias) {
+      const float* dp_s = step_dp();
+      for (int64_t b = 0; b < batch; ++b)
+        for (int64_t v = 0; v < width; v += kLanes)
+          store(&db[v], load(&db[v]) + load(&dp_s[b * width + v]));
+    }
+    if (++filled == span || last) {
+      gemm_acc(at.data(), kb, dp.data(), width, dw.data(), width, rows, filled * batch);
+      filled = 0;
+    }
+  }
+  // Own columns q * H + lo + u of dW's rows k0..k1 into dst [k1 - k0, Q * H].
+  void write_rows(float* dst, int64_t k0, int64_t k1, int q_count, int64_t hid, int64_t lo,
+                  int64_t nu, int64_t np) const {
+    for (int64_t k = k0; k < k1; ++k)
+      for (int q = 0; q < q_count; ++q)
+        std::memcpy(dst + (k - k0) * q_count * hid + q * hid + lo, &dw[k * width + q * np],
+                    nu * sizeof(float));
+  }
+  void write_bias(float* dst, int q_count, int64_t hid, int64_t lo, int64_t nu,
+                  int64_t np) const {
+    for (int q = 0; q < q_count; ++q)
+      std::memcpy(dst + q * hid + lo, &db[q * np], nu * sizeof(float));
+  }
+};
+
 ffi::Error LstmForward(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_x,
                        ffi::Buffer<ffi::F32> b, ffi::Buffer<ffi::F32> w_h,
                        ffi::Buffer<ffi::F32> h0, ffi::Buffer<ffi::F32> c0,
@@ -425,22 +490,12 @@ ffi::Error LstmBackward(ffi::Buffer<ffi::F32> dhs, ffi::Buffer<ffi::F32> acts,
     unit_range(hid, p, threads, &lo, &hi);
     const int64_t nu = hi - lo, np = round_up(nu, kLanes), n4 = 4 * np;
     // rows lo..hi of W_h, transposed: packed[g, u] = w_h[lo + u, g] (dh_prev = dpre @ W_h^T)
-    thread_local std::vector<float> packed, acc, dpk, xt, dw, db;
+    thread_local std::vector<float> packed, acc;
     packed.assign(gates * np, 0.0f);
     acc.resize(batch * np);
-    // The weight gradients are summed over blocks of `span` steps: dpk [span * B, 4np] holds
-    // their dpre of own units (gate-major), xt [D + H, span * B] their [x_t | h_{t-1}]^T, and
-    // one matmul per block adds xt @ dpk to dw: the accumulator dw [D + H, 4np] then streams
-    // through the cache once per block, not once per step (it need not fit L2 beside W_h^T).
-    const int64_t span = std::max<int64_t>(1, kDwRows / std::max<int64_t>(batch, 1));
-    const int64_t kb = span * batch;  // the block's rows of dpk (columns of xt)
-    if (rows) {
-      dpk.assign(kb * n4, 0.0f);
-      xt.resize(rows * kb);
-      dw.assign(rows * n4, 0.0f);
-      db.assign(n4, 0.0f);
-    }
-    int64_t filled = 0;  // steps in the current block
+    // [dW_x; dW_h] += [x_t | h_{t-1}]^T dpre_t (one matmul for both), db += sum_b dpre_t
+    thread_local BlockSums sums;
+    sums.init(rows, n4, batch, proj);
     pack_rows_transposed(packed.data(), w, gates, lo, nu, np);
     for (int64_t s = steps - 1; s >= 0; --s) {
       const int64_t t = t0 + s;
@@ -448,7 +503,7 @@ ffi::Error LstmBackward(ffi::Buffer<ffi::F32> dhs, ffi::Buffer<ffi::F32> acts,
       const float* cp_s = c_prev.typed_data() + s * batch * hid;
       const float* dh_s = dhs.typed_data() + s * batch * hid;
       float* dgx_s = dgxp + s * batch * gates;
-      float* dpk_s = rows ? dpk.data() + filled * batch * n4 : nullptr;
+      float* dpk_s = sums.step_dp();
       for (int64_t b = 0; b < batch; ++b) {
         const bool live = t < len[b];
         for (int64_t u = 0; u < nu; u += kLanes) {
@@ -457,7 +512,7 @@ ffi::Error LstmBackward(ffi::Buffer<ffi::F32> dhs, ffi::Buffer<ffi::F32> acts,
           if (!live) {  // the carry passes through; no gate gradient
             for (int q = 0; q < 4; ++q) {
               std::memset(dgx_s + b * gates + q * hid + j, 0, m * sizeof(float));
-              if (rows) store(&dpk_s[b * n4 + q * np + u], vf{});
+              if (dpk_s) store(&dpk_s[b * n4 + q * np + u], vf{});
             }
             continue;
           }
@@ -473,7 +528,7 @@ ffi::Error LstmBackward(ffi::Buffer<ffi::F32> dhs, ffi::Buffer<ffi::F32> acts,
                            dcv * i * (1.0f - g * g), dhv * tc * o * (1.0f - o)};
           for (int q = 0; q < 4; ++q) {
             store_n(dgx_s + b * gates + q * hid + j, d[q], m);
-            if (rows) store(&dpk_s[b * n4 + q * np + u], d[q]);  // lanes past m hold 0
+            if (dpk_s) store(&dpk_s[b * n4 + q * np + u], d[q]);  // lanes past m hold 0
           }
           store_n(dc + row, dcv * f, m);
         }
@@ -485,33 +540,18 @@ ffi::Error LstmBackward(ffi::Buffer<ffi::F32> dhs, ffi::Buffer<ffi::F32> acts,
         for (int64_t b = 0; b < batch; ++b)
           if (t < len[b]) std::memcpy(dh + b * hid + lo, &acc[b * np], nu * sizeof(float));
       }
-      if (rows && nu) {
-        const float* x_s = proj ? xs.typed_data() + s * batch * in : nullptr;
-        const float* hp_s = hin ? h_prev.typed_data() + s * batch * hid : nullptr;
-        float* xt_s = xt.data() + filled * batch;
-        for (int64_t b = 0; b < batch; ++b) {
-          for (int64_t k = 0; k < in; ++k) xt_s[k * kb + b] = x_s[b * in + k];
-          for (int64_t k = 0; k < hin; ++k) xt_s[(in + k) * kb + b] = hp_s[b * hid + k];
-        }
-        if (proj)
-          for (int64_t b = 0; b < batch; ++b)
-            for (int64_t v = 0; v < n4; v += kLanes)
-              store(&db[v], load(&db[v]) + load(&dpk_s[b * n4 + v]));
-        if (++filled == span || s == 0) {
-          gemm_acc(xt.data(), kb, dpk.data(), n4, dw.data(), n4, rows, filled * batch);
-          filled = 0;
-        }
+      if (sums.on() && nu) {
+        if (proj) sums.put_inputs(xs.typed_data() + s * batch * in, in, 0);
+        if (hin) sums.put_inputs(h_prev.typed_data() + s * batch * hid, hid, in);
+        sums.end_step(s == 0);
       }
       // no second barrier: the next step's first phase writes other rows of dgx and reads
       // only this thread's units of dh and dc
     }
-    for (int q = 0; q < 4; ++q) {  // own columns q * H + lo + u of dW_x, db and dW_h
-      for (int64_t k = 0; k < rows; ++k) {
-        float* dst = k < in ? dwx_out->typed_data() + k * gates
-                            : dwh_out->typed_data() + (k - in) * gates;
-        std::memcpy(dst + q * hid + lo, &dw[k * n4 + q * np], nu * sizeof(float));
-      }
-      if (proj) std::memcpy(db_out->typed_data() + q * hid + lo, &db[q * np], nu * sizeof(float));
+    if (sums.on()) {
+      sums.write_rows(dwx_out->typed_data(), 0, in, 4, hid, lo, nu, np);
+      sums.write_rows(dwh_out->typed_data(), in, rows, 4, hid, lo, nu, np);
+      if (proj) sums.write_bias(db_out->typed_data(), 4, hid, lo, nu, np);
     }
   });
   return ffi::Error::Success();
@@ -607,7 +647,6 @@ ffi::Error GruBackward(ffi::Buffer<ffi::F32> dhs, ffi::Buffer<ffi::F32> rzs,
   const bool proj = xs.element_count() != 0;
   const int64_t in = proj ? xs.dimensions()[2] : 0;
   const int64_t hin = weights ? hid : 0;
-  const bool blocked = proj || weights;
   const int32_t t0 = t0_buf.typed_data()[0];
   const int32_t* len = lengths.typed_data();
   const float* w = w_h.typed_data();
@@ -624,29 +663,15 @@ ffi::Error GruBackward(ffi::Buffer<ffi::F32> dhs, ffi::Buffer<ffi::F32> rzs,
     unit_range(hid, p, threads, &lo, &hi);
     const int64_t nu = hi - lo, np = round_up(nu, kLanes);
     const int64_t n3 = 3 * np;
-    thread_local std::vector<float> packed, acc, dh_own, dgk, dzk, xt, ht, dwx, dwh, dbx, dbh;
+    thread_local std::vector<float> packed, acc, dh_own;
     packed.assign(gates * np, 0.0f);  // packed[g, u] = w_h[lo + u, g]
     acc.resize(batch * np);
     dh_own.resize(batch * np);
     pack_rows_transposed(packed.data(), w, gates, lo, nu, np);
-    // The weight gradients per block of `span` steps, as in LstmBackward: dgk and dzk [span * B,
-    // 3np] hold the block's dgx and dz of own units (gate-major), xt [D, span * B] and ht [H,
-    // span * B] its x^T and h_{t-1}^T.
-    const int64_t span = std::max<int64_t>(1, kDwRows / std::max<int64_t>(batch, 1));
-    const int64_t kb = span * batch;
-    if (proj) {
-      dgk.assign(kb * n3, 0.0f);
-      xt.resize(in * kb);
-      dwx.assign(in * n3, 0.0f);
-      dbx.assign(n3, 0.0f);
-    }
-    if (weights) {
-      dzk.assign(kb * n3, 0.0f);
-      ht.resize(hid * kb);
-      dwh.assign(hid * n3, 0.0f);
-      dbh.assign(n3, 0.0f);
-    }
-    int64_t filled = 0;  // steps in the current block
+    // dW_x += x_t^T dgx_t, db_x += sum_b dgx_t; dW_h += h_{t-1}^T dz_t, db_h += sum_b dz_t
+    thread_local BlockSums sx, sh;
+    sx.init(in, n3, batch, true);
+    sh.init(hin, n3, batch, true);
     for (int64_t s = steps - 1; s >= 0; --s) {
       const int64_t t = t0 + s;
       const float* rz_s = rzs.typed_data() + s * batch * 2 * hid;
@@ -656,8 +681,8 @@ ffi::Error GruBackward(ffi::Buffer<ffi::F32> dhs, ffi::Buffer<ffi::F32> rzs,
       const float* dh_s = dhs.typed_data() + s * batch * hid;
       float* dgx_s = dgx->typed_data() + s * batch * gates;
       float* dz = dz_buf.data() + (s % 2) * batch * gates;
-      float* dgk_s = proj ? dgk.data() + filled * batch * n3 : nullptr;
-      float* dzk_s = weights ? dzk.data() + filled * batch * n3 : nullptr;
+      float* dgk_s = sx.step_dp();
+      float* dzk_s = sh.step_dp();
       for (int64_t b = 0; b < batch; ++b) {
         const bool live = t < len[b];
         for (int64_t u = 0; u < nu; u += kLanes) {
@@ -708,37 +733,24 @@ ffi::Error GruBackward(ffi::Buffer<ffi::F32> dhs, ffi::Buffer<ffi::F32> rzs,
             for (int64_t u = 0; u < nu; ++u)
               dh[b * hid + lo + u] = dh_own[b * np + u] + acc[b * np + u];
       }
-      if (blocked && nu) {
-        float* xt_s = proj ? xt.data() + filled * batch : nullptr;  // (empty vectors otherwise)
-        float* ht_s = weights ? ht.data() + filled * batch : nullptr;
-        const float* x_s = proj ? xs.typed_data() + s * batch * in : nullptr;
-        for (int64_t b = 0; b < batch; ++b) {
-          for (int64_t k = 0; k < in; ++k) xt_s[k * kb + b] = x_s[b * in + k];
-          for (int64_t k = 0; k < hin; ++k) ht_s[k * kb + b] = hp_s[b * hid + k];
+      if (nu) {
+        if (sx.on()) {
+          sx.put_inputs(xs.typed_data() + s * batch * in, in, 0);
+          sx.end_step(s == 0);
         }
-        for (int64_t b = 0; b < batch; ++b)
-          for (int64_t v = 0; v < n3; v += kLanes) {
-            if (proj) store(&dbx[v], load(&dbx[v]) + load(&dgk_s[b * n3 + v]));
-            if (weights) store(&dbh[v], load(&dbh[v]) + load(&dzk_s[b * n3 + v]));
-          }
-        if (++filled == span || s == 0) {
-          if (proj) gemm_acc(xt.data(), kb, dgk.data(), n3, dwx.data(), n3, in, filled * batch);
-          if (weights)
-            gemm_acc(ht.data(), kb, dzk.data(), n3, dwh.data(), n3, hid, filled * batch);
-          filled = 0;
+        if (sh.on()) {
+          sh.put_inputs(hp_s, hid, 0);
+          sh.end_step(s == 0);
         }
       }
     }
-    for (int q = 0; q < 3; ++q) {  // own columns q * H + lo + u of dW_x, db_x, dW_h, db_h
-      for (int64_t k = 0; k < in; ++k)
-        std::memcpy(dwx_out->typed_data() + k * gates + q * hid + lo, &dwx[k * n3 + q * np],
-                    nu * sizeof(float));
-      for (int64_t k = 0; k < hin; ++k)
-        std::memcpy(dwh_out->typed_data() + k * gates + q * hid + lo, &dwh[k * n3 + q * np],
-                    nu * sizeof(float));
-      if (proj) std::memcpy(dbx_out->typed_data() + q * hid + lo, &dbx[q * np], nu * sizeof(float));
-      if (weights)
-        std::memcpy(dbh_out->typed_data() + q * hid + lo, &dbh[q * np], nu * sizeof(float));
+    if (sx.on()) {
+      sx.write_rows(dwx_out->typed_data(), 0, in, 3, hid, lo, nu, np);
+      sx.write_bias(dbx_out->typed_data(), 3, hid, lo, nu, np);
+    }
+    if (sh.on()) {
+      sh.write_rows(dwh_out->typed_data(), 0, hid, 3, hid, lo, nu, np);
+      sh.write_bias(dbh_out->typed_data(), 3, hid, lo, nu, np);
     }
   });
   return ffi::Error::Success();
