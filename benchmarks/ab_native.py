@@ -4,13 +4,17 @@ both in ONE process, interleaved.
 The 2-core VMs this project is measured on vary by up to 30% in speed between processes (and
 within one, from minute to minute), so two separate benchmark runs cannot resolve a 5-10%
 change. This script compiles the old source too (``git show REV:kernels/cpu_rnn.cc``, or a
-file), registers its FFI targets under other names, compiles the same jitted function against
-each library, and times them alternately; it prints each one's min / q25 / median and the median
-of the per-repetition ratio new / old with its q25-q75 spread (< 1: the working tree is faster).
+file), registers its FFI targets under other names, loads that revision's Python glue
+(``kernels/cpu.py``: its chunk loops call the old targets, so a changed FFI signature compares
+too), compiles the same jitted function against each, and times them alternately; it prints
+each one's min / q25 / median and the median of the per-repetition ratio new / old with its
+q25-q75 spread (< 1: the working tree is faster). Run two A/Bs of one source against itself
+(``--old-source`` a copy with a comment added) to see the noise: ratios within ~3% of 1.
 
     python benchmarks/ab_native.py                       # against HEAD, LSTM grad, rnn_cpu shape
     python benchmarks/ab_native.py --old HEAD~3 --kind gru --mode fwd --T 600 --D 2 --H 130
     python benchmarks/ab_native.py --old-source /tmp/variant.cc --reps 31
+    python benchmarks/ab_native.py --old-source /tmp/v.cc --old-glue /tmp/v.py   # both changed
 
 ``--mode grad``: ``jax.grad`` of one ``seqjax.rnn`` layer (params and inputs, as ``rnn_cpu.py``);
 ``fwd``: the layer's forward alone. Pause other work on the machine while it runs.
@@ -19,6 +23,7 @@ of the per-repetition ratio new / old with its q25-q75 spread (< 1: the working 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import subprocess
 import sys
 import tempfile
@@ -49,10 +54,23 @@ def old_library(source: Path) -> None:
     cpu.register_library(path, suffix="_old")
 
 
+def old_glue(path: Path):
+    """Load another version of ``kernels/cpu.py`` as a module whose FFI calls go to the
+    ``_old`` targets (through the working tree's ``_call``); returns it."""
+    spec = importlib.util.spec_from_file_location("seqjax_kernels_cpu_old", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    mod._call = lambda target, *a, **k: cpu._call(target + "_old", *a, **k)
+    return mod
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--old", default="HEAD", help="git revision of the old cpu_rnn.cc")
     ap.add_argument("--old-source", type=Path, help="a file instead of --old")
+    ap.add_argument("--old-glue", type=Path,
+                    help="the old side's kernels/cpu.py (default: --old's; the working tree's "
+                         "with --old-source)")
     ap.add_argument("--kind", default="lstm", choices=("lstm", "gru"))
     ap.add_argument("--mode", default="grad", choices=("grad", "fwd"))
     ap.add_argument("--T", type=int, default=128)
@@ -72,7 +90,14 @@ def main(argv=None) -> None:
                 sys.exit(f"ab_native.py: --old {args.old}: {text.stderr.strip()}")
             source = Path(tmp) / "cpu_rnn_old.cc"
             source.write_text(text.stdout)
+        glue = args.old_glue
+        if glue is None and args.old_source is None:
+            text = subprocess.run(["git", "show", f"{args.old}:kernels/cpu.py"], cwd=REPO,
+                                  capture_output=True, text=True, check=True)
+            glue = Path(tmp) / "cpu_old.py"
+            glue.write_text(text.stdout)
         old_library(source)
+        old = old_glue(glue) if glue is not None else None
 
     cell = seqjax.make_cell(args.kind, args.D, args.H)
     params = cell.init(jax.random.PRNGKey(0))
@@ -87,16 +112,19 @@ def main(argv=None) -> None:
     else:
         fn = layer
 
-    call = cpu._call
+    call, loops = cpu._call, cpu.LOOPS
     fns = {}
     for name in ("old", "new"):
         if name == "old":
-            cpu._call = lambda target, *a, **k: call(target + "_old", *a, **k)
+            if old is not None:
+                cpu.LOOPS = old.LOOPS
+            else:
+                cpu._call = lambda target, *a, **k: call(target + "_old", *a, **k)
         jax.clear_caches()  # trace again: the cached jaxpr names the other library's targets
         try:
             fns[name] = jax.jit(fn).lower(params, xs).compile()
         finally:
-            cpu._call = call
+            cpu._call, cpu.LOOPS = call, loops
         jax.block_until_ready(fns[name](params, xs))
     assert "_old" in fns["old"].as_text() and "_old" not in fns["new"].as_text()
     outs = [jax.tree.leaves(fns[name](params, xs)) for name in ("old", "new")]

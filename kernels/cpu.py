@@ -260,15 +260,17 @@ def lstm_chunk_vjp(cell, params, res_c, prev_c, dh_c, dcarry, t0, x_c, lengths, 
     return (dh0, dc0), dgx, grads
 
 
-def gru_forward(gx, w_h, b_h, h0, t0, lengths):
-    """One chunk of the GRU loop (``reset="after"``): ``gx [K, B, 3H]`` (the input projection
-    with ``b_x``), ``w_h [H, 3H]``, ``b_h [3H]``, ``h0 [B, H]``, ``t0`` and ``lengths`` as in
-    :func:`lstm_forward`. Returns ``(hs, rz, n, zn)``: the carry after each step ``[K, B, H]``,
-    the gates ``r, z`` ``[K, B, 2H]``, ``n`` and ``h W_hn + b_hn`` ``[K, B, H]``."""
-    k, b, g = gx.shape
-    h = g // 3
-    return _call("seqjax_gru_forward", ((k, b, h), (k, b, 2 * h), (k, b, h), (k, b, h)), gx,
-                 w_h, b_h, h0, _t0(t0), lengths.astype(jnp.int32))
+def gru_forward(xs, w_x, b_x, w_h, b_h, h0, t0, lengths, residuals: bool = True):
+    """One chunk of the GRU loop (``reset="after"``), input projection included: ``xs [K, B,
+    D]``, ``w_x [D, 3H]``, ``b_x [3H]``, ``w_h [H, 3H]``, ``b_h [3H]``, ``h0 [B, H]``, ``t0``
+    and ``lengths`` as in :func:`lstm_forward`. Returns ``(hs, rz, n, zn)``: the carry after
+    each step ``[K, B, H]``, the gates ``r, z`` ``[K, B, 2H]``, ``n`` and ``h W_hn + b_hn``
+    ``[K, B, H]``; with ``residuals=False`` the last three are empty (``[0]``), not computed."""
+    k, b, _ = xs.shape
+    h, g = w_h.shape
+    shapes = ((k, b, h),) + (((k, b, 2 * h), (k, b, h), (k, b, h)) if residuals else ((0,),) * 3)
+    return _call("seqjax_gru_forward", shapes, xs, w_x, b_x, w_h, b_h, h0, _t0(t0),
+                 lengths.astype(jnp.int32))
 
 
 def gru_backward(dhs, rz, n, zn, h_prev, w_h, dh, t0, lengths, xs=None,
@@ -296,10 +298,11 @@ def gru_backward(dhs, rz, n, zn, h_prev, w_h, dh, t0, lengths, xs=None,
 
 def gru_chunk(cell, params, h0, t0, x_c, lengths, steps: int, residuals: bool = True):
     """The scan backend's forward chunk loop for a GRU (``reset="after"``): ``x_c [K, B, D]``
-    projected by ``cell.project``; returns ``(h after the chunk, (hs, (rz, n, zn)))`` as
-    :func:`lstm_chunk` does (the residuals are computed whatever ``residuals`` says)."""
-    hs, rz, n, zn = gru_forward(cell.project(params, x_c), params["w_h"], params["b_h"], h0, t0,
-                                _lengths(lengths, h0.shape[0], steps))
+    projected in the loop (with ``params["w_x"]`` and ``params["b_x"]``, as
+    ``cell.input_projection`` does); returns ``(h after the chunk, (hs, (rz, n, zn)))`` as
+    :func:`lstm_chunk` does (the residuals empty if not ``residuals``)."""
+    hs, rz, n, zn = gru_forward(x_c, params["w_x"], params["b_x"], params["w_h"], params["b_h"],
+                                h0, t0, _lengths(lengths, h0.shape[0], steps), residuals)
     return hs[-1], (hs, (rz, n, zn))
 
 

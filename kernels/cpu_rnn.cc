@@ -559,28 +559,33 @@ ffi::Error LstmBackward(ffi::Buffer<ffi::F32> dhs, ffi::Buffer<ffi::F32> acts,
 
 
 // The GRU of seqjax.core.cells.GRU with reset="after" (PyTorch's nn.GRU, cuDNN), gates r, z, n:
-//   zh = h_{t-1} W_h + b_h; r = sigmoid(gx_r + zh_r); u = sigmoid(gx_z + zh_z);
-//   n = tanh(gx_n + r zh_n); h_t = n + u (h_{t-1} - n).
-//   forward:  gx [K,B,3H], w_h [H,3H], b_h [3H], h0 [B,H], t0, lengths
-//             -> hs [K,B,H], rz [K,B,2H] (r, u), n [K,B,H], zn [K,B,H] (zh_n)
+//   gx = x_t W_x + b_x; zh = h_{t-1} W_h + b_h; r = sigmoid(gx_r + zh_r);
+//   u = sigmoid(gx_z + zh_z); n = tanh(gx_n + r zh_n); h_t = n + u (h_{t-1} - n).
+//   forward:  xs [K,B,D], w_x [D,3H], b_x [3H], w_h [H,3H], b_h [3H], h0 [B,H], t0, lengths
+//             -> hs [K,B,H], rz [K,B,2H] (r, u), n [K,B,H], zn [K,B,H] (zh_n); the last three
+//             empty ([0]) in a pass not differentiated
 //   backward: dhs [K,B,H], rz, n, zn, h_prev [K,B,H], w_h, dh [B,H], t0, lengths, xs [K,B,D]
 //             or [0], attribute weights (sum dW_h and db_h) -> dgx [K,B,3H], dh0 [B,H], dW_x
 //             [D,3H] and db_x [3H] ([0] if xs is), dW_h [H,3H] and db_h [3H] ([0] unless
 //             weights), the chunk's sums, as the LSTM's backward sums them (per block of steps):
 //             dW_x += x_t^T dgx_t, dW_h += h_{t-1}^T dz_t with dz = [dpre_r, dpre_u, dpre_n r]
-ffi::Error GruForward(ffi::Buffer<ffi::F32> gx, ffi::Buffer<ffi::F32> w_h,
+ffi::Error GruForward(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_x,
+                      ffi::Buffer<ffi::F32> b_x, ffi::Buffer<ffi::F32> w_h,
                       ffi::Buffer<ffi::F32> b_h, ffi::Buffer<ffi::F32> h0,
                       ffi::Buffer<ffi::S32> t0_buf, ffi::Buffer<ffi::S32> lengths,
                       int64_t requested_threads, ffi::ResultBuffer<ffi::F32> hs,
                       ffi::ResultBuffer<ffi::F32> rzs, ffi::ResultBuffer<ffi::F32> ns,
                       ffi::ResultBuffer<ffi::F32> zns) {
-  const auto dims = gx.dimensions();
-  if (dims.size() != 3) return ffi::Error::InvalidArgument("gx must be [K, B, 3H]");
-  const int64_t steps = dims[0], batch = dims[1], gates = dims[2], hid = gates / 3;
+  const auto dims = xs.dimensions();
+  const auto wdims = w_h.dimensions();
+  if (dims.size() != 3 || wdims.size() != 2)
+    return ffi::Error::InvalidArgument("xs must be [K, B, D] and w_h [H, 3H]");
+  const int64_t steps = dims[0], batch = dims[1], in = dims[2];
+  const int64_t hid = wdims[0], gates = wdims[1];
   const int32_t t0 = t0_buf.typed_data()[0];
   const int32_t* len = lengths.typed_data();
-  const float* w = w_h.typed_data();
-  const float* bias = b_h.typed_data();
+  const float* xp = xs.typed_data();
+  const bool save = rzs->element_count() != 0;  // empty residuals: a pass not differentiated
   const int requested = threads_for(requested_threads, hid);
   Barrier barrier(requested);
 
@@ -588,44 +593,58 @@ ffi::Error GruForward(ffi::Buffer<ffi::F32> gx, ffi::Buffer<ffi::F32> w_h,
     int64_t lo, hi;
     unit_range(hid, p, threads, &lo, &hi);
     const int64_t nu = hi - lo, np = round_up(nu, kLanes), n = 3 * np;
-    thread_local std::vector<float> packed, zh;
-    packed.assign(hid * n, 0.0f);
+    // This thread's columns of W_x, W_h, b_x and b_h, gate-major (packed[k, q * np + u] is
+    // column q * H + lo + u); the input part gx (b_x + x W_x, independent of h) of the next
+    // step is computed before the barrier, into the other of two buffers, as in LstmForward.
+    // zh = b_h + h W_h stays apart: n needs r * zh_n.
+    thread_local std::vector<float> packed_x, packed_h, bx, bh, gxb[2], zh;
+    packed_x.assign(in * n, 0.0f);
+    packed_h.assign(hid * n, 0.0f);
+    bx.assign(n, 0.0f);
+    bh.assign(n, 0.0f);
+    for (auto& v : gxb) v.resize(batch * n);
     zh.resize(batch * n);
-    pack_gate_columns(packed.data(), w, hid, 3, hid, lo, nu, np);
+    pack_gate_columns(packed_x.data(), w_x.typed_data(), in, 3, hid, lo, nu, np);
+    pack_gate_columns(packed_h.data(), w_h.typed_data(), hid, 3, hid, lo, nu, np);
+    pack_gate_columns(bx.data(), b_x.typed_data(), 1, 3, hid, lo, nu, np);
+    pack_gate_columns(bh.data(), b_h.typed_data(), 1, 3, hid, lo, nu, np);
+    auto input_part = [&](int64_t s, float* dst) {  // dst[B, n] = b_x + x_s W_x (own columns)
+      for (int64_t r = 0; r < batch; ++r) std::memcpy(dst + r * n, bx.data(), n * sizeof(float));
+      if (nu) gemm_acc(xp + s * batch * in, in, packed_x.data(), n, dst, n, batch, in);
+    };
+    input_part(0, gxb[0].data());
     for (int64_t s = 0; s < steps; ++s) {
       const int64_t t = t0 + s;
       const float* h_prev = s ? hs->typed_data() + (s - 1) * batch * hid : h0.typed_data();
-      const float* gx_s = gx.typed_data() + s * batch * gates;
-      for (int64_t b = 0; b < batch; ++b)
-        for (int g = 0; g < 3; ++g) {
-          float* dst = &zh[b * n + g * np];
-          std::memcpy(dst, bias + g * hid + lo, nu * sizeof(float));
-          std::fill(dst + nu, dst + np, 0.0f);
-        }
-      if (nu) gemm_acc(h_prev, hid, packed.data(), n, zh.data(), n, batch, hid);
+      const float* gx_s = gxb[s & 1].data();
+      for (int64_t r = 0; r < batch; ++r) std::memcpy(&zh[r * n], bh.data(), n * sizeof(float));
+      if (nu) gemm_acc(h_prev, hid, packed_h.data(), n, zh.data(), n, batch, hid);
       float* h_out = hs->typed_data() + s * batch * hid;
-      float* rz_out = rzs->typed_data() + s * batch * 2 * hid;
-      float* n_out = ns->typed_data() + s * batch * hid;
-      float* zn_out = zns->typed_data() + s * batch * hid;
+      float* rz_out = save ? rzs->typed_data() + s * batch * 2 * hid : nullptr;
+      float* n_out = save ? ns->typed_data() + s * batch * hid : nullptr;
+      float* zn_out = save ? zns->typed_data() + s * batch * hid : nullptr;
       for (int64_t b = 0; b < batch; ++b) {
         const float* zb = &zh[b * n];
+        const float* gb = gx_s + b * n;
         for (int64_t u = 0; u < nu; u += kLanes) {
           const int64_t j = lo + u, row = b * hid + j;
           const int64_t m = std::min<int64_t>(kLanes, nu - u);
-          auto get = [m](const float* src) { return load_n(src, m); };
           auto put = [m](float* dst, vf v) { store_n(dst, v, m); };
-          const vf hp = get(h_prev + row);
-          const vf r = vsigmoid(get(gx_s + b * gates + j) + load(zb + u));
-          const vf z = vsigmoid(get(gx_s + b * gates + hid + j) + load(zb + np + u));
+          const vf hp = load_n(h_prev + row, m);
+          const vf r = vsigmoid(load(gb + u) + load(zb + u));
+          const vf z = vsigmoid(load(gb + np + u) + load(zb + np + u));
           const vf zn = load(zb + 2 * np + u);
-          const vf nn = vtanh(get(gx_s + b * gates + 2 * hid + j) + r * zn);
-          put(rz_out + b * 2 * hid + j, r);
-          put(rz_out + b * 2 * hid + hid + j, z);
-          put(n_out + row, nn);
-          put(zn_out + row, zn);
+          const vf nn = vtanh(load(gb + 2 * np + u) + r * zn);
+          if (save) {
+            put(rz_out + b * 2 * hid + j, r);
+            put(rz_out + b * 2 * hid + hid + j, z);
+            put(n_out + row, nn);
+            put(zn_out + row, zn);
+          }
           put(h_out + row, t < len[b] ? nn + z * (hp - nn) : hp);
         }
       }
+      if (s + 1 < steps) input_part(s + 1, gxb[(s + 1) & 1].data());
       if (threads > 1) barrier.wait();  // step s + 1 reads all of h_s
     }
   });
@@ -796,7 +815,9 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(SeqjaxLstmBackward, LstmBackward,
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SeqjaxGruForward, GruForward,
                               ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // gx
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // xs
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // w_x
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // b_x
                                   .Arg<ffi::Buffer<ffi::F32>>()  // w_h
                                   .Arg<ffi::Buffer<ffi::F32>>()  // b_h
                                   .Arg<ffi::Buffer<ffi::F32>>()  // h0
