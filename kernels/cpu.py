@@ -188,30 +188,32 @@ def lstm_forward(xs, w_x, b, w_h, h0, c0, t0, lengths, residuals: bool = True):
                  xs, w_x, b, w_h, h0, c0, _t0(t0), lengths.astype(jnp.int32))
 
 
-def lstm_backward(dhs, acts, c_prev, w_h, dh, dc, t0, lengths, xs=None, h_prev=None):
+def lstm_backward(dhs, acts, cs, c_first, w_h, dh, dc, t0, lengths, xs=None, hs=None,
+                  h_first=None):
     """The reverse of :func:`lstm_forward` for one chunk: ``dhs [K, B, H]`` the cotangents of
-    the outputs, the forward's ``acts``, ``c_prev [K, B, H]`` the cell state before each step
-    (``tanh(c_t)`` is recomputed from them), and the carry cotangent ``(dh, dc)`` after the
-    chunk. Given the chunk's inputs
-    ``xs [K, B, D]`` and/or ``h_prev [K, B, H]`` (h before each step), the weight gradients
-    are summed in the loop as well, while each step's gate gradients are in cache.
+    the outputs, the forward's ``acts`` and ``cs [K, B, H]`` with ``c_first [B, H]`` the cell
+    state before the chunk (the state before step ``s`` is ``cs[s - 1]``, ``c_first`` for
+    ``s = 0``; ``tanh(c_t)`` is recomputed from them), and the carry cotangent ``(dh, dc)``
+    after the chunk. Given the chunk's inputs ``xs [K, B, D]`` and/or the forward's ``hs [K, B,
+    H]`` with ``h_first [B, H]``, the weight gradients are summed in the loop as well, while
+    each step's gate gradients are in cache.
 
     Returns ``(dgx [K, B, 4H], dh0, dc0, grads)``: the gate pre-activations' cotangents (zero
     at steps past a length), the carry cotangent before the chunk, and ``grads``, the chunk's
     sums ``{"w_x": [D, 4H], "b": [4H]}`` (given ``xs``) and ``{"w_h": [H, 4H]}`` (given
-    ``h_prev``). ``dgx`` is written over ``acts`` where XLA can give up that buffer."""
+    ``hs``). ``dgx`` is written over ``acts`` where XLA can give up that buffer."""
     k, b, g = acts.shape
     h = g // 4
     empty = jnp.zeros((0,), jnp.float32)
     shapes = ((k, b, g), (b, h), (b, h),
               (xs.shape[-1], g) if xs is not None else (0,), (g,) if xs is not None else (0,),
-              (h, g) if h_prev is not None else (0,))
+              (h, g) if hs is not None else (0,))
     dgx, dh0, dc0, dw_x, db, dw_h = _call(
-        "seqjax_lstm_backward", shapes, dhs, acts, c_prev, w_h, dh, dc, _t0(t0),
+        "seqjax_lstm_backward", shapes, dhs, acts, cs, c_first, w_h, dh, dc, _t0(t0),
         lengths.astype(jnp.int32), empty if xs is None else xs,
-        empty if h_prev is None else h_prev, aliases={1: 0})
+        empty if hs is None else hs, empty if hs is None else h_first, aliases={1: 0})
     grads = ({} if xs is None else {"w_x": dw_x, "b": db}) | (
-        {} if h_prev is None else {"w_h": dw_h})
+        {} if hs is None else {"w_h": dw_h})
     return dgx, dh0, dc0, grads
 
 
@@ -242,9 +244,11 @@ def lstm_chunk(cell, params, carry, t0, x_c, lengths, steps: int, residuals: boo
 LOOP_DW_H_BYTES = 2 * 1024 * 1024
 
 
-def lstm_chunk_vjp(cell, params, res_c, prev_c, dh_c, dcarry, t0, x_c, lengths, steps: int):
+def lstm_chunk_vjp(cell, params, res_c, carries_c, dh_c, dcarry, t0, x_c, lengths,
+                   steps: int):
     """The scan backend's reverse chunk loop for an LSTM: ``res_c`` the chunk's ``(acts,)``,
-    ``prev_c`` the carry before each step, ``dh_c [K, B, H]`` the outputs' cotangents,
+    ``carries_c = (carries, first)``: the carry after each step ``([K, B, H], [K, B, H])`` and
+    the carry before the chunk, ``dh_c [K, B, H]`` the outputs' cotangents,
     ``dcarry`` the carry's cotangent after the chunk, ``x_c [K, B, D]`` its inputs.
 
     Returns ``(dcarry before the chunk, dgx_c [K, B, 4H], {"w_x": dW_x, "b": db, "w_h":
@@ -254,9 +258,11 @@ def lstm_chunk_vjp(cell, params, res_c, prev_c, dh_c, dcarry, t0, x_c, lengths, 
     (acts,) = res_c
     dh, dc = dcarry
     w_h = params["w_h"]
-    h_prev = prev_c[0] if w_h.size * 4 <= LOOP_DW_H_BYTES else None
-    dgx, dh0, dc0, grads = lstm_backward(dh_c, acts, prev_c[1], w_h, dh, dc, t0,
-                                         _lengths(lengths, dh.shape[0], steps), x_c, h_prev)
+    (hs, cs), (h_first, c_first) = carries_c
+    loop_dw_h = w_h.size * 4 <= LOOP_DW_H_BYTES
+    dgx, dh0, dc0, grads = lstm_backward(
+        dh_c, acts, cs, c_first, w_h, dh, dc, t0, _lengths(lengths, dh.shape[0], steps), x_c,
+        hs if loop_dw_h else None, h_first if loop_dw_h else None)
     return (dh0, dc0), dgx, grads
 
 
@@ -273,11 +279,13 @@ def gru_forward(xs, w_x, b_x, w_h, b_h, h0, t0, lengths, residuals: bool = True)
                  lengths.astype(jnp.int32))
 
 
-def gru_backward(dhs, rz, n, zn, h_prev, w_h, dh, t0, lengths, xs=None,
+def gru_backward(dhs, rz, n, zn, hs, h_first, w_h, dh, t0, lengths, xs=None,
                  recurrent: bool = False):
-    """The reverse of :func:`gru_forward` for one chunk: ``h_prev [K, B, H]`` the carry before
-    each step. Given the chunk's inputs ``xs [K, B, D]`` the input projection's weight
-    gradients are summed in the loop as well, and with ``recurrent`` those of ``h W_h + b_h``.
+    """The reverse of :func:`gru_forward` for one chunk: ``hs [K, B, H]`` the forward's
+    outputs and ``h_first [B, H]`` the carry before the chunk (h before step ``s`` is
+    ``hs[s - 1]``, ``h_first`` for ``s = 0``). Given the chunk's inputs ``xs [K, B, D]`` the
+    input projection's weight gradients are summed in the loop as well, and with ``recurrent``
+    those of ``h W_h + b_h``.
 
     Returns ``(dgx [K, B, 3H], dh0, grads)``: the gate pre-activations' cotangents, the carry
     cotangent before the chunk and the chunk's sums ``{"w_x": [D, 3H], "b_x": [3H]}`` (given
@@ -288,7 +296,7 @@ def gru_backward(dhs, rz, n, zn, h_prev, w_h, dh, t0, lengths, xs=None,
     shapes = ((k, b, g), (b, h), (xs.shape[-1], g) if proj else (0,), (g,) if proj else (0,),
               (h, g) if recurrent else (0,), (g,) if recurrent else (0,))
     dgx, dh0, dw_x, db_x, dw_h, db_h = _call(
-        "seqjax_gru_backward", shapes, dhs, rz, n, zn, h_prev, w_h, dh, _t0(t0),
+        "seqjax_gru_backward", shapes, dhs, rz, n, zn, hs, h_first, w_h, dh, _t0(t0),
         lengths.astype(jnp.int32), xs if proj else jnp.zeros((0,), jnp.float32),
         weights=np.bool_(recurrent))
     grads = ({"w_x": dw_x, "b_x": db_x} if proj else {}) | (
@@ -306,13 +314,15 @@ def gru_chunk(cell, params, h0, t0, x_c, lengths, steps: int, residuals: bool = 
     return hs[-1], (hs, (rz, n, zn))
 
 
-def gru_chunk_vjp(cell, params, res_c, prev_c, dh_c, dh, t0, x_c, lengths, steps: int):
-    """The scan backend's reverse chunk loop for a GRU: returns ``(dh before the chunk,
+def gru_chunk_vjp(cell, params, res_c, carries_c, dh_c, dh, t0, x_c, lengths, steps: int):
+    """The scan backend's reverse chunk loop for a GRU (``carries_c = (hs, h before the
+    chunk)``, as :func:`lstm_chunk_vjp`'s): returns ``(dh before the chunk,
     dgx_c [K, B, 3H], grads)``: the weight gradients summed in the loop (``W_h``'s and ``b_h``'s
     up to :data:`LOOP_DW_H_BYTES`), ``dx_c`` left to ``dgx_c``'s matmul."""
     rz, n, zn = res_c
     w_h = params["w_h"]
-    dgx, dh0, grads = gru_backward(dh_c, rz, n, zn, prev_c, w_h, dh, t0,
+    hs, h_first = carries_c
+    dgx, dh0, grads = gru_backward(dh_c, rz, n, zn, hs, h_first, w_h, dh, t0,
                                    _lengths(lengths, dh.shape[0], steps), x_c,
                                    recurrent=w_h.size * 4 <= LOOP_DW_H_BYTES)
     return dh0, dgx, grads

@@ -19,11 +19,14 @@
 //   forward:  xs [K,B,D], w_x [D,4H], b [4H], w_h [H,4H], h0 [B,H], c0 [B,H], t0 [],
 //             lengths [B] -> hs [K,B,H] (the carry's h after each step), cs [K,B,H],
 //             acts [K,B,4H] (the activated gates; tanh(c_t) is recomputed from them and c)
-//   backward: dhs [K,B,H], acts, c_prev [K,B,H] (c before each step), w_h, dh [B,H],
-//             dc [B,H], t0, lengths, xs [K,B,D] or [0], h_prev [K,B,H] or [0] -> dgx [K,B,4H],
-//             dh0 [B,H], dc0 [B,H], dW_x [D,4H] and db [4H] ([0] if xs is), dW_h [H,4H] ([0]
-//             if h_prev is), the chunk's sums; dgx may alias acts (each thread reads a
-//             step's gates of its units before it writes them)
+//   backward: dhs [K,B,H], acts, cs [K,B,H] and c_first [B,H] (the forward's cs and the c
+//             before the chunk: c before step s is cs[s - 1], c_first for s = 0), w_h,
+//             dh [B,H], dc [B,H], t0, lengths, xs [K,B,D] or [0], hs [K,B,H] and h_first [B,H]
+//             or [0] both -> dgx [K,B,4H], dh0 [B,H], dc0 [B,H], dW_x [D,4H] and db [4H] ([0]
+//             if xs is), dW_h [H,4H] ([0] if hs is), the chunk's sums; dgx may alias acts
+//             (each thread reads a step's gates of its units before it writes them). Reading
+//             the carries before each step from the forward's outputs spares XLA building
+//             [c0; cs[:-1]] (a copy of [K,B,H] per carry).
 // The GRU (reset="after") is described above GruForward.
 // sigmoid(x) = (1 + tanh(x/2)) / 2 and tanh is the rational approximation XLA:CPU uses for
 // float32, so results match the scan backend to float32 rounding.
@@ -304,6 +307,13 @@ void pack_rows_transposed(float* dst, const float* w, int64_t gates, int64_t lo,
     for (int64_t g = 0; g < gates; ++g) dst[g * np + u] = w[(lo + u) * gates + g];
 }
 
+// A carry before step s of a chunk, for the backward loops: the forward's output of step s - 1
+// (outs [K, B, H]), or the carry before the chunk (first [B, H]) for s = 0.
+inline const float* carry_before(const ffi::Buffer<ffi::F32>& outs,
+                                 const ffi::Buffer<ffi::F32>& first, int64_t s) {
+  return s ? outs.typed_data() + (s - 1) * first.element_count() : first.typed_data();
+}
+
 // One thread's share of a weight gradient dW [R, Q * H] += A^T dP (and optionally db += sum of
 // dP's rows) over a backward loop's steps, summed per block of `span` steps: dp [span * B,
 // Q * np] holds the block's gradients of own units (gate-major, padded; lanes past nu hold 0),
@@ -455,10 +465,11 @@ ffi::Error LstmForward(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_x,
 }
 
 ffi::Error LstmBackward(ffi::Buffer<ffi::F32> dhs, ffi::Buffer<ffi::F32> acts,
-                        ffi::Buffer<ffi::F32> c_prev, ffi::Buffer<ffi::F32> w_h,
-                        ffi::Buffer<ffi::F32> dh_last, ffi::Buffer<ffi::F32> dc_last,
-                        ffi::Buffer<ffi::S32> t0_buf, ffi::Buffer<ffi::S32> lengths,
-                        ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> h_prev,
+                        ffi::Buffer<ffi::F32> cs, ffi::Buffer<ffi::F32> c_first,
+                        ffi::Buffer<ffi::F32> w_h, ffi::Buffer<ffi::F32> dh_last,
+                        ffi::Buffer<ffi::F32> dc_last, ffi::Buffer<ffi::S32> t0_buf,
+                        ffi::Buffer<ffi::S32> lengths, ffi::Buffer<ffi::F32> xs,
+                        ffi::Buffer<ffi::F32> hs, ffi::Buffer<ffi::F32> h_first,
                         int64_t requested_threads,
                         ffi::ResultBuffer<ffi::F32> dgx, ffi::ResultBuffer<ffi::F32> dh0,
                         ffi::ResultBuffer<ffi::F32> dc0, ffi::ResultBuffer<ffi::F32> dwx_out,
@@ -466,13 +477,14 @@ ffi::Error LstmBackward(ffi::Buffer<ffi::F32> dhs, ffi::Buffer<ffi::F32> acts,
   const auto dims = acts.dimensions();
   if (dims.size() != 3) return ffi::Error::InvalidArgument("acts must be [K, B, 4H]");
   const int64_t steps = dims[0], batch = dims[1], gates = dims[2], hid = gates / 4;
-  // With xs [K, B, D] and h_prev [K, B, H] (h before each step; either may be empty) the
+  // With xs [K, B, D] and hs [K, B, H] (h before step s: hs[s - 1]; either may be empty) the
   // weight gradients are summed here too: dW_x += x_t^T dpre_t, db += sum_b dpre_t and
   // dW_h += h_{t-1}^T dpre_t, each thread for its own units' columns, while dpre_t is in
   // cache (XLA:CPU reads the [K, B, 4H] dgx once more for each otherwise, and transposes h).
   const bool proj = xs.element_count() != 0;
   const int64_t in = proj ? xs.dimensions()[2] : 0;
-  const int64_t hin = h_prev.element_count() != 0 ? hid : 0;
+  const int64_t hin = hs.element_count() != 0 ? hid : 0;
+
   const int64_t rows = in + hin;  // of [x_t | h_{t-1}]^T and of the stacked [dW_x; dW_h]
   const int32_t t0 = t0_buf.typed_data()[0];
   const int32_t* len = lengths.typed_data();
@@ -500,7 +512,7 @@ ffi::Error LstmBackward(ffi::Buffer<ffi::F32> dhs, ffi::Buffer<ffi::F32> acts,
     for (int64_t s = steps - 1; s >= 0; --s) {
       const int64_t t = t0 + s;
       const float* a_s = acts.typed_data() + s * batch * gates;
-      const float* cp_s = c_prev.typed_data() + s * batch * hid;
+      const float* cp_s = carry_before(cs, c_first, s);
       const float* dh_s = dhs.typed_data() + s * batch * hid;
       float* dgx_s = dgxp + s * batch * gates;
       float* dpk_s = sums.step_dp();
@@ -542,7 +554,7 @@ ffi::Error LstmBackward(ffi::Buffer<ffi::F32> dhs, ffi::Buffer<ffi::F32> acts,
       }
       if (sums.on() && nu) {
         if (proj) sums.put_inputs(xs.typed_data() + s * batch * in, in, 0);
-        if (hin) sums.put_inputs(h_prev.typed_data() + s * batch * hid, hid, in);
+        if (hin) sums.put_inputs(carry_before(hs, h_first, s), hid, in);
         sums.end_step(s == 0);
       }
       // no second barrier: the next step's first phase writes other rows of dgx and reads
@@ -564,7 +576,8 @@ ffi::Error LstmBackward(ffi::Buffer<ffi::F32> dhs, ffi::Buffer<ffi::F32> acts,
 //   forward:  xs [K,B,D], w_x [D,3H], b_x [3H], w_h [H,3H], b_h [3H], h0 [B,H], t0, lengths
 //             -> hs [K,B,H], rz [K,B,2H] (r, u), n [K,B,H], zn [K,B,H] (zh_n); the last three
 //             empty ([0]) in a pass not differentiated
-//   backward: dhs [K,B,H], rz, n, zn, h_prev [K,B,H], w_h, dh [B,H], t0, lengths, xs [K,B,D]
+//   backward: dhs [K,B,H], rz, n, zn, hs [K,B,H] and h_first [B,H] (h before step s, as in
+//             LstmBackward), w_h, dh [B,H], t0, lengths, xs [K,B,D]
 //             or [0], attribute weights (sum dW_h and db_h) -> dgx [K,B,3H], dh0 [B,H], dW_x
 //             [D,3H] and db_x [3H] ([0] if xs is), dW_h [H,3H] and db_h [3H] ([0] unless
 //             weights), the chunk's sums, as the LSTM's backward sums them (per block of steps):
@@ -653,7 +666,8 @@ ffi::Error GruForward(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_x,
 
 ffi::Error GruBackward(ffi::Buffer<ffi::F32> dhs, ffi::Buffer<ffi::F32> rzs,
                        ffi::Buffer<ffi::F32> ns, ffi::Buffer<ffi::F32> zns,
-                       ffi::Buffer<ffi::F32> h_prevs, ffi::Buffer<ffi::F32> w_h,
+                       ffi::Buffer<ffi::F32> hs, ffi::Buffer<ffi::F32> h_first,
+                       ffi::Buffer<ffi::F32> w_h,
                        ffi::Buffer<ffi::F32> dh_last, ffi::Buffer<ffi::S32> t0_buf,
                        ffi::Buffer<ffi::S32> lengths, ffi::Buffer<ffi::F32> xs,
                        int64_t requested_threads, bool weights,
@@ -696,7 +710,7 @@ ffi::Error GruBackward(ffi::Buffer<ffi::F32> dhs, ffi::Buffer<ffi::F32> rzs,
       const float* rz_s = rzs.typed_data() + s * batch * 2 * hid;
       const float* n_s = ns.typed_data() + s * batch * hid;
       const float* zn_s = zns.typed_data() + s * batch * hid;
-      const float* hp_s = h_prevs.typed_data() + s * batch * hid;
+      const float* hp_s = carry_before(hs, h_first, s);
       const float* dh_s = dhs.typed_data() + s * batch * hid;
       float* dgx_s = dgx->typed_data() + s * batch * gates;
       float* dz = dz_buf.data() + (s % 2) * batch * gates;
@@ -796,14 +810,16 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(SeqjaxLstmBackward, LstmBackward,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::Buffer<ffi::F32>>()  // dhs
                                   .Arg<ffi::Buffer<ffi::F32>>()  // acts
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // c_prev
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // cs
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // c_first
                                   .Arg<ffi::Buffer<ffi::F32>>()  // w_h
                                   .Arg<ffi::Buffer<ffi::F32>>()  // dh
                                   .Arg<ffi::Buffer<ffi::F32>>()  // dc
                                   .Arg<ffi::Buffer<ffi::S32>>()  // t0
                                   .Arg<ffi::Buffer<ffi::S32>>()  // lengths
                                   .Arg<ffi::Buffer<ffi::F32>>()  // xs (or empty)
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // h_prev (or empty)
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // hs (or empty)
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // h_first (or empty)
                                   .Attr<int64_t>("threads")
                                   .Ret<ffi::Buffer<ffi::F32>>()  // dgx
                                   .Ret<ffi::Buffer<ffi::F32>>()  // dh0
@@ -836,7 +852,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(SeqjaxGruBackward, GruBackward,
                                   .Arg<ffi::Buffer<ffi::F32>>()  // rz
                                   .Arg<ffi::Buffer<ffi::F32>>()  // n
                                   .Arg<ffi::Buffer<ffi::F32>>()  // zn
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // h_prev
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // hs
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // h_first
                                   .Arg<ffi::Buffer<ffi::F32>>()  // w_h
                                   .Arg<ffi::Buffer<ffi::F32>>()  // dh
                                   .Arg<ffi::Buffer<ffi::S32>>()  // t0

@@ -270,11 +270,11 @@ def _scan_bwd(cell, unroll, chunk, native, saved, cts):
     steps = dhs.shape[0]
     dhs = _chunked(jnp.pad(dhs, ((0, n * k - steps),) + ((0, 0),) * (dhs.ndim - 1)), k)
     rp = cell.recurrent_params(params)  # w_h_t: transposed once, not per step
-    # carry_prev[t] = carry after step t-1 (carry0 for t = 0); padding steps hold the frozen carry.
-    carry_prev = jax.tree.map(
-        lambda c0, cs: _chunked(jnp.concatenate([c0[None], _unchunked(cs)[:-1]]), k),
-        carry0, carries,
-    )
+    # first[i] = the carry before chunk i (carry0, then each chunk's last; padding steps hold
+    # the frozen carry): with the chunk's carries it gives the carry before each step, which
+    # the native loops read in place and the others concatenate per chunk (prev_c).
+    first = jax.tree.map(lambda c0, cs: jnp.concatenate([c0[None], cs[:-1, -1]]),
+                         carry0, carries)
 
     def step(dcarry, inp):
         t, res_t, prev_t, dh_t = inp
@@ -304,11 +304,14 @@ def _scan_bwd(cell, unroll, chunk, native, saved, cts):
 
     def block(state, inp):
         dcarry, dparams = state
-        ts, x_c, res_c, prev_c, dh_c = inp
+        ts, x_c, res_c, carries_c, first_c, dh_c = inp
+        # the carry before each step of the chunk (XLA drops it where nothing reads it)
+        prev_c = jax.tree.map(lambda f, cs: jnp.concatenate([f[None], cs[:-1]]),
+                              first_c, carries_c)
         looped = {}  # weight gradients the native loop summed itself
         if loops is not None:
-            dcarry, dgx_c, looped = loops[1](cell, params, res_c, prev_c, dh_c, dcarry, ts[0],
-                                             x_c, lengths, n * k)
+            dcarry, dgx_c, looped = loops[1](cell, params, res_c, (carries_c, first_c), dh_c,
+                                             dcarry, ts[0], x_c, lengths, n * k)
         else:
             dcarry, dgx_c = jax.lax.scan(step, dcarry, (ts, res_c, prev_c, dh_c), reverse=True,
                                          unroll=unroll)
@@ -323,7 +326,7 @@ def _scan_bwd(cell, unroll, chunk, native, saved, cts):
     zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, acc_dtype), params)
     ts = jnp.arange(n * k).reshape(n, k)
     (dcarry0, dparams), dxs = jax.lax.scan(
-        block, (dcarry_last, zeros), (ts, xs_c, res, carry_prev, dhs), reverse=True
+        block, (dcarry_last, zeros), (ts, xs_c, res, carries, first, dhs), reverse=True
     )
     dparams = jax.tree.map(lambda g, p: g.astype(p.dtype), dparams, params)
     return dparams, _unchunked(dxs)[:steps], dcarry0, None

@@ -94,8 +94,8 @@ def test_chunk_loops_match_the_step():
     dhs, dh, dc = f32(K, B, H), f32(B, H), f32(B, H)
     c_prev = jnp.concatenate([c0[None], cs[:-1]])
     h_prev = jnp.concatenate([h0[None], hs[:-1]])
-    dgx, dh0, dc0, grads = cpu.lstm_backward(dhs, acts, c_prev, rp["w_h"], dh, dc, t0,
-                                             lengths, xs, h_prev)
+    dgx, dh0, dc0, grads = cpu.lstm_backward(dhs, acts, cs, c0, rp["w_h"], dh, dc, t0,
+                                             lengths, xs, hs, h0)
     dcarry, want = (dh, dc), [None] * K
     for s in reversed(range(K)):
         dprev, dg = cell.step_vjp(rp, (acts[s], tc[s]), (h_prev[s], c_prev[s]),
@@ -112,9 +112,9 @@ def test_chunk_loops_match_the_step():
     assert sorted(grads) == ["b", "w_h", "w_x"]
     for name, g in grads.items():
         np.testing.assert_allclose(g, dp[name], rtol=1e-5, atol=1e-5)
-    assert cpu.lstm_backward(dhs, acts, c_prev, rp["w_h"], dh, dc, t0, lengths)[3] == {}
-    assert list(cpu.lstm_backward(dhs, acts, c_prev, rp["w_h"], dh, dc, t0, lengths,
-                                  h_prev=h_prev)[3]) == ["w_h"]
+    assert cpu.lstm_backward(dhs, acts, cs, c0, rp["w_h"], dh, dc, t0, lengths)[3] == {}
+    assert list(cpu.lstm_backward(dhs, acts, cs, c0, rp["w_h"], dh, dc, t0, lengths,
+                                  hs=hs, h_first=h0)[3]) == ["w_h"]
 
 
 @dataclasses.dataclass(frozen=True)
