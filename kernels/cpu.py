@@ -7,8 +7,8 @@ XLA:CPU runs the per-step recurrent matmul of a :func:`jax.lax.scan` on one core
 custom call whose threads each own a range of hidden units, keep those units' columns of
 ``W_h`` in their own cache, and meet once per step. :func:`lstm_forward` and
 :func:`lstm_backward` (and the ``gru_`` pair) compute exactly the chunk loops of the scan backend
-(:mod:`seqjax.core.recurrent`), which shares the rest (input projection and weight
-gradients) with it.
+(:mod:`seqjax.core.recurrent`), the input projection (forward) and the weight gradients
+(backward) included; the scan backend's glue (``dx = dgx W_x^T``, padding, masking) is shared.
 
 The library is compiled on first use with the system's C++ compiler (``$CXX``, else ``g++``;
 ``-O3 -march=native`` against JAX's own FFI headers, :func:`jax.ffi.include_dir`) into
