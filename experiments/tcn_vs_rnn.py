@@ -240,8 +240,8 @@ PAPER: dict[str, Preset] = {
 #: 3e-4 3.38 at step 8,000 (10.18 at 4e-3).
 #: Word PTB: the GRU at the LSTM's SGD lr 30 is unstable (validation perplexity 16,817 at step
 #: 250, 3,765 at 1,000); a 250-step probe each on seed 0, validation perplexity: lr 1 801, lr 3
-#: 720, lr 10 1,164. The RNN (diverged at lr 30): lr 0.3 785, lr 1 871, lr 3 unstable (training
-#: loss 7.6 at step 50, 8.1 at 100, gradient norm 6.8 -> 13.5; stopped there).
+#: 720, lr 10 1,164. The RNN (diverged at lr 30): lr 0.1 888, lr 0.3 785, lr 1 871, lr 3 unstable
+#: (training loss 7.6 at step 50, 8.1 at 100, gradient norm 6.8 -> 13.5; stopped there).
 TUNED_SETTINGS: dict[str, tuple] = {
     "adding": (("lstm", "chrono", 600), ("lstm", "lr", 1e-3), ("lstm", "clip", 1.0)),
     "copy": (("lstm", "chrono", 1000),),
