@@ -163,6 +163,14 @@ void gemm_acc(const float* a, int64_t lda, const float* bp, int64_t n, float* c,
 
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
+// C[M, N] = bias[N] (in every row) + A[M, Kd] (row stride lda) @ Bp[Kd, N]: a pre-activation
+// of the forward loops (own columns, gate-major; N = 0 for a thread without units).
+void bias_gemm(float* c, const float* bias, const float* a, int64_t lda, const float* bp,
+               int64_t n, int64_t m, int64_t kd) {
+  for (int64_t r = 0; r < m; ++r) std::memcpy(c + r * n, bias, n * sizeof(float));
+  if (n) gemm_acc(a, lda, bp, n, c, n, m, kd);
+}
+
 // A barrier for the P threads of one call: spins briefly, then yields the core (another
 // process may share it: a spinning thread must not hold up the one it waits for).
 class Barrier {
@@ -419,8 +427,7 @@ ffi::Error LstmForward(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_x,
     pack_gate_columns(bp.data(), bias, 1, 4, hid, lo, nu, np);
     const float* packed_h = packed.data() + in * n;
     auto input_part = [&](int64_t s, float* dst) {  // dst[B, n] = b + x_s W_x (own columns)
-      for (int64_t r = 0; r < batch; ++r) std::memcpy(dst + r * n, bp.data(), n * sizeof(float));
-      if (nu) gemm_acc(xp + s * batch * in, in, packed.data(), n, dst, n, batch, in);
+      bias_gemm(dst, bp.data(), xp + s * batch * in, in, packed.data(), n, batch, in);
     };
     input_part(0, pre[0].data());
     for (int64_t s = 0; s < steps; ++s) {
@@ -484,7 +491,6 @@ ffi::Error LstmBackward(ffi::Buffer<ffi::F32> dhs, ffi::Buffer<ffi::F32> acts,
   const bool proj = xs.element_count() != 0;
   const int64_t in = proj ? xs.dimensions()[2] : 0;
   const int64_t hin = hs.element_count() != 0 ? hid : 0;
-
   const int64_t rows = in + hin;  // of [x_t | h_{t-1}]^T and of the stacked [dW_x; dW_h]
   const int32_t t0 = t0_buf.typed_data()[0];
   const int32_t* len = lengths.typed_data();
@@ -622,16 +628,14 @@ ffi::Error GruForward(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_x,
     pack_gate_columns(bx.data(), b_x.typed_data(), 1, 3, hid, lo, nu, np);
     pack_gate_columns(bh.data(), b_h.typed_data(), 1, 3, hid, lo, nu, np);
     auto input_part = [&](int64_t s, float* dst) {  // dst[B, n] = b_x + x_s W_x (own columns)
-      for (int64_t r = 0; r < batch; ++r) std::memcpy(dst + r * n, bx.data(), n * sizeof(float));
-      if (nu) gemm_acc(xp + s * batch * in, in, packed_x.data(), n, dst, n, batch, in);
+      bias_gemm(dst, bx.data(), xp + s * batch * in, in, packed_x.data(), n, batch, in);
     };
     input_part(0, gxb[0].data());
     for (int64_t s = 0; s < steps; ++s) {
       const int64_t t = t0 + s;
       const float* h_prev = s ? hs->typed_data() + (s - 1) * batch * hid : h0.typed_data();
       const float* gx_s = gxb[s & 1].data();
-      for (int64_t r = 0; r < batch; ++r) std::memcpy(&zh[r * n], bh.data(), n * sizeof(float));
-      if (nu) gemm_acc(h_prev, hid, packed_h.data(), n, zh.data(), n, batch, hid);
+      bias_gemm(zh.data(), bh.data(), h_prev, hid, packed_h.data(), n, batch, hid);
       float* h_out = hs->typed_data() + s * batch * hid;
       float* rz_out = save ? rzs->typed_data() + s * batch * 2 * hid : nullptr;
       float* n_out = save ? ns->typed_data() + s * batch * hid : nullptr;

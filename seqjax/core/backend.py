@@ -148,8 +148,8 @@ def _warn_once(message: str) -> None:
 
 
 #: Besides the step and its VJP, what a native loop computes itself (so a subclass must not
-#: change it): the LSTM loop projects its inputs (``seqjax.kernels.cpu.lstm_forward``), and
-#: both loops sum the gradients of the projection's and the recurrent weights.
+#: change it): both loops project their inputs (``seqjax.kernels.cpu.lstm_forward`` /
+#: ``gru_forward``) and sum the gradients of the projection's and the recurrent weights.
 _NATIVE_COMPUTES = {"lstm": ("input_projection", "recurrent_grads"),
                     "gru": ("input_projection", "recurrent_grads")}
 
