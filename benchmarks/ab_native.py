@@ -90,14 +90,14 @@ def main(argv=None) -> None:
                 sys.exit(f"ab_native.py: --old {args.old}: {text.stderr.strip()}")
             source = Path(tmp) / "cpu_rnn_old.cc"
             source.write_text(text.stdout)
-        glue = args.old_glue
-        if glue is None and args.old_source is None:
+        glue = args.old_glue or Path(cpu.__file__)
+        if args.old_glue is None and args.old_source is None:
             text = subprocess.run(["git", "show", f"{args.old}:kernels/cpu.py"], cwd=REPO,
                                   capture_output=True, text=True, check=True)
             glue = Path(tmp) / "cpu_old.py"
             glue.write_text(text.stdout)
         old_library(source)
-        old = old_glue(glue) if glue is not None else None
+        old = old_glue(glue)
 
     cell = seqjax.make_cell(args.kind, args.D, args.H)
     params = cell.init(jax.random.PRNGKey(0))
@@ -112,19 +112,16 @@ def main(argv=None) -> None:
     else:
         fn = layer
 
-    call, loops = cpu._call, cpu.LOOPS
+    loops = cpu.LOOPS
     fns = {}
     for name in ("old", "new"):
         if name == "old":
-            if old is not None:
-                cpu.LOOPS = old.LOOPS
-            else:
-                cpu._call = lambda target, *a, **k: call(target + "_old", *a, **k)
+            cpu.LOOPS = old.LOOPS
         jax.clear_caches()  # trace again: the cached jaxpr names the other library's targets
         try:
             fns[name] = jax.jit(fn).lower(params, xs).compile()
         finally:
-            cpu._call, cpu.LOOPS = call, loops
+            cpu.LOOPS = loops
         jax.block_until_ready(fns[name](params, xs))
     assert "_old" in fns["old"].as_text() and "_old" not in fns["new"].as_text()
     outs = [jax.tree.leaves(fns[name](params, xs)) for name in ("old", "new")]
