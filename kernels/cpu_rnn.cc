@@ -74,11 +74,13 @@ inline void store_n(float* dst, vf v, int64_t m) {
 
 // tanh as XLA:CPU's float32 rational approximation (13/6, Eigen's coefficients; XLA's
 // EmitFastTanh), the input clamped to [-9, 9], and x itself for |x| < 4e-4: the same values
-// the scan backend's tanh gives, which matters where gates saturate.
+// the scan backend's tanh gives, which matters where gates saturate. A NaN stays NaN (the
+// clamps keep x where a comparison is false), as in XLA: a NaN input (e.g. the embedding of an
+// out-of-range id) must not turn into a saturated gate.
 inline vf vtanh(vf x0) {
   const vf hi = splat(9.0f);
-  vf x = x0 < hi ? x0 : hi;
-  x = x > -hi ? x : -hi;
+  vf x = x0 > hi ? hi : x0;
+  x = x < -hi ? -hi : x;
   const vf x2 = x * x;
   vf p = splat(-2.76076847742355e-16f);
   p = p * x2 + 2.00018790482477e-13f;
