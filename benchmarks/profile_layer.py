@@ -8,7 +8,7 @@ measured in the same process (the machine's practical peak for one thread). Loop
 listed themselves: the operations inside them are (``calls`` counts their runs per call).
 
     python benchmarks/profile_layer.py [--cell lstm] [--T 128] [--B 32] [--D 128] [--H 256]
-        [--reps 5] [--top 20]
+        [--reps 5] [--top 20] [--backend auto]
 
 Use it before optimising a cell: it says whether a layer spends its time in the recurrent
 matmul, in the hoisted matmuls, or in elementwise fusions (issue #19 in ``benchmarks/README.md``).
@@ -84,12 +84,16 @@ def main(argv=None):
     ap.add_argument("--H", type=int, default=256)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--top", type=int, default=20)
+    ap.add_argument("--backend", default="auto", help="seqjax.rnn's backend (auto, scan, native)")
     args = ap.parse_args(argv)
 
     cell = seqjax.make_cell(args.cell, args.D, args.H)
     params = cell.init(jax.random.PRNGKey(0))
     xs = jax.random.normal(jax.random.PRNGKey(1), (args.B, args.T, args.D))
-    fwd_bwd = jax.jit(jax.grad(lambda p, x: jnp.sum(seqjax.rnn(cell, p, x)[0]), argnums=(0, 1)))
+    def loss(p, x):
+        return jnp.sum(seqjax.rnn(cell, p, x, backend=args.backend)[0])
+
+    fwd_bwd = jax.jit(jax.grad(loss, argnums=(0, 1)))
     ops = _op_table(fwd_bwd.lower(params, xs).compile().as_text())
     for _ in range(2):
         jax.block_until_ready(fwd_bwd(params, xs))
@@ -111,9 +115,9 @@ def main(argv=None):
         if e.get("ph") == "X" and e.get("name") in ops:
             total[e["name"]] += e["dur"] / 1e3 / args.reps
             count[e["name"]] += 1
-    print(f"{args.cell} T={args.T} B={args.B} D={args.D} H={args.H} float32, fwd+bwd "
-          f"(params and inputs): {1e3 * wall:.1f} ms per call; a [1024, 1024] matmul runs at "
-          f"{peak:.1f} GFLOP/s here (jax {jax.__version__})\n")
+    print(f"{args.cell} ({args.backend}) T={args.T} B={args.B} D={args.D} H={args.H} float32, "
+          f"fwd+bwd (params and inputs): {1e3 * wall:.1f} ms per call; a [1024, 1024] matmul "
+          f"runs at {peak:.1f} GFLOP/s here (jax {jax.__version__})\n")
     print("| ms per call | part | calls | operation | GFLOP/s (of the matmul's) |")
     print("|---:|---|---:|---|---:|")
     for name, ms in total.most_common(args.top):

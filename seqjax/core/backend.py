@@ -47,11 +47,12 @@ LINEAR_BACKENDS = ("parallel", "sequential")
 #: ``(platform, Cell.native family)`` pairs where ``"auto"`` runs the ``"native"`` backend: the
 #: scan backend with the time loop of a differentiated pass in a C++ custom call whose threads
 #: split the hidden units (:mod:`seqjax.kernels.cpu`), float32 only. From
-#: ``benchmarks/rnn_cpu.py`` on a 2-core CPU (2026-12-01, issue #19, ``benchmarks/README.md``):
-#: the LSTM fwd+bwd at 0.80-0.89x the scan's time at every shape measured (H=128..512, T=128
-#: and 600, one core and two); the GRU (``reset="after"``) at 0.94-1.07x, a wash, so it runs
-#: natively only when asked for.
-NATIVE_AUTO: tuple[tuple[str, str], ...] = (("cpu", "lstm"),)
+#: ``benchmarks/rnn_cpu.py`` on a 2-core CPU (issue #19, ``benchmarks/README.md``): the LSTM
+#: fwd+bwd at 0.80-0.89x the scan's time at every shape measured (H=128..512, T=128 and 600, one
+#: core and two; 2026-12-01); the GRU (``reset="after"``, since its loop projects its inputs
+#: itself) at 0.76-0.84x with two cores (T=128 D=128 H=128/256/512, T=600 D=2 H=150, T=200
+#: D=2 H=101) and 0.90-1.04x, a wash, with one (2026-12-02).
+NATIVE_AUTO: tuple[tuple[str, str], ...] = (("cpu", "lstm"), ("cpu", "gru"))
 
 #: Platforms where ``"auto"`` runs a linear-recurrence cell with the parallel scan rather than
 #: the sequential one, from ``benchmarks/parallel_scan.py`` (see :func:`resolve_backend`).

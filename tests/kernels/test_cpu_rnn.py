@@ -1,8 +1,8 @@
 """The native CPU LSTM and GRU loops (``backend="native"``, ``seqjax.kernels.cpu``) against the scan
 backend (the reference, itself checked against PyTorch and finite differences): values and
 gradients of outputs and final carry, with lengths (0, partial, full), reverse, an initial
-carry, hidden sizes that do not fill a vector, 1-3 threads, and saturated gates (where the
-tanh approximation must be XLA's); the backend switch; the build's failure modes."""
+carry, hidden sizes that do not fill a vector, 1-3 threads, saturated gates (where the tanh
+approximation must be XLA's) and NaN inputs; the backend switch; the build's failure modes."""
 
 import dataclasses
 
@@ -66,6 +66,21 @@ def test_native_matches_scan(kind, B, T, H, lengths, reverse, shift, threads, dw
     np.testing.assert_allclose(ys, run["scan"](params, xs), rtol=2e-5, atol=2e-5)
     if lengths is not None:  # padding outputs are exactly zero
         assert not np.any(np.asarray(ys)[1, int(lengths[1]):])
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_nan_input_stays_nan(kind):
+    """A NaN input (e.g. the embedding of an out-of-range id under jit) makes its row's outputs
+    NaN from that step on, as on the scan, rather than a saturated gate's finite value; the other
+    rows are untouched."""
+    cell = seqjax.make_cell(kind, 3, 20)
+    params = cell.init(jax.random.PRNGKey(0))
+    xs = jax.random.normal(jax.random.PRNGKey(1), (2, 6, 3)).at[1, 2, 0].set(jnp.nan)
+    run = {b: jax.jit(lambda p, x, b=b: seqjax.rnn(cell, p, x, backend=b)[0])
+           for b in ("native", "scan")}
+    ys = np.asarray(run["native"](params, xs))
+    np.testing.assert_array_equal(np.isnan(ys), np.isnan(np.asarray(run["scan"](params, xs))))
+    assert np.isnan(ys[1, 2:]).all() and np.isfinite(ys[0]).all() and np.isfinite(ys[1, :2]).all()
 
 
 def test_chunk_loops_match_the_step():
@@ -140,8 +155,8 @@ def test_backend_switch():
     assert "measured faster" in pick(LSTM(3, 8)).reason
     assert pick(LSTM(3, 8), dtype=jnp.bfloat16).name == "scan"
     assert pick(LSTM(3, 8), platform="cuda").name == "scan"
-    assert pick(seqjax.GRU(3, 8)).name == "scan"  # measured no faster: only when asked for
-    assert pick(seqjax.GRU(3, 8), "native").name == "native"
+    assert pick(seqjax.GRU(3, 8)).name == "native"
+    assert pick(seqjax.GRU(3, 8), platform="cuda").name == "scan"
     assert pick(seqjax.GRU(3, 8, reset="before")).name == "scan"
     assert pick(seqjax.make_cell("rnn", 3, 8)).name == "scan"
     assert pick(seqjax.make_cell("peephole_lstm", 3, 8)).name == "scan"
