@@ -12,7 +12,10 @@ repetitions) and the ratio seqjax / PyTorch (> 1: seqjax faster).
 ``seqjax xK`` rows time :func:`seqjax.train.make_train_step` with ``steps_per_call=K`` (K steps
 in one jitted call: a ``lax.scan`` over K stacked batches); the plain row is one step per call.
 The TCN gets no ``xK`` row: its convolutions run ~15x slower inside a loop on XLA:CPU.
-Absolute numbers depend on the machine and its load; compare the ratios.
+The seqjax models run the main job's backend (``--backend auto``: the native loops for the LSTM
+and GRU on CPU; until 2026-12-02 this script ran ``scan``). Each timed repetition follows
+``--gap`` seconds idle (see ``rnn_cpu.py``). Absolute numbers depend on the machine and its load;
+compare the ratios.
 
     python benchmarks/train_step.py            # quick and paper sizes, all models (~3 min)
     python benchmarks/train_step.py --quick    # quick sizes only (~1 min)
@@ -121,10 +124,11 @@ def torch_step_fn(name, model, arch):
 # --------------------------------------------------------------------------------------------
 
 
-def bench_size(size: str, names: list[str], reps: int, steps: int, ks: list[int]) -> list[dict]:
+def bench_size(size: str, names: list[str], reps: int, steps: int, ks: list[int],
+               backend: str = "auto", gap: float = 0.05) -> list[dict]:
     preset = tcn_vs_rnn.preset_for("adding", size)
     task = get_task("adding", seq_len=preset.seq_len)
-    models = tcn_vs_rnn.build_models(task, preset, names, "scan")
+    models = tcn_vs_rnn.build_models(task, preset, names, backend)
     bs = preset.batch_size
     n_batches = max([steps, *ks])
     batches = [task.train_batch(i, bs, 0) for i in range(n_batches)]
@@ -167,6 +171,7 @@ def bench_size(size: str, names: list[str], reps: int, steps: int, ks: list[int]
         times = {c: [] for c in contenders}
         for _ in range(reps):
             for c, (fn, n) in contenders.items():
+                time.sleep(gap)  # PyTorch's OpenMP workers spin a while after its last op
                 t0 = time.perf_counter()
                 fn()
                 times[c].append((time.perf_counter() - t0) / n)
@@ -191,6 +196,10 @@ def main(argv=None):
     ap.add_argument("--k", default="8", help="steps_per_call values to time besides 1 ('' none)")
     ap.add_argument("--threads", type=int, default=min(2, len(os.sched_getaffinity(0))),
                     help="PyTorch intra-op threads (default: the cores this process may use, <= 2)")
+    ap.add_argument("--backend", default="auto",
+                    help="the seqjax models' recurrent backend (the main job's default: auto)")
+    ap.add_argument("--gap", type=float, default=0.05,
+                    help="idle seconds before each timed repetition (see rnn_cpu.py)")
     ap.add_argument("--json", default="results/bench_train_step.json")
     ap.add_argument("--tune-malloc", action="store_true",
                     help="glibc malloc as the experiment scripts set it (seqjax.cli."
@@ -207,7 +216,7 @@ def main(argv=None):
     names = [m.strip() for m in args.models.split(",") if m.strip()]
     rows = []
     for size in sizes:
-        rows += bench_size(size, names, reps, steps, ks)
+        rows += bench_size(size, names, reps, steps, ks, args.backend, args.gap)
 
     print(f"\nadding task, one training step (fwd + loss + bwd + Adam), CPU "
           f"({os.cpu_count()} cores), jax {jax.__version__}, torch {torch.__version__} "
@@ -220,7 +229,8 @@ def main(argv=None):
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         meta = {"reps": reps, "steps": steps, "jax": jax.__version__, "torch": torch.__version__,
-                "threads": args.threads, "cpu": platform.processor(), "cores": os.cpu_count(),
+                "threads": args.threads, "backend": args.backend, "gap": args.gap,
+                "cpu": platform.processor(), "cores": os.cpu_count(),
                 "xla_flags": os.environ.get("XLA_FLAGS", "")}
         Path(args.json).write_text(json.dumps({"config": meta, "rows": rows}, indent=2))
         print(f"\nwrote {args.json}")
