@@ -461,6 +461,9 @@ def parse_args(argv=None):
                     help="change one model's setting (repeatable): an Arch field (lr, clip, "
                          "forget_bias, hidden, ...) or a cell option, e.g. lstm.lr=1e-3 "
                          "lstm.clip=1 lstm.chrono=600 ('none' for None)")
+    ap.add_argument("--task-arg", action="append", default=[], metavar="NAME=VALUE",
+                    help="an argument of the task (repeatable), over the preset's, e.g. "
+                         "markers=anywhere for the adding problem (locuslab/TCN's draw)")
     ap.add_argument("--jobs", type=positive_int, default=1,
                     help="train the models in N processes at once, each on one CPU thread "
                          "(2 on a 2-core machine halves the wall time); single-device only")
@@ -475,9 +478,30 @@ def parse_args(argv=None):
     args.model_names = list(dict.fromkeys(names))
     try:
         args.overrides = tuple(parse_set(item, args.model_names) for item in args.set)
+        args.task_args = tuple(parse_task_arg(item) for item in args.task_arg)
     except ValueError as e:
         ap.error(str(e))
     return args
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value: ``none``/``true``/``false``, an int, a float, else the string."""
+    if text.lower() in ("none", "true", "false"):
+        return {"none": None, "true": True, "false": False}[text.lower()]
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_task_arg(item: str) -> tuple[str, Any]:
+    """``"markers=anywhere"`` -> ``("markers", "anywhere")``; the task checks the name."""
+    name, sep, text = item.partition("=")
+    if not (sep and name.isidentifier() and text):
+        raise ValueError(f"--task-arg {item!r}: expected NAME=VALUE, e.g. markers=anywhere")
+    return name, parse_value(text)
 
 
 def parse_set(item: str, names: list[str]) -> tuple[str, str, Any]:
@@ -492,17 +516,7 @@ def parse_set(item: str, names: list[str]) -> tuple[str, str, Any]:
     if field not in ARCH_FIELDS and (model == "tcn" or not cell_accepts(model, field)):
         raise ValueError(f"--set {item!r}: {field!r} is neither a setting ("
                          f"{', '.join(ARCH_FIELDS)}) nor an argument of the {model} cell")
-    value: Any
-    if text.lower() in ("none", "true", "false"):
-        value = {"none": None, "true": True, "false": False}[text.lower()]
-    else:
-        try:
-            value = int(text)
-        except ValueError:
-            try:
-                value = float(text)
-            except ValueError:
-                value = text
+    value = parse_value(text)
     if "float" in ARCH_FIELDS.get(field, "") and isinstance(value, int):
         value = float(value)  # "lr=1" means 1.0: the field's annotation says float
     return model, field, value
@@ -524,6 +538,7 @@ def resolve_preset(args: argparse.Namespace) -> Preset:
     return dataclasses.replace(
         preset,
         overrides=preset.overrides + args.overrides,
+        task_kwargs=tuple({**dict(preset.task_kwargs), **dict(args.task_args)}.items()),
         steps=steps,
         batch_size=pick(args.batch_size, preset.batch_size),
         seq_len=pick(args.seq_len, preset.seq_len),
@@ -578,6 +593,7 @@ def main(argv=None) -> dict:
                "preset_steps": preset_for(args.task, args.preset).steps,
                "seed": args.seed, "notes": PAPER_NOTES if args.preset != "quick" else "",
                "overrides": [list(o) for o in preset.overrides],
+               "task_kwargs": dict(preset.task_kwargs),
                "provenance": saved.get("provenance"), "resumed": saved.get("resumed", []),
                "models": {}}
     histories = {}

@@ -136,6 +136,28 @@ def test_set_changes_one_model_and_reaches_its_cell():
     assert models["gru"].hidden_size != 0 and models["gru"].cell_options == ()
 
 
+def test_task_arg_reaches_the_task_over_the_preset():
+    """``--task-arg markers=anywhere`` draws locuslab's markers (both may fall in one half);
+    the preset's own task arguments stay unless named."""
+    args = tcn_vs_rnn.parse_args(["--task", "jsb", "--preset", "paper", "--task-arg",
+                                  "pad_multiple=8", "--task-arg", "max_len=none"])
+    assert dict(tcn_vs_rnn.resolve_preset(args).task_kwargs) == {"pad_multiple": 8,
+                                                                 "max_len": None}
+
+    def both_in_one_half(extra):
+        args = tcn_vs_rnn.parse_args(["--task", "adding", "--preset", "paper", *extra])
+        preset = tcn_vs_rnn.resolve_preset(args)
+        task = get_task("adding", seq_len=preset.seq_len, **dict(preset.task_kwargs))
+        marks = task.train_batch(0, 256).inputs[:, :, 1]
+        first, last = np.argmax(marks, 1), marks.shape[1] - 1 - np.argmax(marks[:, ::-1], 1)
+        return np.mean((first >= 300) | (last < 300))
+
+    assert both_in_one_half([]) == 0.0  # the classic draw: one marker in each half
+    assert 0.3 < both_in_one_half(["--task-arg", "markers=anywhere"]) < 0.7  # 1/2 expected
+    with pytest.raises(SystemExit):
+        tcn_vs_rnn.parse_args(["--task-arg", "markers"])
+
+
 def test_linear_cells_run_as_residual_blocks_and_the_lru_gets_its_glu():
     preset = tcn_vs_rnn.preset_for("adding", "quick")
     models = tcn_vs_rnn.build_models(get_task("adding", seq_len=20), preset,
