@@ -83,11 +83,14 @@ def test_table1_puts_tuned_and_other_models_beside_the_paper_columns(tmp_path):
     (tmp_path / "adding" / "seed0" / "results-mingru.json").write_text(json.dumps(resumed))
     row = next(line for line in results_table.table1(tmp_path).splitlines()
                if line.startswith("| adding"))
-    assert row == ("| adding problem T=600 (mse) | 2.00e-04 ± 0.00014 (5.80e-05) | 0.17 [seed 0] "
-                   "(0.164) | - | - | mingru 5.00e-04 [seed 0]; tuned lstm 2.00e-04 [seed 0] | "
+    assert row == ("| adding problem T=600, a marker per half (mse) | 2.00e-04 ± 0.00014 "
+                   "(5.80e-05) | 0.17 [seed 0] (0.164) | - | - | mingru 5.00e-04 [seed 0]; "
+                   "tuned lstm 2.00e-04 [seed 0] | "
                    "0, 1 | 15,625 | 62 min, 2-core CPU |")
     assert table1.row_argv("adding", 0, "lstm", "tuned") == [
         "--task", "adding", "--preset", "tuned", "--seed", "0", "--models", "lstm"]
+    assert table1.row_argv("adding-anywhere", 1, None) == [
+        "--task", "adding", "--preset", "paper", "--task-arg", "markers=anywhere", "--seed", "1"]
     assert table1.suffix("lstm,gru", "tuned") == "-tuned-lstm-gru"
 
 
