@@ -17,7 +17,8 @@ writable), keyed by the source, the flags, jaxlib and
 the CPU: a few seconds once per machine. Without a compiler :func:`unavailable_reason` says
 why, and the backend switch runs the scan instead.
 
-Threads: :func:`threads` (``$SEQJAX_CPU_THREADS``, else the cores this process may run on).
+Threads: :func:`threads` (``$SEQJAX_CPU_THREADS``, else the cores this process may run on, at
+most one per :data:`MIN_UNITS_PER_THREAD` hidden units).
 """
 
 from __future__ import annotations
@@ -35,9 +36,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["LOOPS", "gru_backward", "gru_chunk", "gru_chunk_vjp", "gru_forward", "library_path",
-           "lstm_backward", "lstm_chunk", "lstm_chunk_vjp", "lstm_forward", "threads",
-           "unavailable_reason"]
+__all__ = ["LOOPS", "MIN_UNITS_PER_THREAD", "gru_backward", "gru_chunk", "gru_chunk_vjp",
+           "gru_forward", "library_path", "lstm_backward", "lstm_chunk", "lstm_chunk_vjp",
+           "lstm_forward", "threads", "unavailable_reason"]
 
 SOURCE = Path(__file__).with_name("cpu_rnn.cc")
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC")
@@ -47,9 +48,23 @@ _TARGETS = {"seqjax_lstm_forward": "SeqjaxLstmForward",
             "seqjax_gru_backward": "SeqjaxGruBackward"}
 
 
-def threads() -> int:
+#: Fewest hidden units per thread where :func:`threads` picks the count: below it the per-step
+#: work is a few microseconds and a second thread costs more at the barrier than it saves.
+#: Measured (grad of one layer, ``backend="native"``, 1 vs 2 threads on 2 idle cores, medians
+#: of 30, session 18): LSTM H=32 (T=50, B=64) 2.2 vs 3.9 ms, H=48 5.0 vs 5.3, H=64 (T=128,
+#: B=32) 8.1 vs 13.7, H=96 (D=128) 25.0 vs 21.6, H=101 (T=200) 29.7 vs 20.3, H=128 36.6 vs
+#: 23.8; GRU H=32 2.0 vs 3.6, H=48 4.1 vs 5.3, H=64 6.9 vs 6.6, H=128 29.6 vs 20.7; with 20 ms
+#: idle before each call, the quick preset's LSTM and GRU (H=88, T=200, D=2) 23.3 vs 26.3 and
+#: 20.6 vs 23.5, H=96 (D=128) 25.6 vs 26.2. On a busy machine a second thread is far worse
+#: below it: the H=32 LSTM took 56 ms per training step with 2 threads, 3.7 with 1.
+MIN_UNITS_PER_THREAD = 48
+
+
+def threads(hidden: int | None = None) -> int:
     """Threads per call: ``$SEQJAX_CPU_THREADS`` if set (an int >= 1), else the number of
-    cores this process may run on (``os.sched_getaffinity``; ``taskset -c 0`` gives 1)."""
+    cores this process may run on (``os.sched_getaffinity``; ``taskset -c 0`` gives 1), and
+    given the ``hidden`` size, at most one per :data:`MIN_UNITS_PER_THREAD` units (one for
+    ``H < 96``). The loops use at most one thread per 16 units whatever the setting."""
     env = os.environ.get("SEQJAX_CPU_THREADS")
     if env:
         try:
@@ -60,9 +75,10 @@ def threads() -> int:
             raise ValueError(f"SEQJAX_CPU_THREADS={env!r} must be an int >= 1")
         return n
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cores = max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
+        cores = max(1, os.cpu_count() or 1)
+    return cores if hidden is None else max(1, min(cores, hidden // MIN_UNITS_PER_THREAD))
 
 
 def _cpu_id() -> str:
@@ -160,18 +176,18 @@ def _t0(t0) -> jax.Array:
     return jnp.asarray(t0, jnp.int32).reshape(())
 
 
-def _call(target: str, shapes, *args, aliases=None, **attrs):
+def _call(target: str, shapes, *args, hidden: int, aliases=None, **attrs):
     """Run the FFI handler ``target`` (built and registered on first use) on ``args`` (floating
     ones as float32; the step ``t0`` and ``lengths`` given as int32 by the caller) with
-    :func:`threads` threads and the attributes ``attrs``; ``shapes``: its float32 results'
-    shapes; ``aliases``: results that may be written over an input (``{input index: result
-    index}``)."""
+    :func:`threads` threads for ``hidden`` units and the attributes ``attrs``; ``shapes``: its
+    float32 results' shapes; ``aliases``: results that may be written over an input (``{input
+    index: result index}``)."""
     _check_ready()
     f32 = jnp.float32
     call = jax.ffi.ffi_call(target, tuple(jax.ShapeDtypeStruct(s, f32) for s in shapes),
                             vmap_method="sequential", input_output_aliases=aliases)
     args = [a.astype(f32) if jnp.issubdtype(a.dtype, jnp.floating) else a for a in args]
-    return call(*args, threads=np.int64(threads()), **attrs)
+    return call(*args, threads=np.int64(threads(hidden)), **attrs)
 
 
 def lstm_forward(xs, w_x, b, w_h, h0, c0, t0, lengths, residuals: bool = True):
@@ -185,7 +201,7 @@ def lstm_forward(xs, w_x, b, w_h, h0, c0, t0, lengths, residuals: bool = True):
     k, b_, _ = xs.shape
     h, g = w_h.shape
     return _call("seqjax_lstm_forward", ((k, b_, h), (k, b_, h), (k, b_, g) if residuals else (0,)),
-                 xs, w_x, b, w_h, h0, c0, _t0(t0), lengths.astype(jnp.int32))
+                 xs, w_x, b, w_h, h0, c0, _t0(t0), lengths.astype(jnp.int32), hidden=h)
 
 
 def lstm_backward(dhs, acts, cs, c_first, w_h, dh, dc, t0, lengths, xs=None, hs=None,
@@ -211,7 +227,8 @@ def lstm_backward(dhs, acts, cs, c_first, w_h, dh, dc, t0, lengths, xs=None, hs=
     dgx, dh0, dc0, dw_x, db, dw_h = _call(
         "seqjax_lstm_backward", shapes, dhs, acts, cs, c_first, w_h, dh, dc, _t0(t0),
         lengths.astype(jnp.int32), empty if xs is None else xs,
-        empty if hs is None else hs, empty if hs is None else h_first, aliases={1: 0})
+        empty if hs is None else hs, empty if hs is None else h_first, hidden=h,
+        aliases={1: 0})
     grads = ({} if xs is None else {"w_x": dw_x, "b": db}) | (
         {} if hs is None else {"w_h": dw_h})
     return dgx, dh0, dc0, grads
@@ -276,7 +293,7 @@ def gru_forward(xs, w_x, b_x, w_h, b_h, h0, t0, lengths, residuals: bool = True)
     h, g = w_h.shape
     shapes = ((k, b, h),) + (((k, b, 2 * h), (k, b, h), (k, b, h)) if residuals else ((0,),) * 3)
     return _call("seqjax_gru_forward", shapes, xs, w_x, b_x, w_h, b_h, h0, _t0(t0),
-                 lengths.astype(jnp.int32))
+                 lengths.astype(jnp.int32), hidden=h)
 
 
 def gru_backward(dhs, rz, n, zn, hs, h_first, w_h, dh, t0, lengths, xs=None,
@@ -298,7 +315,7 @@ def gru_backward(dhs, rz, n, zn, hs, h_first, w_h, dh, t0, lengths, xs=None,
     dgx, dh0, dw_x, db_x, dw_h, db_h = _call(
         "seqjax_gru_backward", shapes, dhs, rz, n, zn, hs, h_first, w_h, dh, _t0(t0),
         lengths.astype(jnp.int32), xs if proj else jnp.zeros((0,), jnp.float32),
-        weights=np.bool_(recurrent))
+        hidden=h, weights=np.bool_(recurrent))
     grads = ({"w_x": dw_x, "b_x": db_x} if proj else {}) | (
         {"w_h": dw_h, "b_h": db_h} if recurrent else {})
     return dgx, dh0, grads

@@ -184,11 +184,15 @@ def test_unavailable_library_falls_back_to_the_scan(monkeypatch):
 def test_threads_setting(monkeypatch):
     monkeypatch.setenv("SEQJAX_CPU_THREADS", "2")
     assert cpu.threads() == 2
+    assert cpu.threads(hidden=32) == 2  # the setting wins
     monkeypatch.setenv("SEQJAX_CPU_THREADS", "zero")
     with pytest.raises(ValueError, match="SEQJAX_CPU_THREADS='zero'"):
         cpu.threads()
     monkeypatch.delenv("SEQJAX_CPU_THREADS")
     assert cpu.threads() >= 1
+    monkeypatch.setattr(cpu.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    # one thread per 48 units at most: a small layer's steps are too short to share
+    assert [cpu.threads(h) for h in (None, 32, 95, 96, 150, 1024)] == [4, 1, 1, 2, 3, 4]
 
 
 def test_vmap_and_jit_of_the_native_backend():
