@@ -50,13 +50,12 @@ _TARGETS = {"seqjax_lstm_forward": "SeqjaxLstmForward",
 
 #: Fewest hidden units per thread where :func:`threads` picks the count: below it the per-step
 #: work is a few microseconds and a second thread costs more at the barrier than it saves.
-#: Measured (grad of one layer, ``backend="native"``, 1 vs 2 threads on 2 idle cores, medians
-#: of 30, session 18): LSTM H=32 (T=50, B=64) 2.2 vs 3.9 ms, H=48 5.0 vs 5.3, H=64 (T=128,
-#: B=32) 8.1 vs 13.7, H=96 (D=128) 25.0 vs 21.6, H=101 (T=200) 29.7 vs 20.3, H=128 36.6 vs
-#: 23.8; GRU H=32 2.0 vs 3.6, H=48 4.1 vs 5.3, H=64 6.9 vs 6.6, H=128 29.6 vs 20.7; with 20 ms
-#: idle before each call, the quick preset's LSTM and GRU (H=88, T=200, D=2) 23.3 vs 26.3 and
-#: 20.6 vs 23.5, H=96 (D=128) 25.6 vs 26.2. On a busy machine a second thread is far worse
-#: below it: the H=32 LSTM took 56 ms per training step with 2 threads, 3.7 with 1.
+#: ``python benchmarks/native_threads.py`` (grad of one layer, 2 idle cores, 2 threads / 1,
+#: alternating, session 18): LSTM H=32 (T=50, B=64) 2.0, H=64 (T=128, B=32) 2.1-2.2, H=72
+#: (T=200) 1.17, H=88 0.85-0.99, H=96 (D=128) 0.77, H=101 0.70, H=128 0.63; GRU H=32 3.0,
+#: H=64 2.9-4.2, H=72 1.18, H=88 0.85-0.93, H=96 1.09, H=101 0.93, H=128 0.88. On a busy
+#: machine a second thread is far worse below it: the H=32 LSTM's training step took 56 ms
+#: with 2 threads, 3.7 with 1 (each step's barrier waits for the scheduler).
 MIN_UNITS_PER_THREAD = 48
 
 
