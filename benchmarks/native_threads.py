@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from unittest import mock
 
 import jax
 import jax.numpy as jnp
@@ -46,15 +47,8 @@ def grad_fn(kind: str, shape: tuple[int, int, int, int], threads: int):
     params = model.init(jax.random.PRNGKey(0))
     x = jnp.asarray(np.random.default_rng(0).standard_normal((b, t, d)), jnp.float32)
     f = jax.jit(jax.grad(lambda p, x: jnp.sum(model.apply(p, x) ** 2)))
-    old = os.environ.get("SEQJAX_CPU_THREADS")
-    os.environ["SEQJAX_CPU_THREADS"] = str(threads)
-    try:
+    with mock.patch.dict(os.environ, {"SEQJAX_CPU_THREADS": str(threads)}):
         f = f.lower(params, x).compile()
-    finally:
-        if old is None:
-            del os.environ["SEQJAX_CPU_THREADS"]
-        else:
-            os.environ["SEQJAX_CPU_THREADS"] = old
     jax.block_until_ready(f(params, x))
     return lambda: jax.block_until_ready(f(params, x))
 
