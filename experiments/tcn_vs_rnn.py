@@ -53,9 +53,10 @@ from seqjax.cli import (
 )
 from seqjax.cli import read_run as cli_read_run
 from seqjax.core.cells import cell_accepts, cell_class
-from seqjax.data import TASK_NAMES, get_task
+from seqjax.data import TASK_NAMES, get_task, task_arguments
 from seqjax.models import ARCHS, SequenceModel, hidden_for_params, param_count
 from seqjax.train import (
+    OPTIMIZERS,
     TrainState,
     check_checkpoint,
     fit_task,
@@ -478,7 +479,7 @@ def parse_args(argv=None):
     args.model_names = list(dict.fromkeys(names))
     try:
         args.overrides = tuple(parse_set(item, args.model_names) for item in args.set)
-        args.task_args = tuple(parse_task_arg(item) for item in args.task_arg)
+        args.task_args = tuple(parse_task_arg(item, args.task) for item in args.task_arg)
     except ValueError as e:
         ap.error(str(e))
     return args
@@ -496,11 +497,17 @@ def parse_value(text: str) -> Any:
     return text
 
 
-def parse_task_arg(item: str) -> tuple[str, Any]:
-    """``"markers=anywhere"`` -> ``("markers", "anywhere")``; the task checks the name."""
+def parse_task_arg(item: str, task: str) -> tuple[str, Any]:
+    """``"markers=anywhere"`` -> ``("markers", "anywhere")``: ``NAME`` must be an argument of
+    ``task`` (:func:`seqjax.data.task_arguments`); the task checks the value."""
     name, sep, text = item.partition("=")
     if not (sep and name.isidentifier() and text):
         raise ValueError(f"--task-arg {item!r}: expected NAME=VALUE, e.g. markers=anywhere")
+    if name in ("seq_len", "data_dir"):
+        raise ValueError(f"--task-arg {item!r}: give {name} as --{name.replace('_', '-')}")
+    if name not in task_arguments(task):
+        raise ValueError(f"--task-arg {item!r}: task {task!r} takes no argument {name!r}; it "
+                         f"takes: {', '.join(task_arguments(task)) or 'none'}")
     return name, parse_value(text)
 
 
@@ -517,9 +524,53 @@ def parse_set(item: str, names: list[str]) -> tuple[str, str, Any]:
         raise ValueError(f"--set {item!r}: {field!r} is neither a setting ("
                          f"{', '.join(ARCH_FIELDS)}) nor an argument of the {model} cell")
     value = parse_value(text)
-    if "float" in ARCH_FIELDS.get(field, "") and isinstance(value, int):
-        value = float(value)  # "lr=1" means 1.0: the field's annotation says float
+    if field in ARCH_FIELDS:
+        value = _check_setting(item, field, value)
     return model, field, value
+
+
+#: The :class:`Arch` fields' bounds: ``(low, low included)``; ``dropout`` also ``< 1``.
+_SETTING_LOW = {"hidden": (1, True), "layers": (1, True), "kernel": (1, True),
+                "embed": (0, True), "lr": (0, False), "clip": (0, False),
+                "dropout": (0, True), "readout_std": (0, False)}
+
+
+def _check_setting(item: str, field: str, value: Any) -> Any:
+    """``value`` for the :class:`Arch` field ``field`` as its annotation and bounds want it
+    (an int given for a float field becomes a float), else a ``ValueError`` naming both."""
+    kind = str(ARCH_FIELDS[field])
+    base = kind.split("|")[0].strip()
+
+    def bad(want: str) -> ValueError:
+        return ValueError(f"--set {item!r}: {field} must be {want}, got {value!r}")
+
+    if base == "tuple":
+        raise ValueError(f"--set {item!r}: set a cell option by its own name (e.g. "
+                         "lstm.chrono=600), not through cell_options")
+    if value is None:
+        if "None" not in kind:
+            raise bad(f"{'an' if base == 'int' else 'a'} {base}, not none")
+        return None
+    if base == "bool":
+        if not isinstance(value, bool):
+            raise bad("true or false")
+        return value
+    if base == "str":
+        if field == "optimizer" and value not in OPTIMIZERS:
+            raise bad(f"one of {', '.join(OPTIMIZERS)}")
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise bad(f"a number ({base})")
+    if base == "int" and not isinstance(value, int):
+        raise bad("an int")
+    if base == "float":
+        value = float(value)  # "lr=1" means 1.0
+    low, closed = _SETTING_LOW.get(field, (None, True))
+    if low is not None and (value < low or (value == low and not closed)):
+        raise bad(f"{'>=' if closed else '>'} {low}")
+    if field == "dropout" and value >= 1:
+        raise bad("< 1")
+    return value
 
 
 def read_run(run_root: Path) -> dict:

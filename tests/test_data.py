@@ -30,6 +30,7 @@ from seqjax.data import (
     get_task,
     pad_batch,
     read_idx,
+    task_arguments,
 )
 from seqjax.data import base as data_base
 from seqjax.data.pixel import FASHION_SYSTEM_DIR
@@ -49,6 +50,22 @@ def totals_of(task, split, batch_size, make_outputs, limit=None):
 def assert_batches_equal(a: Batch, b: Batch):
     for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
         np.testing.assert_array_equal(x, y)
+
+
+def test_task_arguments_are_what_get_task_passes_on():
+    """The arguments a task takes besides ``data_dir`` and ``seq_len`` (what
+    ``tcn_vs_rnn.py --task-arg`` accepts): each reaches the task; the ones its factory fixes
+    (the pixel tasks' ``permuted``, PTB's ``level``) are not listed."""
+    assert task_arguments("adding") == ("eval_size", "markers")
+    assert task_arguments("jsb") == ("max_len", "pad_multiple")
+    assert task_arguments("digits") == task_arguments("ptb-word") == ()
+    assert task_arguments("fashion-mnist") == ("permuted", "standardize", "valid_size")
+    assert set(task_arguments("ntm-copy")) >= {"bits", "max_len"}
+    assert get_task("adding", seq_len=5, eval_size=7, markers="anywhere").markers == "anywhere"
+    for name in TASK_NAMES:
+        assert isinstance(task_arguments(name), tuple)
+    with pytest.raises(ValueError, match="unknown task 'nosuch'"):
+        task_arguments("nosuch")
 
 
 # ---------------------------------------------------------------------------------------------

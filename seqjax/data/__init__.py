@@ -26,6 +26,7 @@ repository's ``data/`` folder, which ships PTB, tiny-shakespeare, the music file
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Callable
 
@@ -122,6 +123,7 @@ __all__ = [
     "read_idx",
     "resolve_data_dir",
     "save_vocabulary",
+    "task_arguments",
     "unigram_entropy_bits",
 ]
 
@@ -175,25 +177,45 @@ def _no_seq_len(name: str, cls: type) -> Callable[..., Task]:
     return make
 
 
-_REGISTRY: dict[str, Callable[..., Task]] = {
-    "adding": lambda data_dir, seq_len, **kw: AddingTask(
-        seq_len=200 if seq_len is None else seq_len, **kw
-    ),
-    "copy": lambda data_dir, seq_len, **kw: CopyMemoryTask(
-        seq_len=1000 if seq_len is None else seq_len, **kw
-    ),
-    "digits": _pixel("digits", DigitsTask, 64, permuted=False),
-    "pdigits": _pixel("pdigits", DigitsTask, 64, permuted=True),
-    "mnist": _pixel("mnist", MNISTTask, 784, variant="mnist", permuted=False),
-    "pmnist": _pixel("pmnist", MNISTTask, 784, variant="mnist", permuted=True),
-    "fashion-mnist": _pixel("fashion-mnist", MNISTTask, 784, variant="fashion-mnist"),
-    **{name: _music(name) for name in MUSIC_FILES},
-    "ptb-char": lambda data_dir, seq_len, **kw: PTBTask("char", data_dir, seq_len, **kw),
-    "ptb-word": lambda data_dir, seq_len, **kw: PTBTask("word", data_dir, seq_len, **kw),
-    "ntm-copy": _max_len(CopyTask),
-    "repeat-copy": _max_len(RepeatCopyTask),
-    "associative-recall": _no_seq_len("associative-recall", AssociativeRecallTask),
-    "priority-sort": _no_seq_len("priority-sort", PrioritySortTask),
+def _plain(cls: type, default_len: int) -> Callable[..., Task]:
+    def make(data_dir, seq_len, **kwargs):
+        return cls(seq_len=default_len if seq_len is None else seq_len, **kwargs)
+
+    return make
+
+
+def _ptb(level: str) -> Callable[..., Task]:
+    def make(data_dir, seq_len, **kwargs):
+        return PTBTask(level, data_dir, seq_len, **kwargs)
+
+    return make
+
+
+#: name -> (the factory ``(data_dir, seq_len, **kwargs) -> Task``, the task's class, the
+#: arguments of that class the factory sets itself: the rest are the task's ``**kwargs``).
+_REGISTRY: dict[str, tuple[Callable[..., Task], type, frozenset[str]]] = {
+    "adding": (_plain(AddingTask, 200), AddingTask, frozenset({"seq_len"})),
+    "copy": (_plain(CopyMemoryTask, 1000), CopyMemoryTask, frozenset({"seq_len"})),
+    "digits": (_pixel("digits", DigitsTask, 64, permuted=False), DigitsTask,
+               frozenset({"permuted"})),
+    "pdigits": (_pixel("pdigits", DigitsTask, 64, permuted=True), DigitsTask,
+                frozenset({"permuted"})),
+    "mnist": (_pixel("mnist", MNISTTask, 784, variant="mnist", permuted=False), MNISTTask,
+              frozenset({"variant", "permuted", "data_dir"})),
+    "pmnist": (_pixel("pmnist", MNISTTask, 784, variant="mnist", permuted=True), MNISTTask,
+               frozenset({"variant", "permuted", "data_dir"})),
+    "fashion-mnist": (_pixel("fashion-mnist", MNISTTask, 784, variant="fashion-mnist"),
+                      MNISTTask, frozenset({"variant", "data_dir"})),
+    **{name: (_music(name), PolyphonicMusicTask, frozenset({"name", "data_dir"}))
+       for name in MUSIC_FILES},
+    "ptb-char": (_ptb("char"), PTBTask, frozenset({"level", "data_dir", "seq_len"})),
+    "ptb-word": (_ptb("word"), PTBTask, frozenset({"level", "data_dir", "seq_len"})),
+    "ntm-copy": (_max_len(CopyTask), CopyTask, frozenset()),
+    "repeat-copy": (_max_len(RepeatCopyTask), RepeatCopyTask, frozenset()),
+    "associative-recall": (_no_seq_len("associative-recall", AssociativeRecallTask),
+                           AssociativeRecallTask, frozenset()),
+    "priority-sort": (_no_seq_len("priority-sort", PrioritySortTask), PrioritySortTask,
+                      frozenset()),
 }
 
 #: Names accepted by :func:`get_task`.
@@ -222,7 +244,8 @@ def get_task(
         **kwargs: passed to the task's class (e.g. ``eval_size``, ``max_len``, ``standardize``).
 
     Raises:
-        TypeError: a name that is not a str, or an argument the task does not take.
+        TypeError: a name that is not a str, or an argument the task does not take
+            (:func:`task_arguments` lists those it takes).
         ValueError: unknown name (the message lists the valid ones) or bad arguments.
         FileNotFoundError: a file the task needs is missing (the message names the path
             expected and where the standard file comes from).
@@ -232,6 +255,24 @@ def get_task(
                         f"names: {', '.join(TASK_NAMES)}")
     if name not in _REGISTRY:
         raise ValueError(f"unknown task {name!r}; valid names: {', '.join(TASK_NAMES)}")
-    task = _REGISTRY[name](data_dir, seq_len, **kwargs)
+    unknown = sorted(set(kwargs) - set(task_arguments(name)))
+    if unknown:
+        raise TypeError(
+            f"task {name!r} takes no argument {', '.join(map(repr, unknown))}; its arguments "
+            f"besides data_dir and seq_len: {', '.join(task_arguments(name)) or 'none'}")
+    task = _REGISTRY[name][0](data_dir, seq_len, **kwargs)
     task.name = name
     return task
+
+
+def task_arguments(name: str) -> tuple[str, ...]:
+    """The keyword arguments :func:`get_task` passes on to the task ``name`` (its ``**kwargs``,
+    besides ``data_dir`` and ``seq_len``), in the order of the task's class.
+
+    Raises:
+        ValueError: unknown name.
+    """
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown task {name!r}; valid names: {', '.join(TASK_NAMES)}")
+    _, cls, fixed = _REGISTRY[name]
+    return tuple(p for p in inspect.signature(cls).parameters if p not in fixed)
