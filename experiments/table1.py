@@ -26,6 +26,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from seqjax.cli import check_output_dir, run_main
+from seqjax.models import ARCHS
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results" / "table1"
 
@@ -119,7 +122,12 @@ def run_row(row: str, seed: int, runs: Path, models: str | None = None,
         cmd = [sys.executable, script, *row_argv(row, seed, models, preset), "--out", str(runs),
                "--no-progress"]
     print("$ " + " ".join(cmd), flush=True)
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode:
+        sys.stderr.write(proc.stderr)
+        raise RuntimeError(f"{row} seed {seed}: tcn_vs_rnn.py exited with status "
+                           f"{proc.returncode} (its stderr above); nothing was copied")
+    out = proc.stdout
     print(out, flush=True)
     run_dir = next(line.split(": ", 1)[1] for line in out.splitlines()
                    if line.startswith("run directory: "))
@@ -156,12 +164,20 @@ def main(argv=None) -> None:
     if unknown or not rows:
         ap.error(f"--rows {args.rows!r}: unknown {unknown}; choose from {', '.join(ROWS)}")
     try:
-        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+        seeds = list(dict.fromkeys(int(s) for s in args.seeds.split(",") if s.strip()))
     except ValueError:
-        ap.error(f"--seeds {args.seeds!r} must be comma-separated ints")
-    runs = Path(args.runs)
-    runs.mkdir(parents=True, exist_ok=True)
+        seeds = []
+    if not seeds or min(seeds) < 0:
+        ap.error(f"--seeds {args.seeds!r} must be comma-separated ints >= 0")
     models = args.models
+    if models is not None:
+        names = list(dict.fromkeys(m.strip() for m in models.split(",") if m.strip()))
+        unknown = [m for m in names if m not in ARCHS]
+        if unknown or not names:
+            ap.error(f"--models {models!r}: unknown {unknown}; choose from {', '.join(ARCHS)}")
+        models = ",".join(names)
+    runs = check_output_dir("--runs", args.runs)
+    runs.mkdir(parents=True, exist_ok=True)
     if args.preset == "tuned" and models is None:  # the models the tuned preset changes
         sys.path.insert(0, str(ROOT / "experiments"))
         from tcn_vs_rnn import TUNED_SETTINGS
@@ -186,4 +202,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -1,9 +1,15 @@
 """experiments/table1.py finds the run to resume for a row, seed and model subset, and the
-renderer merges a seed's parts into one row beside the paper's numbers."""
+renderer merges a seed's parts into one row beside the paper's numbers; bad command lines
+stop before any run."""
 
 import importlib.util
 import json
+import subprocess
 from pathlib import Path
+
+import pytest
+
+from seqjax.cli import run_main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -132,3 +138,29 @@ def test_numbers_keep_a_few_significant_figures():
     fmt = results_table._fmt
     assert [fmt(x) for x in (5.4999e27, 3.5e-5, 8.123, 268.98)] == [
         "5.50e+27", "3.50e-05", "8.123", "268.98"]
+
+
+def test_bad_command_lines_stop_before_running(tmp_path, capsys):
+    """Seeds, models and --runs are checked before any comparison starts (exit 2)."""
+    file = tmp_path / "file"
+    file.write_text("")
+    for argv, message in ((["--seeds", "-1"], "--seeds '-1' must be comma-separated ints >= 0"),
+                          (["--seeds", ","], "must be comma-separated ints >= 0"),
+                          (["--models", "tcn,foo"], "--models 'tcn,foo': unknown ['foo']"),
+                          (["--runs", str(file)], f"--runs {file} is an existing file")):
+        with pytest.raises(SystemExit) as exc:
+            run_main(table1.main, ["run", "--rows", "adding", *argv])
+        assert exc.value.code == 2
+        assert message in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_a_failed_comparison_shows_its_stderr_and_copies_nothing(tmp_path, monkeypatch,
+                                                                 capsys):
+    def failing(cmd, **kwargs):
+        return subprocess.CompletedProcess(cmd, 2, "", "error: the child's message\n")
+
+    monkeypatch.setattr(table1.subprocess, "run", failing)
+    with pytest.raises(RuntimeError, match="adding seed 0: tcn_vs_rnn.py exited with status 2"):
+        table1.run_row("adding", 0, tmp_path)
+    assert "error: the child's message" in capsys.readouterr().err
