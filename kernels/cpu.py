@@ -285,17 +285,18 @@ def lstm_chunk_vjp(cell, params, res_c, carries_c, dh_c, dcarry, t0, x_c, length
 def gru_forward(xs, w_x, b_x, w_h, b_h, h0, t0, lengths, residuals: bool = True):
     """One chunk of the GRU loop (``reset="after"``), input projection included: ``xs [K, B,
     D]``, ``w_x [D, 3H]``, ``b_x [3H]``, ``w_h [H, 3H]``, ``b_h [3H]``, ``h0 [B, H]``, ``t0``
-    and ``lengths`` as in :func:`lstm_forward`. Returns ``(hs, rz, n, zn)``: the carry after
-    each step ``[K, B, H]``, the gates ``r, z`` ``[K, B, 2H]``, ``n`` and ``h W_hn + b_hn``
-    ``[K, B, H]``; with ``residuals=False`` the last three are empty (``[0]``), not computed."""
+    and ``lengths`` as in :func:`lstm_forward`. Returns ``(hs, rzn, zn)``: the carry after
+    each step ``[K, B, H]``, the gates ``r, z, n`` ``[K, B, 3H]`` (``dgx``'s shape: the backward
+    writes it there) and ``h W_hn + b_hn`` ``[K, B, H]``; with ``residuals=False`` the last two
+    are empty (``[0]``), not computed."""
     k, b, _ = xs.shape
     h, g = w_h.shape
-    shapes = ((k, b, h),) + (((k, b, 2 * h), (k, b, h), (k, b, h)) if residuals else ((0,),) * 3)
+    shapes = ((k, b, h),) + (((k, b, g), (k, b, h)) if residuals else ((0,),) * 2)
     return _call("seqjax_gru_forward", shapes, xs, w_x, b_x, w_h, b_h, h0, _t0(t0),
                  lengths.astype(jnp.int32), hidden=h)
 
 
-def gru_backward(dhs, rz, n, zn, hs, h_first, w_h, dh, t0, lengths, xs=None,
+def gru_backward(dhs, rzn, zn, hs, h_first, w_h, dh, t0, lengths, xs=None,
                  recurrent: bool = False):
     """The reverse of :func:`gru_forward` for one chunk: ``hs [K, B, H]`` the forward's
     outputs and ``h_first [B, H]`` the carry before the chunk (h before step ``s`` is
@@ -305,16 +306,20 @@ def gru_backward(dhs, rz, n, zn, hs, h_first, w_h, dh, t0, lengths, xs=None,
 
     Returns ``(dgx [K, B, 3H], dh0, grads)``: the gate pre-activations' cotangents, the carry
     cotangent before the chunk and the chunk's sums ``{"w_x": [D, 3H], "b_x": [3H]}`` (given
-    ``xs``) and ``{"w_h": [H, 3H], "b_h": [3H]}`` (if ``recurrent``)."""
+    ``xs``) and ``{"w_h": [H, 3H], "b_h": [3H]}`` (if ``recurrent``). With ``recurrent`` (so
+    that nothing reads ``r`` from ``rzn`` afterwards) ``dgx`` is written over ``rzn`` where XLA
+    can give up that buffer: it keeps a fwd+bwd's peak memory down by ``K B 3H`` floats (the
+    T=128 B=32 H=256 layer's 36 MiB of temporaries to 24, under glibc's 32 MiB ``mmap``
+    threshold: 47.5 -> 38 ms, ``benchmarks/README.md``)."""
     k, b, h = dhs.shape
     g = 3 * h
     proj = xs is not None
     shapes = ((k, b, g), (b, h), (xs.shape[-1], g) if proj else (0,), (g,) if proj else (0,),
               (h, g) if recurrent else (0,), (g,) if recurrent else (0,))
     dgx, dh0, dw_x, db_x, dw_h, db_h = _call(
-        "seqjax_gru_backward", shapes, dhs, rz, n, zn, hs, h_first, w_h, dh, _t0(t0),
+        "seqjax_gru_backward", shapes, dhs, rzn, zn, hs, h_first, w_h, dh, _t0(t0),
         lengths.astype(jnp.int32), xs if proj else jnp.zeros((0,), jnp.float32),
-        hidden=h, weights=np.bool_(recurrent))
+        hidden=h, weights=np.bool_(recurrent), aliases={1: 0} if recurrent else None)
     grads = ({"w_x": dw_x, "b_x": db_x} if proj else {}) | (
         {"w_h": dw_h, "b_h": db_h} if recurrent else {})
     return dgx, dh0, grads
@@ -323,11 +328,12 @@ def gru_backward(dhs, rz, n, zn, hs, h_first, w_h, dh, t0, lengths, xs=None,
 def gru_chunk(cell, params, h0, t0, x_c, lengths, steps: int, residuals: bool = True):
     """The scan backend's forward chunk loop for a GRU (``reset="after"``): ``x_c [K, B, D]``
     projected in the loop (with ``params["w_x"]`` and ``params["b_x"]``, as
-    ``cell.input_projection`` does); returns ``(h after the chunk, (hs, (rz, n, zn)))`` as
-    :func:`lstm_chunk` does (the residuals empty if not ``residuals``)."""
-    hs, rz, n, zn = gru_forward(x_c, params["w_x"], params["b_x"], params["w_h"], params["b_h"],
+    ``cell.input_projection`` does); returns ``(h after the chunk, (hs, (rzn, zn)))`` as
+    :func:`lstm_chunk` does (the residuals empty if not ``residuals``; ``rzn[..., :H]`` is
+    ``r``, as ``cell.recurrent_grads`` reads it from the scan's ``(rz, n, zn)``)."""
+    hs, rzn, zn = gru_forward(x_c, params["w_x"], params["b_x"], params["w_h"], params["b_h"],
                                 h0, t0, _lengths(lengths, h0.shape[0], steps), residuals)
-    return hs[-1], (hs, (rz, n, zn))
+    return hs[-1], (hs, (rzn, zn))
 
 
 def gru_chunk_vjp(cell, params, res_c, carries_c, dh_c, dh, t0, x_c, lengths, steps: int):
@@ -335,10 +341,10 @@ def gru_chunk_vjp(cell, params, res_c, carries_c, dh_c, dh, t0, x_c, lengths, st
     chunk)``, as :func:`lstm_chunk_vjp`'s): returns ``(dh before the chunk,
     dgx_c [K, B, 3H], grads)``: the weight gradients summed in the loop (``W_h``'s and ``b_h``'s
     up to :data:`LOOP_DW_H_BYTES`), ``dx_c`` left to ``dgx_c``'s matmul."""
-    rz, n, zn = res_c
+    rzn, zn = res_c
     w_h = params["w_h"]
     hs, h_first = carries_c
-    dgx, dh0, grads = gru_backward(dh_c, rz, n, zn, hs, h_first, w_h, dh, t0,
+    dgx, dh0, grads = gru_backward(dh_c, rzn, zn, hs, h_first, w_h, dh, t0,
                                    _lengths(lengths, dh.shape[0], steps), x_c,
                                    recurrent=w_h.size * 4 <= LOOP_DW_H_BYTES)
     return dh0, dgx, grads

@@ -582,21 +582,23 @@ ffi::Error LstmBackward(ffi::Buffer<ffi::F32> dhs, ffi::Buffer<ffi::F32> acts,
 //   gx = x_t W_x + b_x; zh = h_{t-1} W_h + b_h; r = sigmoid(gx_r + zh_r);
 //   u = sigmoid(gx_z + zh_z); n = tanh(gx_n + r zh_n); h_t = n + u (h_{t-1} - n).
 //   forward:  xs [K,B,D], w_x [D,3H], b_x [3H], w_h [H,3H], b_h [3H], h0 [B,H], t0, lengths
-//             -> hs [K,B,H], rz [K,B,2H] (r, u), n [K,B,H], zn [K,B,H] (zh_n); the last three
-//             empty ([0]) in a pass not differentiated
-//   backward: dhs [K,B,H], rz, n, zn, hs [K,B,H] and h_first [B,H] (h before step s, as in
+//             -> hs [K,B,H], rzn [K,B,3H] (r, u, n), zn [K,B,H] (zh_n); the last two empty
+//             ([0]) in a pass not differentiated
+//   backward: dhs [K,B,H], rzn, zn, hs [K,B,H] and h_first [B,H] (h before step s, as in
 //             LstmBackward), w_h, dh [B,H], t0, lengths, xs [K,B,D]
 //             or [0], attribute weights (sum dW_h and db_h) -> dgx [K,B,3H], dh0 [B,H], dW_x
 //             [D,3H] and db_x [3H] ([0] if xs is), dW_h [H,3H] and db_h [3H] ([0] unless
 //             weights), the chunk's sums, as the LSTM's backward sums them (per block of steps):
-//             dW_x += x_t^T dgx_t, dW_h += h_{t-1}^T dz_t with dz = [dpre_r, dpre_u, dpre_n r]
+//             dW_x += x_t^T dgx_t, dW_h += h_{t-1}^T dz_t with dz = [dpre_r, dpre_u, dpre_n r].
+//             dgx has rzn's shape and may be written over it (the caller's aliasing): each
+//             thread reads a step's r, u, n of its own units before it writes their gradients
+//             in the same places, and no step reads another step's.
 ffi::Error GruForward(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_x,
                       ffi::Buffer<ffi::F32> b_x, ffi::Buffer<ffi::F32> w_h,
                       ffi::Buffer<ffi::F32> b_h, ffi::Buffer<ffi::F32> h0,
                       ffi::Buffer<ffi::S32> t0_buf, ffi::Buffer<ffi::S32> lengths,
                       int64_t requested_threads, ffi::ResultBuffer<ffi::F32> hs,
-                      ffi::ResultBuffer<ffi::F32> rzs, ffi::ResultBuffer<ffi::F32> ns,
-                      ffi::ResultBuffer<ffi::F32> zns) {
+                      ffi::ResultBuffer<ffi::F32> rzns, ffi::ResultBuffer<ffi::F32> zns) {
   const auto dims = xs.dimensions();
   const auto wdims = w_h.dimensions();
   if (dims.size() != 3 || wdims.size() != 2)
@@ -606,7 +608,7 @@ ffi::Error GruForward(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_x,
   const int32_t t0 = t0_buf.typed_data()[0];
   const int32_t* len = lengths.typed_data();
   const float* xp = xs.typed_data();
-  const bool save = rzs->element_count() != 0;  // empty residuals: a pass not differentiated
+  const bool save = rzns->element_count() != 0;  // empty residuals: a pass not differentiated
   const int requested = threads_for(requested_threads, hid);
   Barrier barrier(requested);
 
@@ -639,8 +641,7 @@ ffi::Error GruForward(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_x,
       const float* gx_s = gxb[s & 1].data();
       bias_gemm(zh.data(), bh.data(), h_prev, hid, packed_h.data(), n, batch, hid);
       float* h_out = hs->typed_data() + s * batch * hid;
-      float* rz_out = save ? rzs->typed_data() + s * batch * 2 * hid : nullptr;
-      float* n_out = save ? ns->typed_data() + s * batch * hid : nullptr;
+      float* rzn_out = save ? rzns->typed_data() + s * batch * gates : nullptr;
       float* zn_out = save ? zns->typed_data() + s * batch * hid : nullptr;
       for (int64_t b = 0; b < batch; ++b) {
         const float* zb = &zh[b * n];
@@ -655,9 +656,9 @@ ffi::Error GruForward(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_x,
           const vf zn = load(zb + 2 * np + u);
           const vf nn = vtanh(load(gb + 2 * np + u) + r * zn);
           if (save) {
-            put(rz_out + b * 2 * hid + j, r);
-            put(rz_out + b * 2 * hid + hid + j, z);
-            put(n_out + row, nn);
+            put(rzn_out + b * gates + j, r);
+            put(rzn_out + b * gates + hid + j, z);
+            put(rzn_out + b * gates + 2 * hid + j, nn);
             put(zn_out + row, zn);
           }
           put(h_out + row, t < len[b] ? nn + z * (hp - nn) : hp);
@@ -670,8 +671,8 @@ ffi::Error GruForward(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_x,
   return ffi::Error::Success();
 }
 
-ffi::Error GruBackward(ffi::Buffer<ffi::F32> dhs, ffi::Buffer<ffi::F32> rzs,
-                       ffi::Buffer<ffi::F32> ns, ffi::Buffer<ffi::F32> zns,
+ffi::Error GruBackward(ffi::Buffer<ffi::F32> dhs, ffi::Buffer<ffi::F32> rzns,
+                       ffi::Buffer<ffi::F32> zns,
                        ffi::Buffer<ffi::F32> hs, ffi::Buffer<ffi::F32> h_first,
                        ffi::Buffer<ffi::F32> w_h,
                        ffi::Buffer<ffi::F32> dh_last, ffi::Buffer<ffi::S32> t0_buf,
@@ -713,8 +714,7 @@ ffi::Error GruBackward(ffi::Buffer<ffi::F32> dhs, ffi::Buffer<ffi::F32> rzs,
     sh.init(hin, n3, batch, true);
     for (int64_t s = steps - 1; s >= 0; --s) {
       const int64_t t = t0 + s;
-      const float* rz_s = rzs.typed_data() + s * batch * 2 * hid;
-      const float* n_s = ns.typed_data() + s * batch * hid;
+      const float* rzn_s = rzns.typed_data() + s * batch * gates;  // dgx_s's place, maybe
       const float* zn_s = zns.typed_data() + s * batch * hid;
       const float* hp_s = carry_before(hs, h_first, s);
       const float* dh_s = dhs.typed_data() + s * batch * hid;
@@ -738,8 +738,10 @@ ffi::Error GruBackward(ffi::Buffer<ffi::F32> dhs, ffi::Buffer<ffi::F32> rzs,
             }
             continue;
           }
-          const vf r = get(rz_s + b * 2 * hid + j), z = get(rz_s + b * 2 * hid + hid + j);
-          const vf nn = get(n_s + row), zn = get(zn_s + row), hp = get(hp_s + row);
+          // all of this unit's residuals are read before dgx_s (maybe rzn_s) is written
+          const vf r = get(rzn_s + b * gates + j), z = get(rzn_s + b * gates + hid + j);
+          const vf nn = get(rzn_s + b * gates + 2 * hid + j);
+          const vf zn = get(zn_s + row), hp = get(hp_s + row);
           const vf dhv = get(dh + row) + get(dh_s + row);
           const vf dn = dhv * (1.0f - z) * (1.0f - nn * nn);
           const vf du = dhv * (hp - nn) * z * (1.0f - z);
@@ -847,16 +849,14 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(SeqjaxGruForward, GruForward,
                                   .Arg<ffi::Buffer<ffi::S32>>()  // lengths
                                   .Attr<int64_t>("threads")
                                   .Ret<ffi::Buffer<ffi::F32>>()  // hs
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // rz
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // n
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // rzn
                                   .Ret<ffi::Buffer<ffi::F32>>()  // zn
 );
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SeqjaxGruBackward, GruBackward,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::Buffer<ffi::F32>>()  // dhs
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // rz
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // n
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // rzn
                                   .Arg<ffi::Buffer<ffi::F32>>()  // zn
                                   .Arg<ffi::Buffer<ffi::F32>>()  // hs
                                   .Arg<ffi::Buffer<ffi::F32>>()  // h_first

@@ -206,3 +206,24 @@ def test_vmap_and_jit_of_the_native_backend():
     got = jax.jit(jax.grad(loss), static_argnums=2)(params, xs, "native")
     want = jax.jit(jax.grad(loss), static_argnums=2)(params, xs, "scan")
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), got, want)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_gate_gradients_are_written_over_the_residuals(kind):
+    """The backward writes ``dgx`` over the forward's gate residuals (``acts`` [T, B, 4H];
+    the GRU's ``rzn`` [T, B, 3H]) instead of a buffer of its own: a fwd+bwd's temporaries are
+    the residuals, the weight and input gradients, and no second ``[T, B, G]``. With a buffer
+    of its own (the GRU's backward before session 19: T B 3H floats more) the bound fails.
+    For the T=128 B=32 H=256 GRU layer that is 36 -> 24 MiB of temporaries, under glibc's 32
+    MiB ``mmap`` threshold: 47.5 -> 38 ms a fwd+bwd (benchmarks/README.md, session 19)."""
+    T, B, D, H = 32, 8, 4, 64
+    cell = seqjax.make_cell(kind, D, H)
+    params = cell.init(jax.random.PRNGKey(0))
+    xs = jnp.ones((B, T, D))
+    grad = jax.jit(jax.grad(lambda p, x: jnp.sum(seqjax.rnn(cell, p, x, backend="native")[0]),
+                            argnums=(0, 1)))
+    temp = grad.lower(params, xs).compile().memory_analysis().temp_size_in_bytes
+    gates = 4 * H if kind == "lstm" else 3 * H
+    residuals = T * B * (gates + 2 * H) * 4  # and hs, cs (LSTM) or hs, zn (GRU)
+    weights = 4 * sum(p.size for p in jax.tree.leaves(params))
+    assert temp < residuals + T * B * gates * 4 // 2 + weights + xs.size * 4, temp
