@@ -36,6 +36,7 @@ import numpy as np
 from seqjax.kernels import cpu
 
 import seqjax
+from seqjax.cli import positive_int
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -73,11 +74,11 @@ def main(argv=None) -> None:
                          "with --old-source)")
     ap.add_argument("--kind", default="lstm", choices=("lstm", "gru"))
     ap.add_argument("--mode", default="grad", choices=("grad", "fwd"))
-    ap.add_argument("--T", type=int, default=128)
-    ap.add_argument("--B", type=int, default=32)
-    ap.add_argument("--D", type=int, default=128)
-    ap.add_argument("--H", type=int, default=256)
-    ap.add_argument("--reps", type=int, default=21)
+    ap.add_argument("--T", type=positive_int, default=128)
+    ap.add_argument("--B", type=positive_int, default=32)
+    ap.add_argument("--D", type=positive_int, default=128)
+    ap.add_argument("--H", type=positive_int, default=256)
+    ap.add_argument("--reps", type=positive_int, default=21)
     args = ap.parse_args(argv)
     if cpu.unavailable_reason():
         sys.exit(f"ab_native.py: the native library is unavailable: {cpu.unavailable_reason()}")

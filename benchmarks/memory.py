@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from seqjax.cli import positive_int
 from seqjax.core.memory import DNC, NTM
 from seqjax.core.memory.dnc import allocation_weighting
 from seqjax.models import MemoryModel, SequenceModel
@@ -63,10 +64,10 @@ def _time(contenders: dict, reps: int) -> dict[str, tuple[float, float]]:
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--reps", type=int, default=9)
-    ap.add_argument("--B", type=int, default=16)
-    ap.add_argument("--T", type=int, default=41)
-    ap.add_argument("--N", type=int, default=128, help="memory rows of the NTM and DNC")
+    ap.add_argument("--reps", type=positive_int, default=9)
+    ap.add_argument("--B", type=positive_int, default=16)
+    ap.add_argument("--T", type=positive_int, default=41)
+    ap.add_argument("--N", type=positive_int, default=128, help="memory rows of the NTM and DNC")
     ap.add_argument("--alloc-sizes", default="32,128,256,512")
     ap.add_argument("--json", default="results/bench_memory.json")
     args = ap.parse_args(argv)

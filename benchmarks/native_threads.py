@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from seqjax.kernels import cpu
 
+from seqjax.cli import non_negative_float, positive_int
 from seqjax.models import SequenceModel
 
 SHAPES = "50x64x2x32,128x32x2x64,200x32x2x88,128x32x128x96,200x32x2x101,128x32x128x128"
@@ -56,10 +57,11 @@ def grad_fn(kind: str, shape: tuple[int, int, int, int], threads: int):
 def main(argv=None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--kinds", default="lstm,gru")
-    ap.add_argument("--threads", type=int, default=2, help="the count set against 1")
+    ap.add_argument("--threads", type=positive_int, default=2, help="the count set against 1")
     ap.add_argument("--shapes", default=SHAPES, help="comma-separated TxBxDxH")
-    ap.add_argument("--reps", type=int, default=30)
-    ap.add_argument("--gap", type=float, default=0.02, help="idle seconds before each call")
+    ap.add_argument("--reps", type=positive_int, default=30)
+    ap.add_argument("--gap", type=non_negative_float, default=0.02,
+                    help="idle seconds before each call")
     args = ap.parse_args(argv)
     if args.threads < 2 or args.reps < 1 or args.gap < 0:
         ap.error("--threads must be >= 2, --reps >= 1 and --gap >= 0")

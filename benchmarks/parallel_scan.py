@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import seqjax
+from seqjax.cli import positive_int
 from seqjax.core.linear import MinGRU
 
 # name: (cell maker, backend, blocked): blocked contenders run under --time-block, the others
@@ -82,12 +83,12 @@ def fwd_bwd_fn(cell, backend, params, xs, block):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--reps", type=positive_int, default=5)
     ap.add_argument("--T", default="128,512,1024,4096")
-    ap.add_argument("--B", type=int, default=16)
-    ap.add_argument("--D", type=int, default=128)
-    ap.add_argument("--H", type=int, default=128)
-    ap.add_argument("--time-block", type=int, default=None,
+    ap.add_argument("--B", type=positive_int, default=16)
+    ap.add_argument("--D", type=positive_int, default=128)
+    ap.add_argument("--H", type=positive_int, default=128)
+    ap.add_argument("--time-block", type=positive_int, default=None,
                     help="steps per block of the blocked contenders (default: TIME_BLOCK)")
     ap.add_argument("--json", default="results/bench_parallel_scan.json")
     args = ap.parse_args(argv)

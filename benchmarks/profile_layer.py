@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import seqjax
+from seqjax.cli import positive_int
 
 
 def gemm_rate(n: int = 1024, reps: int = 5) -> float:
@@ -78,12 +79,12 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cell", default="lstm", help="a registered cell kind (lstm, gru, mingru...)")
-    ap.add_argument("--T", type=int, default=128)
-    ap.add_argument("--B", type=int, default=32)
-    ap.add_argument("--D", type=int, default=128)
-    ap.add_argument("--H", type=int, default=256)
-    ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--top", type=int, default=20)
+    ap.add_argument("--T", type=positive_int, default=128)
+    ap.add_argument("--B", type=positive_int, default=32)
+    ap.add_argument("--D", type=positive_int, default=128)
+    ap.add_argument("--H", type=positive_int, default=256)
+    ap.add_argument("--reps", type=positive_int, default=5)
+    ap.add_argument("--top", type=positive_int, default=20)
     ap.add_argument("--backend", default="auto", help="seqjax.rnn's backend (auto, scan, native)")
     args = ap.parse_args(argv)
 

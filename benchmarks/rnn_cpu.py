@@ -28,7 +28,7 @@ import torch
 from flax import nnx
 
 import seqjax
-from seqjax.cli import tune_allocator
+from seqjax.cli import non_negative_float, positive_int, tune_allocator
 from seqjax.core.backend import native_unsupported_reason
 
 
@@ -86,14 +86,14 @@ def torch_fns(kind, D, H, T, B):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--reps", type=int, default=9)
-    ap.add_argument("--threads", type=int, default=2, help="PyTorch intra-op threads")
-    ap.add_argument("--T", type=int, default=128)
-    ap.add_argument("--B", type=int, default=32)
-    ap.add_argument("--D", type=int, default=128)
-    ap.add_argument("--H", type=int, default=256)
-    ap.add_argument("--kinds", default="lstm,gru")
-    ap.add_argument("--gap", type=float, default=0.05,
+    ap.add_argument("--reps", type=positive_int, default=9)
+    ap.add_argument("--threads", type=positive_int, default=2, help="PyTorch intra-op threads")
+    ap.add_argument("--T", type=positive_int, default=128)
+    ap.add_argument("--B", type=positive_int, default=32)
+    ap.add_argument("--D", type=positive_int, default=128)
+    ap.add_argument("--H", type=positive_int, default=256)
+    ap.add_argument("--kinds", default="lstm,gru", help="comma-separated, from lstm,gru")
+    ap.add_argument("--gap", type=non_negative_float, default=0.05,
                     help="idle seconds before each timed call (0: back to back)")
     ap.add_argument("--json", default="results/bench_rnn_cpu.json")
     ap.add_argument("--tune-malloc", action="store_true",
@@ -108,7 +108,11 @@ def main(argv=None):
     xs = jax.random.normal(jax.random.PRNGKey(1), (B, T, D))
 
     rows = []
-    for kind in args.kinds.split(","):
+    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    if not kinds or set(kinds) - {"lstm", "gru"}:
+        ap.error(f"--kinds {args.kinds!r}: comma-separated, from lstm,gru (what Flax and "
+                 "PyTorch both have)")
+    for kind in kinds:
         contenders = {}
         cell = seqjax.make_cell(kind, D, H)
         if native_unsupported_reason(cell, jnp.float32, jax.default_backend()) is None:

@@ -46,6 +46,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import seqjax  # noqa: E402
+from seqjax.cli import non_negative_int, positive_int  # noqa: E402
 
 CELLS = ("lstm", "gru", "gru_before")
 DTYPES = ("float32", "bfloat16")
@@ -313,11 +314,12 @@ def main(argv=None) -> int:
     ap.add_argument("--hidden", default=None, help=f"GPU default {GPU_GRID['hidden']}; CPU 16")
     ap.add_argument("--batch", default=None, help=f"GPU default {GPU_GRID['batch']}; CPU 2")
     ap.add_argument("--steps", default=None, help=f"GPU default {GPU_GRID['steps']}; CPU 8")
-    ap.add_argument("--input-size", type=int, default=0, help="D; 0: D = H")
+    ap.add_argument("--input-size", type=non_negative_int, default=0, help="D; 0: D = H")
     ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--impls", default=",".join(IMPLS))
-    ap.add_argument("--reps", type=int, default=None, help="timed rounds (GPU 20, CPU 3)")
-    ap.add_argument("--warmup", type=int, default=None, help="untimed rounds (GPU 3, CPU 1)")
+    ap.add_argument("--reps", type=positive_int, default=None, help="timed rounds (GPU 20, CPU 3)")
+    ap.add_argument("--warmup", type=non_negative_int, default=None,
+                    help="untimed rounds (GPU 3, CPU 1)")
     ap.add_argument("--json", default=None, help="default docs/results/gpu/bench_rnn_gpu.json "
                     "on a GPU (committed figures), results/bench_rnn_gpu_cpu.json on CPU (so a "
                     "CPU run never overwrites GPU numbers); '' to skip")

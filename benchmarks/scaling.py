@@ -18,6 +18,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from seqjax.cli import positive_int
+
 ROOT = Path(__file__).resolve().parents[1]
 
 CHILD = r"""
@@ -81,10 +83,10 @@ def run(n: int, args: argparse.Namespace) -> list[dict]:
 def main(argv=None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--devices", default="1,2,4", help="comma-separated device counts")
-    ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--batch-size", type=int, default=32, help="global batch size")
-    ap.add_argument("--seq-len", type=int, default=100)
-    ap.add_argument("--hidden", type=int, default=64)
+    ap.add_argument("--steps", type=positive_int, default=20)
+    ap.add_argument("--batch-size", type=positive_int, default=32, help="global batch size")
+    ap.add_argument("--seq-len", type=positive_int, default=100)
+    ap.add_argument("--hidden", type=positive_int, default=64)
     ap.add_argument("--no-force", action="store_true",
                     help="do not force host devices on CPU (use the real device count)")
     ap.add_argument("--out", default=None, help="write the rows as JSON here")

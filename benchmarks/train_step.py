@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
 
 import tcn_vs_rnn  # noqa: E402  (the main job's presets and model builder)
 
-from seqjax.cli import tune_allocator  # noqa: E402
+from seqjax.cli import non_negative_float, positive_int, tune_allocator  # noqa: E402
 from seqjax.data import get_task  # noqa: E402
 from seqjax.train import TrainState, make_train_step  # noqa: E402
 from seqjax.train.tasks import task_loss_fn  # noqa: E402
@@ -190,15 +190,16 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="quick sizes only, 3 repetitions")
     ap.add_argument("--sizes", default=None, help="comma-separated from quick,paper")
     ap.add_argument("--models", default="tcn,lstm,gru,rnn")
-    ap.add_argument("--reps", type=int, default=None, help="repetitions (median; default 3)")
-    ap.add_argument("--steps", type=int, default=None,
+    ap.add_argument("--reps", type=positive_int, default=None,
+                    help="repetitions (median; default 3)")
+    ap.add_argument("--steps", type=positive_int, default=None,
                     help="steps per timed repetition (default 5, --quick 4)")
     ap.add_argument("--k", default="8", help="steps_per_call values to time besides 1 ('' none)")
-    ap.add_argument("--threads", type=int, default=min(2, len(os.sched_getaffinity(0))),
+    ap.add_argument("--threads", type=positive_int, default=min(2, len(os.sched_getaffinity(0))),
                     help="PyTorch intra-op threads (default: the cores this process may use, <= 2)")
     ap.add_argument("--backend", default="auto",
                     help="the seqjax models' recurrent backend (the main job's default: auto)")
-    ap.add_argument("--gap", type=float, default=0.05,
+    ap.add_argument("--gap", type=non_negative_float, default=0.05,
                     help="idle seconds before each timed repetition (see rnn_cpu.py)")
     ap.add_argument("--json", default="results/bench_train_step.json")
     ap.add_argument("--tune-malloc", action="store_true",

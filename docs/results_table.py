@@ -14,6 +14,7 @@ import argparse
 import importlib.util
 import json
 import statistics
+import sys
 from pathlib import Path
 
 MODELS = ("tcn", "lstm", "gru", "rnn")
@@ -26,7 +27,10 @@ def load(run_dir: str | Path) -> dict:
         path = path / "results.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: is it a run directory of tcn_vs_rnn.py?")
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not a results.json (not valid JSON: {e})") from None
 
 
 def table(results: dict, *, heading_level: int = 3) -> str:
@@ -153,6 +157,11 @@ def table1(root: str | Path) -> str:
     """
     paper = _paper_rows()
     root = Path(root)
+    if not root.is_dir():
+        raise NotADirectoryError(f"--table1 {root}: not a directory")
+    if not any((root / row).is_dir() for row in paper):
+        raise ValueError(f"--table1 {root}: no row folders ({', '.join(paper)}) in it; give "
+                         "the folder that holds them, e.g. docs/results/table1")
     lines = ["| task (metric) | TCN | LSTM | GRU | RNN | not in the paper | seeds | steps "
              "| compute per seed |",
              "|---|---:|---:|---:|---:|---|---|---:|---|"]
@@ -195,7 +204,7 @@ def main(argv=None) -> str:
                     help="the run directories are one comparison run with different seeds: "
                          "one table of each model's test metric per seed, mean and std")
     ap.add_argument("--out", default=None, help="write the markdown here (else print it)")
-    ap.add_argument("--heading-level", type=int, default=3)
+    ap.add_argument("--heading-level", type=int, default=3, choices=range(1, 7))
     args = ap.parse_args(argv)
     if args.table1 is None and not args.runs:
         ap.error("give run directories, or --table1 DIR")
@@ -213,4 +222,11 @@ def main(argv=None) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    try:  # a bad path or file: one line and status 2, as the experiment scripts
+        main()
+    except KeyError as e:
+        sys.stderr.write(f"error: a results.json without the key {e}\n")
+        raise SystemExit(2) from None
+    except (OSError, ValueError) as e:
+        sys.stderr.write(f"error: {e}\n")
+        raise SystemExit(2) from None

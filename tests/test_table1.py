@@ -5,6 +5,7 @@ stop before any run."""
 import importlib.util
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -164,3 +165,22 @@ def test_a_failed_comparison_shows_its_stderr_and_copies_nothing(tmp_path, monke
     with pytest.raises(RuntimeError, match="adding seed 0: tcn_vs_rnn.py exited with status 2"):
         table1.run_row("adding", 0, tmp_path)
     assert "error: the child's message" in capsys.readouterr().err
+
+
+def test_renderer_errors_name_the_path(tmp_path):
+    """A wrong folder is an error, not an empty table (a row folder given for the root used
+    to print the header alone); a file that is not JSON names itself."""
+    row = tmp_path / "adding"
+    (row / "seed0").mkdir(parents=True)
+    with pytest.raises(ValueError, match=r"--table1 .*adding: no row folders \(adding, "):
+        results_table.table1(row)
+    with pytest.raises(NotADirectoryError, match="not a directory"):
+        results_table.table1(tmp_path / "missing")
+    bad = tmp_path / "results.json"
+    bad.write_text("not json")
+    with pytest.raises(ValueError, match=r"results.json is not a results.json \(not valid"):
+        results_table.load(bad)
+    script = ROOT / "docs" / "results_table.py"
+    out = subprocess.run([sys.executable, str(script), "--table1", str(row)],
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and out.stderr.startswith("error: --table1 ") and not out.stdout
