@@ -33,6 +33,7 @@ import concurrent.futures
 import dataclasses
 import datetime
 import json
+import math
 import multiprocessing
 import os
 import sys
@@ -561,6 +562,8 @@ def _check_setting(item: str, field: str, value: Any) -> Any:
         return value
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise bad(f"a number ({base})")
+    if not math.isfinite(value):  # "nan" and "inf" parse as floats
+        raise bad(f"a finite number ({base})")
     if base == "int" and not isinstance(value, int):
         raise bad("an int")
     if base == "float":

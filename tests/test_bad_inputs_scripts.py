@@ -186,6 +186,7 @@ CASES = [
     ("tcn_vs_rnn", ["--set", "lstm.lr=abc"], "lr must be a number (float), got 'abc'",
      ARGPARSE),
     ("tcn_vs_rnn", ["--set", "lstm.lr=0"], "lr must be > 0", ARGPARSE),
+    ("tcn_vs_rnn", ["--set", "lstm.clip=nan"], "clip must be a finite number", ARGPARSE),
     ("tcn_vs_rnn", ["--set", "tcn.dropout=1"], "dropout must be < 1", ARGPARSE),
     ("tcn_vs_rnn", ["--set", "gru.hidden=2.5"], "hidden must be an int", ARGPARSE),
     ("tcn_vs_rnn", ["--set", "tcn.layers=none"], "layers must be an int, not none", ARGPARSE),
