@@ -506,9 +506,10 @@ def parse_task_arg(item: str, task: str) -> tuple[str, Any]:
         raise ValueError(f"--task-arg {item!r}: expected NAME=VALUE, e.g. markers=anywhere")
     if name in ("seq_len", "data_dir"):
         raise ValueError(f"--task-arg {item!r}: give {name} as --{name.replace('_', '-')}")
-    if name not in task_arguments(task):
+    allowed = task_arguments(task)
+    if name not in allowed:
         raise ValueError(f"--task-arg {item!r}: task {task!r} takes no argument {name!r}; it "
-                         f"takes: {', '.join(task_arguments(task)) or 'none'}")
+                         f"takes: {', '.join(allowed) or 'none'}")
     return name, parse_value(text)
 
 

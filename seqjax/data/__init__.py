@@ -26,6 +26,7 @@ repository's ``data/`` folder, which ships PTB, tiny-shakespeare, the music file
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import os
 from collections.abc import Callable
@@ -133,27 +134,38 @@ def _fixed_length(name: str, seq_len: int | None, length: int) -> None:
         raise ValueError(f"task {name!r} has a fixed sequence length of {length}, got {seq_len=}")
 
 
-def _music(name: str) -> Callable[..., Task]:
+@dataclasses.dataclass(frozen=True)
+class _Entry:
+    """How :func:`get_task` builds one task: ``make(data_dir, seq_len, **kwargs)``, the task's
+    class, and the arguments of that class ``make`` sets itself (the rest are the task's
+    ``**kwargs``, :func:`task_arguments`)."""
+
+    make: Callable[..., Task]
+    cls: type
+    fixed: frozenset[str] = frozenset()
+
+
+def _music(name: str) -> _Entry:
     def make(data_dir, seq_len, **kwargs):
         # seq_len, when given, crops the training sequences (max_len); evaluation is uncropped.
         if seq_len is not None:
             kwargs.setdefault("max_len", seq_len)
         return PolyphonicMusicTask(name, data_dir=data_dir, **kwargs)
 
-    return make
+    return _Entry(make, PolyphonicMusicTask, frozenset({"name", "data_dir"}))
 
 
-def _pixel(name: str, cls: type, length: int, **fixed) -> Callable[..., Task]:
+def _pixel(name: str, cls: type, length: int, **fixed) -> _Entry:
     def make(data_dir, seq_len, **kwargs):
         _fixed_length(name, seq_len, length)
         if cls is MNISTTask:
             kwargs["data_dir"] = data_dir
         return cls(**fixed, **kwargs)
 
-    return make
+    return _Entry(make, cls, frozenset(fixed) | ({"data_dir"} if cls is MNISTTask else set()))
 
 
-def _max_len(cls: type) -> Callable[..., Task]:
+def _max_len(cls: type) -> _Entry:
     def make(data_dir, seq_len, **kwargs):
         # seq_len, when given, is the longest sequence to copy (max_len).
         if seq_len is not None:
@@ -162,10 +174,10 @@ def _max_len(cls: type) -> Callable[..., Task]:
             kwargs["max_len"] = seq_len
         return cls(**kwargs)
 
-    return make
+    return _Entry(make, cls)
 
 
-def _no_seq_len(name: str, cls: type) -> Callable[..., Task]:
+def _no_seq_len(name: str, cls: type) -> _Entry:
     def make(data_dir, seq_len, **kwargs):
         if seq_len is not None:
             raise ValueError(
@@ -174,48 +186,38 @@ def _no_seq_len(name: str, cls: type) -> Callable[..., Task]:
             )
         return cls(**kwargs)
 
-    return make
+    return _Entry(make, cls)
 
 
-def _plain(cls: type, default_len: int) -> Callable[..., Task]:
+def _with_seq_len(cls: type, default_len: int) -> _Entry:
     def make(data_dir, seq_len, **kwargs):
         return cls(seq_len=default_len if seq_len is None else seq_len, **kwargs)
 
-    return make
+    return _Entry(make, cls, frozenset({"seq_len"}))
 
 
-def _ptb(level: str) -> Callable[..., Task]:
+def _ptb(level: str) -> _Entry:
     def make(data_dir, seq_len, **kwargs):
         return PTBTask(level, data_dir, seq_len, **kwargs)
 
-    return make
+    return _Entry(make, PTBTask, frozenset({"level", "data_dir", "seq_len"}))
 
 
-#: name -> (the factory ``(data_dir, seq_len, **kwargs) -> Task``, the task's class, the
-#: arguments of that class the factory sets itself: the rest are the task's ``**kwargs``).
-_REGISTRY: dict[str, tuple[Callable[..., Task], type, frozenset[str]]] = {
-    "adding": (_plain(AddingTask, 200), AddingTask, frozenset({"seq_len"})),
-    "copy": (_plain(CopyMemoryTask, 1000), CopyMemoryTask, frozenset({"seq_len"})),
-    "digits": (_pixel("digits", DigitsTask, 64, permuted=False), DigitsTask,
-               frozenset({"permuted"})),
-    "pdigits": (_pixel("pdigits", DigitsTask, 64, permuted=True), DigitsTask,
-                frozenset({"permuted"})),
-    "mnist": (_pixel("mnist", MNISTTask, 784, variant="mnist", permuted=False), MNISTTask,
-              frozenset({"variant", "permuted", "data_dir"})),
-    "pmnist": (_pixel("pmnist", MNISTTask, 784, variant="mnist", permuted=True), MNISTTask,
-               frozenset({"variant", "permuted", "data_dir"})),
-    "fashion-mnist": (_pixel("fashion-mnist", MNISTTask, 784, variant="fashion-mnist"),
-                      MNISTTask, frozenset({"variant", "data_dir"})),
-    **{name: (_music(name), PolyphonicMusicTask, frozenset({"name", "data_dir"}))
-       for name in MUSIC_FILES},
-    "ptb-char": (_ptb("char"), PTBTask, frozenset({"level", "data_dir", "seq_len"})),
-    "ptb-word": (_ptb("word"), PTBTask, frozenset({"level", "data_dir", "seq_len"})),
-    "ntm-copy": (_max_len(CopyTask), CopyTask, frozenset()),
-    "repeat-copy": (_max_len(RepeatCopyTask), RepeatCopyTask, frozenset()),
-    "associative-recall": (_no_seq_len("associative-recall", AssociativeRecallTask),
-                           AssociativeRecallTask, frozenset()),
-    "priority-sort": (_no_seq_len("priority-sort", PrioritySortTask), PrioritySortTask,
-                      frozenset()),
+_REGISTRY: dict[str, _Entry] = {
+    "adding": _with_seq_len(AddingTask, 200),
+    "copy": _with_seq_len(CopyMemoryTask, 1000),
+    "digits": _pixel("digits", DigitsTask, 64, permuted=False),
+    "pdigits": _pixel("pdigits", DigitsTask, 64, permuted=True),
+    "mnist": _pixel("mnist", MNISTTask, 784, variant="mnist", permuted=False),
+    "pmnist": _pixel("pmnist", MNISTTask, 784, variant="mnist", permuted=True),
+    "fashion-mnist": _pixel("fashion-mnist", MNISTTask, 784, variant="fashion-mnist"),
+    **{name: _music(name) for name in MUSIC_FILES},
+    "ptb-char": _ptb("char"),
+    "ptb-word": _ptb("word"),
+    "ntm-copy": _max_len(CopyTask),
+    "repeat-copy": _max_len(RepeatCopyTask),
+    "associative-recall": _no_seq_len("associative-recall", AssociativeRecallTask),
+    "priority-sort": _no_seq_len("priority-sort", PrioritySortTask),
 }
 
 #: Names accepted by :func:`get_task`.
@@ -255,12 +257,13 @@ def get_task(
                         f"names: {', '.join(TASK_NAMES)}")
     if name not in _REGISTRY:
         raise ValueError(f"unknown task {name!r}; valid names: {', '.join(TASK_NAMES)}")
-    unknown = sorted(set(kwargs) - set(task_arguments(name)))
+    allowed = task_arguments(name)
+    unknown = sorted(set(kwargs) - set(allowed))
     if unknown:
         raise TypeError(
             f"task {name!r} takes no argument {', '.join(map(repr, unknown))}; its arguments "
-            f"besides data_dir and seq_len: {', '.join(task_arguments(name)) or 'none'}")
-    task = _REGISTRY[name][0](data_dir, seq_len, **kwargs)
+            f"besides data_dir and seq_len: {', '.join(allowed) or 'none'}")
+    task = _REGISTRY[name].make(data_dir, seq_len, **kwargs)
     task.name = name
     return task
 
@@ -274,5 +277,5 @@ def task_arguments(name: str) -> tuple[str, ...]:
     """
     if name not in _REGISTRY:
         raise ValueError(f"unknown task {name!r}; valid names: {', '.join(TASK_NAMES)}")
-    _, cls, fixed = _REGISTRY[name]
-    return tuple(p for p in inspect.signature(cls).parameters if p not in fixed)
+    entry = _REGISTRY[name]
+    return tuple(p for p in inspect.signature(entry.cls).parameters if p not in entry.fixed)
