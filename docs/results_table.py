@@ -222,7 +222,7 @@ def main(argv=None) -> str:
 
 
 if __name__ == "__main__":
-    try:  # a bad path or file: one line and status 2, as the experiment scripts
+    try:  # a bad path or file: one line and status 2, as seqjax.cli.run_main (not used: jax)
         main()
     except KeyError as e:
         sys.stderr.write(f"error: a results.json without the key {e}\n")

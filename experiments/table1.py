@@ -26,9 +26,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-from seqjax.cli import check_output_dir, run_main
-from seqjax.models import ARCHS
-
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results" / "table1"
 
@@ -159,6 +156,12 @@ def main(argv=None) -> None:
                           for p in (RESULTS / row).glob("seed*/results*.json"))
             print(f"{row:12s} {', '.join(done) or '-'}")
         return
+    # here, not at the top: docs/results_table.py loads this file for PAPER alone, without jax
+    from seqjax.cli import check_output_dir
+
+    sys.path.insert(0, str(ROOT / "experiments"))
+    from tcn_vs_rnn import TUNED_SETTINGS, parse_models
+
     rows = [r.strip() for r in args.rows.split(",") if r.strip()]
     unknown = [r for r in rows if r not in ROWS]
     if unknown or not rows:
@@ -171,17 +174,13 @@ def main(argv=None) -> None:
         ap.error(f"--seeds {args.seeds!r} must be comma-separated ints >= 0")
     models = args.models
     if models is not None:
-        names = list(dict.fromkeys(m.strip() for m in models.split(",") if m.strip()))
-        unknown = [m for m in names if m not in ARCHS]
-        if unknown or not names:
-            ap.error(f"--models {models!r}: unknown {unknown}; choose from {', '.join(ARCHS)}")
-        models = ",".join(names)
+        try:
+            models = ",".join(parse_models(models))
+        except ValueError as e:
+            ap.error(f"--models {models!r}: {e}")
     runs = check_output_dir("--runs", args.runs)
     runs.mkdir(parents=True, exist_ok=True)
     if args.preset == "tuned" and models is None:  # the models the tuned preset changes
-        sys.path.insert(0, str(ROOT / "experiments"))
-        from tcn_vs_rnn import TUNED_SETTINGS
-
         models = ",".join(dict.fromkeys(m for row in rows for m, _, _ in
                                         TUNED_SETTINGS.get(ROWS[row][1], ())))
         if not models:
@@ -202,4 +201,6 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
+    from seqjax.cli import run_main
+
     run_main(main)

@@ -473,17 +473,23 @@ def parse_args(argv=None):
                     help="data-parallel over the first N devices (0: all); the batch size "
                          "must be divisible by N (default 1: a single device)")
     args = ap.parse_args(argv)
-    names = [m.strip() for m in args.models.split(",") if m.strip()]
-    unknown = [m for m in names if m not in ARCHS]
-    if unknown or not names:
-        ap.error(f"unknown model(s) {unknown}; choose from {', '.join(ARCHS)}")
-    args.model_names = list(dict.fromkeys(names))
     try:
+        args.model_names = parse_models(args.models)
         args.overrides = tuple(parse_set(item, args.model_names) for item in args.set)
         args.task_args = tuple(parse_task_arg(item, args.task) for item in args.task_arg)
     except ValueError as e:
         ap.error(str(e))
     return args
+
+
+def parse_models(text: str) -> list[str]:
+    """``"tcn,lstm,tcn"`` -> ``["tcn", "lstm"]``: names of :data:`seqjax.models.ARCHS`, in
+    order, once each; a ``ValueError`` for an unknown name or none."""
+    names = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in names if m not in ARCHS]
+    if unknown or not names:
+        raise ValueError(f"unknown model(s) {unknown}; choose from {', '.join(ARCHS)}")
+    return list(dict.fromkeys(names))
 
 
 def parse_value(text: str) -> Any:

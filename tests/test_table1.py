@@ -147,7 +147,7 @@ def test_bad_command_lines_stop_before_running(tmp_path, capsys):
     file.write_text("")
     for argv, message in ((["--seeds", "-1"], "--seeds '-1' must be comma-separated ints >= 0"),
                           (["--seeds", ","], "must be comma-separated ints >= 0"),
-                          (["--models", "tcn,foo"], "--models 'tcn,foo': unknown ['foo']"),
+                          (["--models", "tcn,foo"], "--models 'tcn,foo': unknown model(s) ['foo']"),
                           (["--runs", str(file)], f"--runs {file} is an existing file")):
         with pytest.raises(SystemExit) as exc:
             run_main(table1.main, ["run", "--rows", "adding", *argv])
